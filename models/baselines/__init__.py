@@ -1,0 +1,1 @@
+"""Baselines every model is measured against: next-action (actions) and traffic (traffic)."""

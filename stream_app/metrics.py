@@ -1,0 +1,77 @@
+"""Every Prometheus series the workers export, declared in one place.
+
+Labels are of bounded cardinality: pipeline names, topic names, rejection reasons, horizons,
+alert kinds, partitions. Never a user or sensor id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, Summary
+
+__all__ = ["Metrics", "METRICS", "LATENCY_BUCKETS", "BATCH_BUCKETS"]
+
+# Hot-path latencies are sub-millisecond to a few hundred ms; end-to-end includes batching delay.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class Metrics:
+    """The collectors of one worker, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        reg = registry if registry is not None else CollectorRegistry()
+        self.registry = reg
+        self.events_consumed = Counter(
+            "stream_app_events_consumed", "Records read from an input topic.", ["topic"], registry=reg)
+        self.dead_letters = Counter(
+            "stream_app_dead_letters", "Records routed to the dead-letter topic, by reason.",
+            ["topic", "reason"], registry=reg)
+        self.events_processed = Counter(
+            "stream_app_events_processed", "Valid events applied by a pipeline.", ["pipeline"], registry=reg)
+        self.late_events = Counter(
+            "stream_app_late_events", "Events older than the key's event time by more than the grace period.",
+            ["pipeline"], registry=reg)
+        self.batch_size = Histogram(
+            "stream_app_batch_size", "Events per micro-batch handed to the model.", ["pipeline"],
+            buckets=BATCH_BUCKETS, registry=reg)
+        self.inference_latency = Histogram(
+            "stream_app_inference_latency_seconds", "Wall time of one batched model step.", ["pipeline"],
+            buckets=LATENCY_BUCKETS, registry=reg)
+        self.end_to_end_latency = Histogram(
+            "stream_app_end_to_end_latency_seconds",
+            "From the input record's broker timestamp to the output's emit.", ["pipeline"],
+            buckets=LATENCY_BUCKETS, registry=reg)
+        self.outputs = Counter(
+            "stream_app_outputs", "Messages emitted to an output topic.", ["topic"], registry=reg)
+        self.active_users = Gauge(
+            "stream_app_active_users", "Users with live state on this worker.", registry=reg)
+        self.state_bytes = Gauge(
+            "stream_app_state_bytes", "Encoded bytes of per-key state held by this worker.", ["table"],
+            registry=reg)
+        self.state_expired = Counter(
+            "stream_app_state_expired", "Per-key states removed after the idle TTL.", ["table"], registry=reg)
+        self.windows_closed = Counter(
+            "stream_app_windows_closed", "Event-time windows closed and emitted.", ["kind"], registry=reg)
+        self.sensors_imputed = Counter(
+            "stream_app_sensors_imputed", "Sensor values imputed in a network snapshot.", registry=reg)
+        self.anomaly_alerts = Counter(
+            "stream_app_anomaly_alerts", "Anomaly alerts emitted, by kind.", ["kind"], registry=reg)
+        self.model_info = Info(
+            "stream_app_model", "Model version serving each pipeline.", ["pipeline"], registry=reg)
+        self.model_reloads = Counter(
+            "stream_app_model_reloads", "Checkpoint reload attempts.", ["pipeline", "outcome"], registry=reg)
+        self.online_hits = Counter(
+            "stream_app_online_hits", "Predictions whose top-k held the user's actual next action.", ["k"],
+            registry=reg)
+        self.online_scored = Counter(
+            "stream_app_online_scored", "Predictions scored against the user's actual next action.",
+            registry=reg)
+        self.forecast_abs_error = Summary(
+            "stream_app_forecast_abs_error", "Absolute error of forecasts once observed (MAE = sum/count).",
+            ["horizon_minutes"], registry=reg)
+        self.consumer_lag = Gauge(
+            "stream_app_consumer_lag", "Records between the committed offset and the end of a partition.",
+            ["topic", "partition"], registry=reg)
+
+
+METRICS = Metrics()

@@ -1,0 +1,103 @@
+"""Worker settings: built once, frozen, keyword-only; every environment variable named here."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream_app.exceptions import ConfigError
+
+__all__ = ["Settings", "setting_docs"]
+
+
+def _setting(default: Any, env: str, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything a worker needs; ``Settings.from_env()`` reads ``STREAM_APP_*`` variables."""
+
+    broker: str | None = _setting(None, "STREAM_APP_BROKER",
+                                  "Kafka bootstrap URL (kafka://host:9092[;host2:9092]); empty = embedded broker")
+    app_id: str = _setting("stream-app", "STREAM_APP_ID", "Faust app id: consumer group and topic prefix")
+    state_dir: str = _setting(".stream-app", "STREAM_APP_STATE_DIR", "Worker data directory (tables, offsets)")
+    web_host: str = _setting("127.0.0.1", "STREAM_APP_WEB_HOST", "Address of /metrics and the query API")
+    web_port: int = _setting(6066, "STREAM_APP_WEB_PORT", "Port of /metrics and the query API")
+    partitions: int = _setting(4, "STREAM_APP_PARTITIONS", "Partitions of every topic the app creates")
+    replication: int = _setting(1, "STREAM_APP_REPLICATION", "Replication factor of topics the app creates")
+    checkpoint: str | None = _setting(None, "STREAM_APP_CHECKPOINT",
+                                      "Next-action checkpoint (watched and hot-reloaded); empty = online Markov")
+    traffic_checkpoint: str | None = _setting(None, "STREAM_APP_TRAFFIC_CHECKPOINT",
+                                              "Traffic checkpoint; empty = persistence forecasts")
+    networks: str | None = _setting(None, "STREAM_APP_NETWORKS",
+                                    "Sensor-network files: NAME=ADJ.csv[:SENSORS.csv],... ; others are built "
+                                    "from reading coordinates")
+    batch_max: int = _setting(512, "STREAM_APP_BATCH_MAX", "Most events per micro-batch")
+    batch_within_s: float = _setting(0.05, "STREAM_APP_BATCH_WITHIN_S", "Longest wait to fill a micro-batch")
+    top_k: int = _setting(5, "STREAM_APP_TOP_K", "Actions per prediction")
+    grace_s: float = _setting(60.0, "STREAM_APP_GRACE_S", "Allowed event-time lateness before an event is late")
+    state_ttl_s: float = _setting(7 * 86400.0, "STREAM_APP_STATE_TTL_S", "Idle time after which a user's state expires")
+    window_events: int = _setting(50, "STREAM_APP_WINDOW_EVENTS", "Most events in a user's sliding window")
+    window_span_s: float = _setting(7 * 86400.0, "STREAM_APP_WINDOW_SPAN_S", "Event-time span of a user's window")
+    h3_resolution: int = _setting(8, "STREAM_APP_H3_RESOLUTION", "H3 resolution of cell-activity cells")
+    cell_window_s: int = _setting(300, "STREAM_APP_CELL_WINDOW_S", "Cell-activity hopping window size")
+    cell_step_s: int = _setting(60, "STREAM_APP_CELL_STEP_S", "Cell-activity hopping window step")
+    sensor_window_s: int = _setting(300, "STREAM_APP_SENSOR_WINDOW_S", "Per-sensor tumbling window size")
+    horizons_min: tuple[int, ...] = _setting((15, 30, 60), "STREAM_APP_HORIZONS", "Forecast horizons in minutes")
+    anomaly_z: float = _setting(4.0, "STREAM_APP_ANOMALY_Z", "Residual z-score that counts as anomalous")
+    anomaly_consecutive: int = _setting(2, "STREAM_APP_ANOMALY_CONSECUTIVE", "Anomalous windows in a row to alert")
+    producer_max_batch: int | None = _setting(None, "STREAM_APP_PRODUCER_MAX_BATCH",
+                                              "Producer max batch size in bytes (set for the Tansu fallback)")
+    security_protocol: str = _setting("PLAINTEXT", "STREAM_APP_SECURITY_PROTOCOL",
+                                      "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    sasl_mechanism: str = _setting("PLAIN", "STREAM_APP_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    sasl_username: str | None = _setting(None, "STREAM_APP_SASL_USERNAME", "SASL user name")
+    sasl_password: str | None = _setting(None, "STREAM_APP_SASL_PASSWORD", "SASL password")
+    ssl_cafile: str | None = _setting(None, "STREAM_APP_SSL_CAFILE", "CA bundle that signs the brokers' certificates")
+    ssl_certfile: str | None = _setting(None, "STREAM_APP_SSL_CERTFILE", "Client certificate (mutual TLS)")
+    ssl_keyfile: str | None = _setting(None, "STREAM_APP_SSL_KEYFILE", "Client private key (mutual TLS)")
+    log_level: str = _setting("info", "STREAM_APP_LOG_LEVEL", "crit, error, warn, info or debug")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Read ``STREAM_APP_*`` variables; keyword overrides win (the CLI passes its flags here)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        env = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                env[f.metadata["env"]] = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        return env
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = str(f.type)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("tuple"):
+            return tuple(int(part) for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{f.metadata['env']}={raw!r} is not a valid {kind}: {f.metadata['doc']}") from exc
+    return raw
+
+
+def setting_docs() -> list[tuple[str, str, str]]:
+    """(env var, default, doc) for every setting: the README table and --help come from here."""
+    return [(f.metadata["env"], repr(f.default), f.metadata["doc"]) for f in dataclasses.fields(Settings)]

@@ -24,6 +24,8 @@ class Settings:
     broker: str | None = _setting(None, "STREAM_APP_BROKER",
                                   "Kafka bootstrap URL (kafka://host:9092[;host2:9092]); empty = embedded broker")
     app_id: str = _setting("stream-app", "STREAM_APP_ID", "Faust app id: consumer group and topic prefix")
+    topic_prefix: str = _setting("", "STREAM_APP_TOPIC_PREFIX",
+                                 "Prefix of every topic name (several deployments on one cluster)")
     state_dir: str = _setting(".stream-app", "STREAM_APP_STATE_DIR", "Worker data directory (tables, offsets)")
     web_host: str = _setting("127.0.0.1", "STREAM_APP_WEB_HOST", "Address of /metrics and the query API")
     web_port: int = _setting(6066, "STREAM_APP_WEB_PORT", "Port of /metrics and the query API")
@@ -60,6 +62,11 @@ class Settings:
     ssl_cafile: str | None = _setting(None, "STREAM_APP_SSL_CAFILE", "CA bundle that signs the brokers' certificates")
     ssl_certfile: str | None = _setting(None, "STREAM_APP_SSL_CERTFILE", "Client certificate (mutual TLS)")
     ssl_keyfile: str | None = _setting(None, "STREAM_APP_SSL_KEYFILE", "Client private key (mutual TLS)")
+    session_timeout_s: float = _setting(10.0, "STREAM_APP_SESSION_TIMEOUT_S",
+                                        "Consumer-group session timeout (a dead worker is noticed after this)")
+    heartbeat_s: float = _setting(1.0, "STREAM_APP_HEARTBEAT_S", "Consumer-group heartbeat interval")
+    rebalance_timeout_s: float = _setting(10.0, "STREAM_APP_REBALANCE_TIMEOUT_S",
+                                          "Time members get to rejoin during a rebalance")
     log_level: str = _setting("info", "STREAM_APP_LOG_LEVEL", "crit, error, warn, info or debug")
 
     @classmethod
@@ -73,6 +80,10 @@ class Settings:
                 values[f.name] = _parse(f, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def topic(self, name: str) -> str:
+        """The full name of one of the app's topics, e.g. ``topic("user-events")``."""
+        return f"{self.topic_prefix}{name}"
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""

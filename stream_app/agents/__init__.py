@@ -1,0 +1,1 @@
+"""Faust agents: each reads one topic, validates, and hands valid events to its pipeline."""

@@ -1,0 +1,51 @@
+"""Raw records in, valid events out: every rejection goes to the dead-letter topic with its reason."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from faust.types import EventT
+
+from schemas import DeadLetter, Rejection, encode
+from stream_app.metrics import METRICS
+from stream_app.topics import dead_letters
+
+__all__ = ["PAYLOAD_LIMIT", "dead_letter_for", "validate_batch"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Enough of the payload to debug it; the full size is kept in payload_size.
+PAYLOAD_LIMIT = 4096
+
+
+def dead_letter_for(message: Any, rejection: Rejection) -> DeadLetter:
+    """The dead letter of a rejected Kafka message (``message`` is a faust Message)."""
+    raw: bytes = message.value or b""
+    key = message.key.decode("utf-8", errors="replace") if message.key is not None else None
+    text = raw.decode("utf-8", errors="replace")
+    return DeadLetter(source_topic=message.topic, partition=message.partition, offset=message.offset,
+                      key=key, reason=rejection.reason, detail=rejection.detail,
+                      payload=text[:PAYLOAD_LIMIT], payload_size=len(raw), truncated=len(text) > PAYLOAD_LIMIT,
+                      received_at=int(time.time() * 1000))
+
+
+async def validate_batch(events: Iterable[EventT], decode: Callable[[bytes | None], T | Rejection]
+                         ) -> list[tuple[EventT, T]]:
+    """Decode each record; send rejections to dead letters (and count them); return the valid ones."""
+    valid: list[tuple[EventT, T]] = []
+    for event in events:
+        topic = event.message.topic
+        METRICS.events_consumed.labels(topic=topic).inc()
+        decoded = decode(event.message.value)
+        if isinstance(decoded, Rejection):
+            letter = dead_letter_for(event.message, decoded)
+            await dead_letters.send(key=event.message.key, value=encode(letter))
+            METRICS.dead_letters.labels(topic=topic, reason=decoded.reason).inc()
+            log.debug("dead letter from %s[%d]@%d: %s", topic, letter.partition, letter.offset, decoded.detail)
+        else:
+            valid.append((event, decoded))
+    return valid

@@ -1,0 +1,82 @@
+"""Plain aiokafka producer/consumer helpers for the CLI (generate, replay, tail) and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from stream_app.app import broker_credentials
+from stream_app.settings import Settings
+
+__all__ = ["bootstrap_servers", "client_options", "produce", "consume", "Record"]
+
+Record = tuple[str, bytes | None, bytes]  # (topic, key, value)
+
+
+def bootstrap_servers(url: str) -> str:
+    """``kafka://a:9092;b:9092`` -> ``a:9092,b:9092`` (what aiokafka expects)."""
+    hosts = url.replace("kafka://", "").replace(";", ",")
+    return ",".join(h.strip().rstrip("/") for h in hosts.split(",") if h.strip())
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Connection options shared by every client, security settings included."""
+    options: dict[str, Any] = {"bootstrap_servers": bootstrap_servers(settings.broker or "")}
+    credentials = broker_credentials(settings)
+    if credentials is None:
+        return options
+    options["security_protocol"] = settings.security_protocol.upper()
+    context = getattr(credentials, "context", None) or getattr(credentials, "ssl_context", None)
+    if context is not None:
+        options["ssl_context"] = context
+    if settings.security_protocol.upper().startswith("SASL"):
+        options.update(sasl_mechanism=settings.sasl_mechanism.upper(),
+                       sasl_plain_username=settings.sasl_username, sasl_plain_password=settings.sasl_password)
+    return options
+
+
+async def produce(settings: Settings, records: Iterable[Record], *, rate: float = 0.0,
+                  on_sent: Any = None) -> int:
+    """Send records (optionally paced to ``rate`` records/s); returns how many were sent."""
+    producer = AIOKafkaProducer(linger_ms=5, **client_options(settings))
+    await producer.start()
+    sent, started = 0, time.monotonic()
+    try:
+        for topic, key, value in records:
+            await producer.send(topic, value=value, key=key)
+            sent += 1
+            if on_sent is not None:
+                on_sent(sent)
+            if rate > 0:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def consume(settings: Settings, topics: Iterable[str], *, from_beginning: bool = True,
+                  idle_timeout_s: float | None = None) -> AsyncIterator[Any]:
+    """Yield records of ``topics`` (no consumer group); stop after ``idle_timeout_s`` without one."""
+    consumer = AIOKafkaConsumer(*topics, auto_offset_reset="earliest" if from_beginning else "latest",
+                                enable_auto_commit=False, **client_options(settings))
+    await consumer.start()
+    idle_since = time.monotonic()
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=500)
+            if batch:
+                idle_since = time.monotonic()
+                for records in batch.values():
+                    for record in records:
+                        yield record
+            elif idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
+                return
+    finally:
+        await consumer.stop()

@@ -1,0 +1,17 @@
+"""Everything a worker runs: importing this module registers every agent, table and page."""
+
+from __future__ import annotations
+
+import sys
+
+from stream_app.app import app, settings
+from stream_app.agents import behavior, traffic  # noqa: F401 - registers the agents
+
+__all__ = ["app", "run"]
+
+
+def run() -> None:
+    """Run a Faust worker with the settings from the environment (blocks until stopped)."""
+    sys.argv = ["stream-app", "worker", "-l", settings.log_level,
+                "--web-host", settings.web_host, "--web-port", str(settings.web_port)]
+    app.main()

@@ -1,0 +1,166 @@
+"""Workers as subprocesses (Faust keeps global state per process) and Kafka I/O helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from stream_app.broker import BrokerInfo, free_port
+from stream_app.kafka_io import consume, produce
+from stream_app.settings import Settings
+
+# Group joins are slow with production timeouts; these keep a test worker's start and stop short.
+FAST_GROUP_ENV = {"STREAM_APP_SESSION_TIMEOUT_S": "6", "STREAM_APP_HEARTBEAT_S": "1",
+                  "STREAM_APP_REBALANCE_TIMEOUT_S": "3", "STREAM_APP_LOG_LEVEL": "warn",
+                  "STREAM_APP_PARTITIONS": "2"}
+
+
+@dataclass
+class Worker:
+    """One ``stream-app worker`` subprocess with its own data dir, web port and log file."""
+
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen | None = field(default=None, init=False)
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['STREAM_APP_WEB_PORT']}"
+
+    def start(self) -> "Worker":
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "stream_app", "worker"], env=self.env,
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_for_web()
+        return self
+
+    def wait_for_web(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log_tail()}")
+            try:
+                urllib.request.urlopen(f"{self.web_url}/metrics", timeout=1).read()
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"worker web server did not come up:\n{self.log_tail()}")
+
+    def metrics_text(self) -> str:
+        return urllib.request.urlopen(f"{self.web_url}/metrics", timeout=5).read().decode()
+
+    def get_json(self, path: str) -> object:
+        import json
+
+        return json.loads(urllib.request.urlopen(f"{self.web_url}{path}", timeout=10).read())
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+@dataclass
+class Deployment:
+    """The settings one test shares between its workers, producers and consumers."""
+
+    kafka: BrokerInfo
+    root: Path
+    prefix: str
+    extra_env: dict[str, str]
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env({}, broker=self.kafka.url, topic_prefix=self.prefix)
+
+    def topic(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def worker(self, name: str = "w", **env: str) -> Worker:
+        """Start a worker (same app id as the others in this test: they share state and group)."""
+        state = self.root / f"state-{name}-{len(self.workers)}"
+        worker_env = {**os.environ, **FAST_GROUP_ENV, **self.extra_env, **env,
+                      "STREAM_APP_BROKER": self.kafka.url, "STREAM_APP_TOPIC_PREFIX": self.prefix,
+                      "STREAM_APP_ID": f"{self.prefix}app", "STREAM_APP_STATE_DIR": str(state),
+                      "STREAM_APP_WEB_PORT": str(free_port())}
+        worker = Worker(env=worker_env, log_path=self.root / f"worker-{name}-{len(self.workers)}.log")
+        self.workers.append(worker)
+        return worker.start()
+
+    def produce(self, records: Iterable[tuple[str, bytes | None, bytes]]) -> int:
+        """Send (topic-name-without-prefix, key, value) records and flush."""
+        prefixed = [(self.topic(t), k, v) for t, k, v in records]
+        return asyncio.run(produce(self.settings, prefixed))
+
+    def collect(self, topic: str, count: int, timeout_s: float = 90.0, settle_s: float = 3.0) -> list:
+        """Read ``topic`` from the beginning until ``count`` records arrived, then ``settle_s`` more
+        seconds to catch duplicates; returns every record seen."""
+        return asyncio.run(_collect(self.settings, self.topic(topic), count, timeout_s, settle_s))
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+async def _collect(settings: Settings, topic: str, count: int, timeout_s: float, settle_s: float) -> list:
+    records: list = []
+    deadline = time.monotonic() + timeout_s
+    settle_until = None
+
+    async def reader() -> None:
+        nonlocal settle_until
+        async for record in consume(settings, [topic], idle_timeout_s=None):
+            records.append(record)
+            if len(records) >= count and settle_until is None:
+                settle_until = time.monotonic() + settle_s
+
+    task = asyncio.create_task(reader())
+    try:
+        while time.monotonic() < deadline and (settle_until is None or time.monotonic() < settle_until):
+            await asyncio.sleep(0.2)
+    finally:
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):
+            pass
+    return records
+
+
+@pytest.fixture
+def deployment(kafka: BrokerInfo, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """A fresh topic namespace on the session broker; workers are stopped (logs shown on failure)."""
+    prefix = f"t{uuid.uuid4().hex[:8]}-"
+    deployment = Deployment(kafka=kafka, root=tmp_path, prefix=prefix, extra_env={})
+    yield deployment
+    deployment.stop()
+    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
+        for worker in deployment.workers:
+            print(f"--- {worker.log_path.name} ---\n{worker.log_tail()}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

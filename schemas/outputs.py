@@ -1,0 +1,171 @@
+"""Output records: the JSON every downstream consumer reads; these shapes are the public interface."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from schemas.base import Count, EpochMillis, Probability, Record
+
+__all__ = [
+    "ActionScore", "NextActionPrediction", "HorizonForecast", "TrafficForecast", "SensorAggregate",
+    "CellActivity", "AnomalyKind", "Severity", "AnomalyAlert", "DeadLetter", "MAX_PAYLOAD_CHARS",
+]
+
+AnomalyKind = Literal["forecast_residual", "profile_drop", "behavior"]
+Severity = Literal["warning", "critical"]
+
+#: Dead letters carry at most this many characters of the rejected payload.
+MAX_PAYLOAD_CHARS = 4096
+
+
+class ActionScore(Record, kw_only=True):
+    """One candidate next action and the model's probability for it (0..1)."""
+
+    action: str
+    prob: Probability
+
+
+class NextActionPrediction(Record, kw_only=True):
+    """The most likely next actions of a user, emitted once per consumed event.
+
+    Trigger: ``event_id`` and ``user_id`` of the event that caused the prediction; ``as_of`` is its
+    event time (epoch ms).
+    Prediction: ``top_k`` in descending probability, made by ``model_version``.
+    Context: ``window_events`` events of this user spanning ``window_span_s`` seconds fed the model.
+    Timing (epoch ms): ``event_ts`` event time, ``ingested_at`` Kafka record timestamp of the event,
+    ``processed_at`` wall clock at emit. ``late`` marks an event that arrived out of event-time order.
+    """
+
+    event_id: str
+    user_id: str
+    as_of: EpochMillis
+    top_k: list[ActionScore]
+    model_version: str
+    window_events: Count
+    window_span_s: float
+    event_ts: EpochMillis
+    ingested_at: EpochMillis
+    processed_at: EpochMillis
+    late: bool = False
+
+
+class HorizonForecast(Record, kw_only=True):
+    """Forecast ``speed`` (same unit as the readings) ``minutes`` after the window end."""
+
+    minutes: Count
+    speed: float
+
+
+class TrafficForecast(Record, kw_only=True):
+    """Speed forecasts of one sensor, emitted once per closed aggregation window.
+
+    Sensor: ``sensor_id`` within ``network``.
+    Window: ``window_end`` (epoch ms) of the window that triggered the step; ``observed`` is its
+    aggregate speed, or null with ``imputed`` true when the sensor sent nothing and a value was filled in.
+    Forecast: ``horizons`` in ascending minutes, made by ``model_version``; ``processed_at`` is the
+    wall clock at emit (epoch ms).
+    """
+
+    sensor_id: str
+    network: str
+    window_end: EpochMillis
+    observed: float | None
+    imputed: bool
+    horizons: list[HorizonForecast]
+    model_version: str
+    processed_at: EpochMillis
+
+
+class SensorAggregate(Record, kw_only=True):
+    """Readings of one sensor in one tumbling window (internal topic between the traffic stages).
+
+    Sensor: ``sensor_id`` within ``network``.
+    Window: [``window_start``, ``window_end``) in epoch ms.
+    Aggregates: ``mean_speed``, ``min_speed``, ``max_speed`` over ``count`` readings; ``flow_sum``
+    is null when no reading carried a flow.
+    """
+
+    sensor_id: str
+    network: str
+    window_start: EpochMillis
+    window_end: EpochMillis
+    mean_speed: float
+    min_speed: float
+    max_speed: float
+    count: Count
+    flow_sum: float | None = None
+
+
+class CellActivity(Record, kw_only=True):
+    """User activity in one H3 cell over one tumbling window.
+
+    Cell: ``cell`` is the H3 index at ``resolution``.
+    Window: [``window_start``, ``window_end``) in epoch ms.
+    Activity: ``events`` events from ``users`` distinct users; ``actions`` counts events per action.
+    """
+
+    cell: str
+    resolution: Count
+    window_start: EpochMillis
+    window_end: EpochMillis
+    events: Count
+    users: Count
+    actions: dict[str, Count] = {}
+
+
+class AnomalyAlert(Record, kw_only=True):
+    """An observation that strays from what was expected.
+
+    What: ``kind`` names the detector; ``key`` is the sensor or user id, ``network`` the sensor's
+    network (null for users); ``alert_id`` is unique per alert.
+    When: ``ts`` is the event time of the observation (epoch ms).
+    How far: ``observed`` against ``expected``, ``score`` from the detector (higher is stranger),
+    ``severity`` warning or critical; ``detail`` is free text for people.
+    """
+
+    alert_id: str
+    kind: AnomalyKind
+    key: str
+    network: str | None = None
+    ts: EpochMillis
+    observed: float
+    expected: float
+    score: float
+    severity: Severity
+    detail: str = ""
+
+
+class DeadLetter(Record, kw_only=True):
+    """A Kafka record that could not be processed, kept for inspection and replay.
+
+    Origin: ``source_topic``, ``partition``, ``offset``; ``key`` is the record key decoded as
+    UTF-8 with replacement characters (null when the record had none).
+    Why: ``reason`` is a short fixed code (a metrics label), ``detail`` names the field and the rule.
+    Payload: ``payload`` is the value decoded as UTF-8 with replacement characters, cut to 4096
+    characters (``truncated`` says so); ``payload_size`` is the size of the original in bytes.
+    When: ``received_at`` is the wall clock when the record was rejected (epoch ms).
+    """
+
+    source_topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+    reason: str
+    detail: str
+    payload: str
+    payload_size: Count
+    truncated: bool
+    received_at: EpochMillis
+
+    @classmethod
+    def from_record(cls, value: bytes | None, key: bytes | None, *, source_topic: str, partition: int,
+                    offset: int, reason: str, detail: str, received_at: int) -> DeadLetter:
+        """Build a dead letter from the raw key and value of a Kafka record."""
+        raw = value or b""
+        text = raw.decode("utf-8", errors="replace")
+        return cls(
+            source_topic=source_topic, partition=partition, offset=offset,
+            key=None if key is None else key.decode("utf-8", errors="replace"),
+            reason=reason, detail=detail, payload=text[:MAX_PAYLOAD_CHARS], payload_size=len(raw),
+            truncated=len(text) > MAX_PAYLOAD_CHARS, received_at=received_at,
+        )

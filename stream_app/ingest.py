@@ -13,24 +13,18 @@ from schemas import DeadLetter, Rejection, encode
 from stream_app.metrics import METRICS
 from stream_app.topics import dead_letters
 
-__all__ = ["PAYLOAD_LIMIT", "dead_letter_for", "validate_batch"]
+__all__ = ["dead_letter_for", "validate_batch"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Enough of the payload to debug it; the full size is kept in payload_size.
-PAYLOAD_LIMIT = 4096
 
 
 def dead_letter_for(message: Any, rejection: Rejection) -> DeadLetter:
     """The dead letter of a rejected Kafka message (``message`` is a faust Message)."""
-    raw: bytes = message.value or b""
-    key = message.key.decode("utf-8", errors="replace") if message.key is not None else None
-    text = raw.decode("utf-8", errors="replace")
-    return DeadLetter(source_topic=message.topic, partition=message.partition, offset=message.offset,
-                      key=key, reason=rejection.reason, detail=rejection.detail,
-                      payload=text[:PAYLOAD_LIMIT], payload_size=len(raw), truncated=len(text) > PAYLOAD_LIMIT,
-                      received_at=int(time.time() * 1000))
+    return DeadLetter.from_record(message.value, message.key, source_topic=message.topic,
+                                  partition=message.partition, offset=message.offset, reason=rejection.reason,
+                                  detail=rejection.detail, received_at=int(time.time() * 1000))
 
 
 async def validate_batch(events: Iterable[EventT], decode: Callable[[bytes | None], T | Rejection]

@@ -31,6 +31,9 @@ class Metrics:
         self.late_events = Counter(
             "stream_app_late_events", "Events older than the key's event time by more than the grace period.",
             ["pipeline"], registry=reg)
+        self.duplicates = Counter(
+            "stream_app_duplicate_events", "Re-delivered events recognised by their event id.", ["pipeline"],
+            registry=reg)
         self.batch_size = Histogram(
             "stream_app_batch_size", "Events per micro-batch handed to the model.", ["pipeline"],
             buckets=BATCH_BUCKETS, registry=reg)

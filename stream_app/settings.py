@@ -40,7 +40,9 @@ class Settings:
                                     "from reading coordinates")
     batch_max: int = _setting(512, "STREAM_APP_BATCH_MAX", "Most events per micro-batch")
     batch_within_s: float = _setting(0.05, "STREAM_APP_BATCH_WITHIN_S", "Longest wait to fill a micro-batch")
-    top_k: int = _setting(5, "STREAM_APP_TOP_K", "Actions per prediction")
+    top_k: int = _setting(10, "STREAM_APP_TOP_K", "Actions per prediction")
+    action_field: str = _setting("action", "STREAM_APP_ACTION_FIELD",
+                                 "Event field the model predicts: action, item_id or category")
     grace_s: float = _setting(60.0, "STREAM_APP_GRACE_S", "Allowed event-time lateness before an event is late")
     state_ttl_s: float = _setting(7 * 86400.0, "STREAM_APP_STATE_TTL_S", "Idle time after which a user's state expires")
     window_events: int = _setting(50, "STREAM_APP_WINDOW_EVENTS", "Most events in a user's sliding window")

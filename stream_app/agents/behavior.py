@@ -1,18 +1,171 @@
-"""User events -> per-user state -> next-action predictions (batched hot path)."""
+"""User events -> per-user state -> next-action predictions (batched hot path).
+
+Each micro-batch is validated, split into rounds (a user's k-th event goes in round k), and each
+round is one batched model step over distinct users. A user's state is read once and written once
+per batch. Late events (older than the user's last event by more than the grace period) do not
+change state: they get the user's current prediction, marked ``late``. A re-delivered event (same
+event id as the user's latest) gets the identical prediction again.
+"""
 
 from __future__ import annotations
 
-from schemas import decode_user_event
+import logging
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+
+from models.serving import ActionEvent, GRUPredictor, MarkovPredictor, UserState
+from schemas import ActionScore, NextActionPrediction, UserEvent, decode_user_event, encode
 from stream_app.app import app, settings
+from stream_app.batching import group_into_rounds
 from stream_app.ingest import validate_batch
 from stream_app.metrics import METRICS
-from stream_app.topics import user_events
+from stream_app.models_holder import HotModel
+from stream_app.state import RECENT_IDS, StoredUser, decode_user, encode_user
+from stream_app.topics import predictions, user_events
 
-__all__ = ["behavior"]
+__all__ = ["behavior", "user_table", "model", "action_token"]
+
+log = logging.getLogger(__name__)
+
+PIPELINE = "behavior"
+SCORED_K = (1, 5, 10)
+
+# use_partitioner: table writes inside take_events() have no single "current" event (Faust #497),
+# so the changelog partition is computed from the key, which is the input topic's key.
+user_table = app.Table("user-state", default=None, key_type=bytes, value_type=bytes, key_serializer="raw",
+                       value_serializer="raw", partitions=settings.partitions, use_partitioner=True)
+
+model: HotModel = HotModel(
+    PIPELINE, settings.checkpoint, load=lambda path: GRUPredictor.from_checkpoint(path),
+    fallback=MarkovPredictor(window_size=settings.window_events, window_span_s=settings.window_span_s))
+
+_prediction_decoder = msgspec.json.Decoder(NextActionPrediction)
+
+
+def action_token(event: UserEvent) -> str:
+    """The token the model predicts (settings.action_field), falling back to the action."""
+    return getattr(event, settings.action_field, None) or event.action
+
+
+@dataclass
+class _Pending:
+    """One valid event on its way through a batch."""
+
+    event: UserEvent
+    ingested_at: int
+    stored: StoredUser
+    state: UserState = field(init=False)
 
 
 @app.agent(user_events)
 async def behavior(stream):
     async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
         valid = await validate_batch(batch, decode_user_event)
-        METRICS.events_processed.labels(pipeline="behavior").inc(len(valid))
+        if valid:
+            await _process(valid)
+
+
+async def _process(valid: list) -> None:
+    predictor = model.current  # one model per batch: a hot reload lands between batches
+    users: dict[str, StoredUser] = {}
+    outputs: list[tuple[bytes, bytes]] = []
+    METRICS.batch_size.labels(pipeline=PIPELINE).observe(len(valid))
+    for round_ in group_into_rounds(valid, key=lambda pair: pair[1].user_id):
+        outputs.extend(_apply_round(predictor, round_, users))
+    for user_id, stored in users.items():
+        user_table[user_id.encode()] = encode_user(stored)
+    for key, value in outputs:
+        await predictions.send(key=key, value=value)
+    now_ms = time.time() * 1000
+    for event, _ in valid:
+        METRICS.end_to_end_latency.labels(pipeline=PIPELINE).observe(max(0.0, now_ms - event.message.timestamp * 1000) / 1000)
+    METRICS.outputs.labels(topic=predictions.get_topic_name()).inc(len(outputs))
+    METRICS.events_processed.labels(pipeline=PIPELINE).inc(len(valid))
+
+
+def _load(users: dict[str, StoredUser], user_id: str) -> StoredUser:
+    if user_id not in users:
+        raw = user_table.get(user_id.encode())
+        users[user_id] = decode_user(raw) if raw else StoredUser()
+    return users[user_id]
+
+
+def _apply_round(predictor, round_: list, users: dict[str, StoredUser]) -> list[tuple[bytes, bytes]]:
+    outputs: list[tuple[bytes, bytes]] = []
+    to_apply: list[tuple[UserEvent, int, StoredUser]] = []
+    for kafka_event, event in round_:
+        stored = _load(users, event.user_id)
+        ingested_at = int(kafka_event.message.timestamp * 1000)
+        replay = _replayed_or_late(event, stored)
+        if replay is not None:
+            outputs.append(replay)
+        elif replay is None and event.event_id not in stored.recent_ids:
+            to_apply.append((event, ingested_at, stored))
+        else:
+            METRICS.duplicates.labels(pipeline=PIPELINE).inc()
+    if to_apply:
+        outputs.extend(_step(predictor, to_apply))
+    return outputs
+
+
+def _replayed_or_late(event: UserEvent, stored: StoredUser) -> tuple[bytes, bytes] | None:
+    """The output for an event that must not change state, or None when it is to be applied."""
+    key = event.user_id.encode()
+    if stored.last_prediction and event.event_id == stored.recent_ids[-1]:
+        METRICS.duplicates.labels(pipeline=PIPELINE).inc()
+        return key, stored.last_prediction  # re-delivery: the identical prediction again
+    if stored.last_prediction and event.event_id not in stored.recent_ids and \
+            event.ts < stored.last_ts_ms - settings.grace_s * 1000:
+        METRICS.late_events.labels(pipeline=PIPELINE).inc()
+        current = _prediction_decoder.decode(stored.last_prediction)
+        late = msgspec.structs.replace(current, event_id=event.event_id, as_of=event.ts, event_ts=event.ts,
+                                       processed_at=int(time.time() * 1000), late=True)
+        return key, encode(late)
+    return None
+
+
+def _step(predictor, to_apply: list[tuple[UserEvent, int, StoredUser]]) -> list[tuple[bytes, bytes]]:
+    states = [s.user_state() or UserState() for _, _, s in to_apply]
+    events = [ActionEvent(token=action_token(e), ts_ms=e.ts, lat=e.lat, lon=e.lon) for e, _, _ in to_apply]
+    for (event, _, stored), token in zip(to_apply, (e.token for e in events)):
+        _score_previous(stored, token)
+    started = time.perf_counter()
+    top = predictor.predict(states, events, settings.top_k)
+    METRICS.inference_latency.labels(pipeline=PIPELINE).observe(time.perf_counter() - started)
+    outputs = []
+    processed_at = int(time.time() * 1000)
+    for (event, ingested_at, stored), state, ranked in zip(to_apply, states, top):
+        prediction = NextActionPrediction(
+            event_id=event.event_id, user_id=event.user_id, as_of=event.ts,
+            top_k=[ActionScore(action=a, prob=p) for a, p in ranked], model_version=predictor.version,
+            window_events=len(state.window), window_span_s=_span_s(state), event_ts=event.ts,
+            ingested_at=ingested_at, processed_at=processed_at)
+        value = encode(prediction)
+        stored.model = state.to_bytes()
+        stored.last_prediction = value
+        stored.recent_ids = [*stored.recent_ids, event.event_id][-RECENT_IDS:]
+        stored.last_ts_ms = max(stored.last_ts_ms, event.ts)
+        outputs.append((event.user_id.encode(), value))
+    return outputs
+
+
+def _span_s(state: UserState) -> float:
+    return (state.window[-1].ts_ms - state.window[0].ts_ms) / 1000 if state.window else 0.0
+
+
+def _score_previous(stored: StoredUser, actual: str) -> None:
+    """Online quality: did the user's previous prediction hold the action that just happened?"""
+    if not stored.last_prediction:
+        return
+    ranked = [score.action for score in _prediction_decoder.decode(stored.last_prediction).top_k]
+    METRICS.online_scored.inc()
+    for k in SCORED_K:
+        if actual in ranked[:k]:
+            METRICS.online_hits.labels(k=str(k)).inc()
+
+
+@app.timer(2.0)
+async def reload_model() -> None:
+    model.refresh()

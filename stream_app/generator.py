@@ -555,7 +555,7 @@ def _true_next(records: list[_Record], users: list[_UserSim]) -> np.ndarray:
     for idx in np.split(order, bounds):
         user = users[owner[idx[0]]]
         slots = _next_start_slot_probs(s0[idx], user.rates, user.offset_ms)
-        rows[idx] += p_end[idx] * (slots @ user.start_mix)
+        rows[idx] += p_end[idx] * np.einsum("ns,sa->na", slots, user.start_mix)  # no BLAS threads
     return rows.astype(np.float32)
 
 

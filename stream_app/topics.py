@@ -5,7 +5,7 @@ from __future__ import annotations
 from stream_app.app import app, settings
 
 __all__ = ["user_events", "traffic_readings", "predictions", "forecasts", "cell_activity",
-           "anomaly_alerts", "dead_letters", "sensor_aggregates", "ALL_TOPICS"]
+           "anomaly_alerts", "dead_letters", "sensor_aggregates", "cell_events", "ALL_TOPICS"]
 
 
 def _raw(name: str):
@@ -21,6 +21,7 @@ cell_activity = _raw("cell-activity")
 anomaly_alerts = _raw("anomaly-alerts")
 dead_letters = _raw("dead-letters")
 sensor_aggregates = _raw("sensor-aggregates")
+cell_events = _raw("cell-events")
 
 ALL_TOPICS = (user_events, traffic_readings, predictions, forecasts, cell_activity, anomaly_alerts,
-              dead_letters, sensor_aggregates)
+              dead_letters, sensor_aggregates, cell_events)

@@ -7,10 +7,13 @@ are counted by the caller and never merged silently.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
-__all__ = ["window_starts", "Watermark", "SpeedWindow", "TumblingWindows"]
+__all__ = ["window_starts", "Watermark", "SpeedWindow", "ActivityWindow", "EventTimeWindows"]
+
+A = TypeVar("A")
 
 
 def window_starts(ts_ms: int, size_ms: int, step_ms: int | None = None) -> list[int]:
@@ -59,23 +62,46 @@ class SpeedWindow:
 
 
 @dataclass
-class TumblingWindows:
-    """Open tumbling windows of many keys; ``close(watermark)`` yields the ones that are done."""
+class ActivityWindow:
+    """Events, distinct users and per-action counts of one map cell in one window."""
+
+    events: int = 0
+    users: set[str] = field(default_factory=set)
+    actions: dict[str, int] = field(default_factory=dict)
+
+    def add(self, user_id: str, action: str) -> None:
+        self.events += 1
+        self.users.add(user_id)
+        self.actions[action] = self.actions.get(action, 0) + 1
+
+
+@dataclass
+class EventTimeWindows(Generic[A]):
+    """Open windows of many keys, ``size_ms`` long every ``step_ms`` (tumbling when equal).
+
+    ``add`` puts a record in every open window that contains it; ``close(watermark)`` yields the
+    windows that ended at or before the watermark, in time order.
+    """
 
     size_ms: int
-    open: dict[str, dict[int, SpeedWindow]] = field(default_factory=dict)
+    new_window: Callable[[], A]
+    step_ms: int | None = None
+    open: dict[str, dict[int, A]] = field(default_factory=dict)
     closed_until: dict[str, int] = field(default_factory=dict)
 
-    def add(self, key: str, ts_ms: int, speed: float, flow: float | None) -> bool:
-        """Add a reading; False (and nothing changes) when its window already closed."""
-        start = ts_ms - ts_ms % self.size_ms
-        if start + self.size_ms <= self.closed_until.get(key, -1):
-            return False
-        self.open.setdefault(key, {}).setdefault(start, SpeedWindow()).add(speed, flow)
-        return True
+    def add(self, key: str, ts_ms: int, *values: Any) -> bool:
+        """Add a record; False (and nothing changes) when every window holding it already closed."""
+        closed = self.closed_until.get(key, -1)
+        starts = [s for s in window_starts(ts_ms, self.size_ms, self.step_ms) if s + self.size_ms > closed]
+        for start in starts:
+            window = self.open.setdefault(key, {}).get(start)
+            if window is None:
+                window = self.open[key][start] = self.new_window()
+            window.add(*values)
+        return bool(starts)
 
-    def close(self, watermark: int | None) -> Iterator[tuple[str, int, SpeedWindow]]:
-        """(key, window start, aggregate) of every window ending at or before ``watermark``, in time order."""
+    def close(self, watermark: int | None) -> Iterator[tuple[str, int, A]]:
+        """(key, window start, aggregate) of every window ending at or before ``watermark``."""
         if watermark is None:
             return
         done = sorted((start, key) for key, windows in self.open.items() for start in windows

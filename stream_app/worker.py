@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from stream_app.app import app, settings
-from stream_app.agents import behavior, traffic  # noqa: F401 - registers the agents
+from stream_app.agents import behavior, cells, traffic  # noqa: F401 - registers the agents
 
 __all__ = ["app", "run"]
 

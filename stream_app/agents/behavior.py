@@ -23,7 +23,8 @@ from stream_app.ingest import validate_batch
 from stream_app.metrics import METRICS
 from stream_app.models_holder import HotModel
 from stream_app.state import RECENT_IDS, StoredUser, decode_user, encode_user
-from stream_app.topics import predictions, user_events
+from stream_app.agents.cells import cell_event
+from stream_app.topics import cell_events, predictions, user_events
 
 __all__ = ["behavior", "user_table", "model", "action_token"]
 
@@ -78,6 +79,10 @@ async def _process(valid: list) -> None:
         user_table[user_id.encode()] = encode_user(stored)
     for key, value in outputs:
         await predictions.send(key=key, value=value)
+    for _, event in valid:
+        located = cell_event(event)
+        if located is not None:
+            await cell_events.send(key=located[0], value=located[1])
     now_ms = time.time() * 1000
     for event, _ in valid:
         METRICS.end_to_end_latency.labels(pipeline=PIPELINE).observe(max(0.0, now_ms - event.message.timestamp * 1000) / 1000)

@@ -27,7 +27,7 @@ from stream_app.metrics import METRICS
 from stream_app.networks import load_networks, network_from_sensors
 from stream_app.traffic_alerts import NetworkAlerts
 from stream_app.topics import forecasts, sensor_aggregates, traffic_readings
-from stream_app.windows import SpeedWindow, TumblingWindows, Watermark
+from stream_app.windows import EventTimeWindows, SpeedWindow, Watermark
 
 __all__ = ["sensor_windows", "network_steps", "forecaster_for"]
 
@@ -43,7 +43,7 @@ network_table = app.Table("network-state", default=None, key_type=bytes, value_t
                           key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
                           use_partitioner=True)
 
-windows = TumblingWindows(size_ms=WINDOW_MS)
+windows: EventTimeWindows[SpeedWindow] = EventTimeWindows(size_ms=WINDOW_MS, new_window=SpeedWindow)
 watermark = Watermark(grace_ms=int(settings.grace_s * 1000))
 sensor_network: dict[str, str] = {}
 registered = load_networks(settings.networks)
@@ -168,7 +168,7 @@ async def _step(network: str, window_end: int, observed: dict[str, float]) -> No
     for index, sensor_id in enumerate(forecaster.network.sensor_ids):
         await forecasts.send(key=sensor_id.encode(), value=encode(_forecast(forecaster, result, index, processed_at)))
     METRICS.outputs.labels(topic=forecasts.get_topic_name()).inc(forecaster.network.n_sensors)
-    await _alerts[network].check(result, observed)
+    await _alerts[network].check(result)
 
 
 def forecaster_for(network: str, observed: dict[str, float] | None = None) -> TrafficForecaster:

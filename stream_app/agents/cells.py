@@ -1,0 +1,103 @@
+"""Cell activity: user events re-keyed by H3 cell, counted in event-time hopping windows.
+
+The behavior agent forwards each located event to the internal ``cell-events`` topic keyed by its
+cell, so one worker owns each cell (re-key before the table write). Windows close when the
+watermark (largest event time seen minus grace) passes their end; a record whose every window has
+closed is counted late.
+"""
+
+from __future__ import annotations
+
+import h3
+import msgspec
+
+from schemas import CellActivity, encode
+from stream_app.app import app, settings
+from stream_app.metrics import METRICS
+from stream_app.topics import cell_activity, cell_events
+from stream_app.windows import ActivityWindow, EventTimeWindows, Watermark
+
+__all__ = ["CellEvent", "cell_of", "cell_event", "count_cells"]
+
+PIPELINE = "cells"
+
+
+class CellEvent(msgspec.Struct, array_like=True):
+    """The part of a user event that cell activity needs (internal topic, compact)."""
+
+    cell: str
+    ts: int
+    user_id: str
+    action: str
+
+
+class _StoredCell(msgspec.Struct, array_like=True):
+    windows: dict[int, tuple[int, list[str], dict[str, int]]]
+    closed_until: int
+
+
+_event_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(CellEvent))
+_cell_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(_StoredCell))
+
+cell_table = app.Table("cell-windows", default=None, key_type=bytes, value_type=bytes, key_serializer="raw",
+                       value_serializer="raw", partitions=settings.partitions, use_partitioner=True)
+windows: EventTimeWindows[ActivityWindow] = EventTimeWindows(
+    size_ms=settings.cell_window_s * 1000, step_ms=settings.cell_step_s * 1000, new_window=ActivityWindow)
+watermark = Watermark(grace_ms=int(settings.grace_s * 1000))
+
+
+def cell_of(lat: float, lon: float) -> str:
+    return h3.latlng_to_cell(lat, lon, settings.h3_resolution)
+
+
+def cell_event(event) -> tuple[bytes, bytes] | None:
+    """(key, value) for ``cell-events``, or None when the event has no location."""
+    if event.lat is None or event.lon is None:
+        return None
+    cell = cell_of(event.lat, event.lon)
+    return cell.encode(), _event_codec[0].encode(CellEvent(cell, event.ts, event.user_id, event.action))
+
+
+@app.agent(cell_events)
+async def count_cells(stream):
+    restored = False
+    async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+        if not restored:
+            _restore()
+            restored = True
+        touched = set()
+        for kafka_event in batch:
+            event = _event_codec[1].decode(kafka_event.message.value)
+            watermark.observe(event.ts)
+            if windows.add(event.cell, event.ts, event.user_id, event.action):
+                touched.add(event.cell)
+            else:
+                METRICS.late_events.labels(pipeline=PIPELINE).inc()
+        for cell, start, window in list(windows.close(watermark.value)):
+            await cell_activity.send(key=cell.encode(), value=encode(_activity(cell, start, window)))
+            METRICS.windows_closed.labels(kind="cell").inc()
+            touched.add(cell)
+        for cell in touched:
+            cell_table[cell.encode()] = _encode(cell)
+
+
+def _activity(cell: str, start: int, window: ActivityWindow) -> CellActivity:
+    return CellActivity(cell=cell, resolution=settings.h3_resolution, window_start=start,
+                        window_end=start + windows.size_ms, events=window.events, users=len(window.users),
+                        actions=dict(window.actions))
+
+
+def _encode(cell: str) -> bytes:
+    stored = _StoredCell(windows={s: (w.events, sorted(w.users), w.actions) for s, w in windows.open.get(cell, {}).items()},
+                         closed_until=windows.closed_until.get(cell, -1))
+    return _cell_codec[0].encode(stored)
+
+
+def _restore() -> None:
+    """Open windows of this worker's cells, recovered from the table's changelog."""
+    for key, raw in list(cell_table.items()):
+        cell, stored = key.decode(), _cell_codec[1].decode(raw)
+        windows.closed_until[cell] = stored.closed_until
+        for start, (events, users, actions) in stored.windows.items():
+            windows.open.setdefault(cell, {})[start] = ActivityWindow(events, set(users), dict(actions))
+            watermark.observe(start)

@@ -1,0 +1,63 @@
+"""Per-network anomaly alerts and online forecast error, around ``models.anomaly.AnomalyDetector``."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+import numpy as np
+
+from models.anomaly import AnomalyConfig, AnomalyDetector
+from models.graph import SensorNetwork
+from models.traffic import StepResult
+from schemas import AnomalyAlert, encode
+from stream_app.metrics import METRICS
+from stream_app.settings import Settings
+from stream_app.topics import anomaly_alerts
+
+__all__ = ["NetworkAlerts"]
+
+
+class NetworkAlerts:
+    """Alerts and forecast errors of one network, fed one ``StepResult`` per window."""
+
+    def __init__(self, name: str, network: SensorNetwork, settings: Settings) -> None:
+        self.name = name
+        self.sensor_ids = network.sensor_ids
+        self.step_ms = settings.sensor_window_s * 1000
+        config = AnomalyConfig(threshold=settings.anomaly_z, critical_threshold=max(6.0, 2 * settings.anomaly_z),
+                               consecutive=settings.anomaly_consecutive)
+        self.detector = AnomalyDetector(network.sensor_ids, config)
+        self._past: deque[tuple[int, tuple[int, ...], np.ndarray]] = deque(maxlen=64)
+
+    def horizon_errors(self, result: StepResult) -> Iterator[tuple[int, float]]:
+        """(horizon minutes, |observed - forecast|) for every observed sensor whose forecast for
+        this window was made ``horizon`` earlier; then remembers this step's forecasts."""
+        observed = np.where(result.imputed, np.nan, result.values)
+        for window_end, horizons, forecasts in self._past:
+            for h, steps in enumerate(horizons):
+                if window_end + steps * self.step_ms != result.window_end_ms:
+                    continue
+                errors = np.abs(observed - forecasts[:, h])
+                minutes = steps * self.step_ms // 60_000
+                yield from ((minutes, float(e)) for e in errors[np.isfinite(errors)])
+        self._past.append((result.window_end_ms, tuple(result.horizons), result.forecasts.copy()))
+
+    async def check(self, result: StepResult) -> None:
+        """Score the window and send an alert per firing sensor."""
+        observed = np.where(result.imputed, np.nan, result.values)
+        for alert in self.detector.update(result.window_end_ms, observed, result.expected):
+            message = AnomalyAlert(
+                alert_id=f"{self.name}:{alert.sensor_id}:{alert.kind}:{alert.window_end_ms}", kind=alert.kind,
+                key=alert.sensor_id, network=self.name, ts=alert.window_end_ms, observed=alert.observed,
+                expected=alert.expected, score=alert.score, severity=alert.severity,
+                detail=f"{alert.consecutive} windows in a row")
+            await anomaly_alerts.send(key=alert.sensor_id.encode(), value=encode(message))
+            METRICS.anomaly_alerts.labels(kind=alert.kind).inc()
+
+    def to_bytes(self) -> bytes:
+        return self.detector.state_bytes()
+
+    def load(self, data: bytes) -> None:
+        if data:
+            self.detector.load_state_bytes(data)

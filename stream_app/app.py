@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from typing import Any
 
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
+from prometheus_client import CollectorRegistry
 
 from stream_app.metrics import METRICS
 from stream_app.settings import Settings
@@ -29,8 +31,15 @@ def broker_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context) if context is not None else None
 
 
-def create_app(settings: Settings) -> faust.App:
-    """A Faust app configured from ``settings`` (no broker is contacted here)."""
+def _canonical_url(settings: Settings) -> str:
+    """Where other workers reach this one's query API (table routing)."""
+    host = socket.gethostname() if settings.web_host in ("0.0.0.0", "::") else settings.web_host
+    return f"http://{host}:{settings.web_port}"
+
+
+def create_app(settings: Settings, registry: CollectorRegistry = METRICS.registry) -> faust.App:
+    """A Faust app configured from ``settings`` (no broker is contacted here); Faust's own
+    Prometheus series go to ``registry`` beside the app's."""
     extra: dict[str, Any] = {}
     if settings.producer_max_batch is not None:
         extra["producer_max_batch_size"] = settings.producer_max_batch
@@ -46,6 +55,7 @@ def create_app(settings: Settings) -> faust.App:
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_transport=f"tcp://{settings.web_host}:{settings.web_port}",
+        canonical_url=_canonical_url(settings),
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_s,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
@@ -53,7 +63,7 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         **extra,
     )
-    setup_prometheus_sensors(app, pattern="/metrics", registry=METRICS.registry, name_prefix="faust")
+    setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
     return app
 
 

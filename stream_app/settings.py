@@ -45,6 +45,7 @@ class Settings:
                                  "Event field the model predicts: action, item_id or category")
     grace_s: float = _setting(60.0, "STREAM_APP_GRACE_S", "Allowed event-time lateness before an event is late")
     state_ttl_s: float = _setting(7 * 86400.0, "STREAM_APP_STATE_TTL_S", "Idle time after which a user's state expires")
+    expiry_interval_s: float = _setting(30.0, "STREAM_APP_EXPIRY_INTERVAL_S", "How often idle state is expired")
     window_events: int = _setting(50, "STREAM_APP_WINDOW_EVENTS", "Most events in a user's sliding window")
     window_span_s: float = _setting(7 * 86400.0, "STREAM_APP_WINDOW_SPAN_S", "Event-time span of a user's window")
     h3_resolution: int = _setting(8, "STREAM_APP_H3_RESOLUTION", "H3 resolution of cell-activity cells")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from stream_app.app import app, settings
+from stream_app import lag, web  # noqa: F401 - registers the lag timer and the query pages
 from stream_app.agents import behavior, cells, traffic  # noqa: F401 - registers the agents
 
 __all__ = ["app", "run"]

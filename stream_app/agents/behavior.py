@@ -43,6 +43,8 @@ model: HotModel = HotModel(
     fallback=MarkovPredictor(window_size=settings.window_events, window_span_s=settings.window_span_s))
 
 _prediction_decoder = msgspec.json.Decoder(NextActionPrediction)
+# Largest event time this worker has seen: the clock that idle-state expiry runs on.
+_latest_event_ms = 0
 
 
 def action_token(event: UserEvent) -> str:
@@ -69,6 +71,8 @@ async def behavior(stream):
 
 
 async def _process(valid: list) -> None:
+    global _latest_event_ms
+    _latest_event_ms = max(_latest_event_ms, max(event.ts for _, event in valid))
     predictor = model.current  # one model per batch: a hot reload lands between batches
     users: dict[str, StoredUser] = {}
     outputs: list[tuple[bytes, bytes]] = []
@@ -174,3 +178,31 @@ def _score_previous(stored: StoredUser, actual: str) -> None:
 @app.timer(2.0)
 async def reload_model() -> None:
     model.refresh()
+
+
+@app.timer(settings.expiry_interval_s)
+async def expire_idle_users() -> None:
+    """Delete users idle (in event time) for longer than the TTL; refresh the state gauges."""
+    horizon = _latest_event_ms - settings.state_ttl_s * 1000
+    active = size = 0
+    for key, raw in list(user_table.items()):
+        if decode_user(raw).last_ts_ms < horizon:
+            del user_table[key]
+            METRICS.state_expired.labels(table="user-state").inc()
+        else:
+            active, size = active + 1, size + len(raw)
+    METRICS.active_users.set(active)
+    METRICS.state_bytes.labels(table="user-state").set(size)
+
+
+def user_summary(user_id: str) -> dict | None:
+    """What the query API shows of one user on the worker that owns it (None when unknown)."""
+    raw = user_table.get(user_id.encode())
+    if not raw:
+        return None
+    stored = decode_user(raw)
+    state = stored.user_state()
+    latest = msgspec.json.decode(stored.last_prediction) if stored.last_prediction else None
+    return {"user_id": user_id, "events_in_window": len(state.window) if state else 0,
+            "window_span_s": _span_s(state) if state else 0.0, "event_count": state.event_count if state else 0,
+            "last_event_ts": stored.last_ts_ms, "latest_prediction": latest}

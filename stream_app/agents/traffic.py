@@ -29,7 +29,7 @@ from stream_app.traffic_alerts import NetworkAlerts
 from stream_app.topics import forecasts, sensor_aggregates, traffic_readings
 from stream_app.windows import EventTimeWindows, SpeedWindow, Watermark
 
-__all__ = ["sensor_windows", "network_steps", "forecaster_for"]
+__all__ = ["sensor_windows", "network_steps", "forecaster_for", "latest_forecast", "network_table"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,17 @@ def _restore_sensor_windows() -> None:
 _forecasters: dict[str, TrafficForecaster] = {}
 _alerts: dict[str, NetworkAlerts] = {}
 _pending: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
+_latest: dict[str, dict[str, bytes]] = defaultdict(dict)  # network -> sensor -> latest forecast JSON
+
+
+def latest_forecast(sensor_id: str, network: str | None = None) -> dict | None:
+    """The latest forecast of a sensor stepped by this worker (any network when ``network`` is None)."""
+    networks = [network] if network is not None else list(_latest)
+    for name in networks:
+        value = _latest.get(name, {}).get(sensor_id)
+        if value is not None:
+            return msgspec.json.decode(value)
+    return None
 
 
 @app.agent(sensor_aggregates)
@@ -165,8 +176,11 @@ async def _step(network: str, window_end: int, observed: dict[str, float]) -> No
     METRICS.sensors_imputed.inc(int(result.imputed.sum()))
     _score_forecasts(network, result)
     processed_at = int(time.time() * 1000)
+    latest = _latest[network]
     for index, sensor_id in enumerate(forecaster.network.sensor_ids):
-        await forecasts.send(key=sensor_id.encode(), value=encode(_forecast(forecaster, result, index, processed_at)))
+        value = encode(_forecast(forecaster, result, index, processed_at))
+        latest[sensor_id] = value
+        await forecasts.send(key=sensor_id.encode(), value=value)
     METRICS.outputs.labels(topic=forecasts.get_topic_name()).inc(forecaster.network.n_sensors)
     await _alerts[network].check(result)
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from models.anomaly import AnomalyAlert as DetectedAlert
 from models.anomaly import AnomalyConfig, AnomalyDetector
 from models.graph import SensorNetwork
 from models.traffic import StepResult
@@ -15,7 +16,13 @@ from stream_app.metrics import METRICS
 from stream_app.settings import Settings
 from stream_app.topics import anomaly_alerts
 
-__all__ = ["NetworkAlerts"]
+__all__ = ["NetworkAlerts", "anomaly_config"]
+
+
+def anomaly_config(settings: Settings) -> AnomalyConfig:
+    """Detector thresholds from the settings (z threshold, windows in a row)."""
+    return AnomalyConfig(threshold=settings.anomaly_z, critical_threshold=max(6.0, 2 * settings.anomaly_z),
+                         consecutive=settings.anomaly_consecutive)
 
 
 class NetworkAlerts:
@@ -25,9 +32,7 @@ class NetworkAlerts:
         self.name = name
         self.sensor_ids = network.sensor_ids
         self.step_ms = settings.sensor_window_s * 1000
-        config = AnomalyConfig(threshold=settings.anomaly_z, critical_threshold=max(6.0, 2 * settings.anomaly_z),
-                               consecutive=settings.anomaly_consecutive)
-        self.detector = AnomalyDetector(network.sensor_ids, config)
+        self.detector = AnomalyDetector(network.sensor_ids, anomaly_config(settings))
         self._past: deque[tuple[int, tuple[int, ...], np.ndarray]] = deque(maxlen=64)
 
     def horizon_errors(self, result: StepResult) -> Iterator[tuple[int, float]]:
@@ -43,10 +48,14 @@ class NetworkAlerts:
                 yield from ((minutes, float(e)) for e in errors[np.isfinite(errors)])
         self._past.append((result.window_end_ms, tuple(result.horizons), result.forecasts.copy()))
 
+    def score(self, result: StepResult) -> list[DetectedAlert]:
+        """The detectors' alerts for one window (imputed values are not observations)."""
+        observed = np.where(result.imputed, np.nan, result.values)
+        return self.detector.update(result.window_end_ms, observed, result.expected)
+
     async def check(self, result: StepResult) -> None:
         """Score the window and send an alert per firing sensor."""
-        observed = np.where(result.imputed, np.nan, result.values)
-        for alert in self.detector.update(result.window_end_ms, observed, result.expected):
+        for alert in self.score(result):
             message = AnomalyAlert(
                 alert_id=f"{self.name}:{alert.sensor_id}:{alert.kind}:{alert.window_end_ms}", kind=alert.kind,
                 key=alert.sensor_id, network=self.name, ts=alert.window_end_ms, observed=alert.observed,

@@ -1,0 +1,218 @@
+"""User events through the real broker: one prediction per event, equal to the offline model."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import h3
+import numpy as np
+import pytest
+import torch
+
+from models.features import EventRecord, FeatureSpec, Vocabulary, encode_events
+from models.next_action import EventTensors, NextActionConfig, NextActionModel
+from models.training import model_version, save_next_action
+from schemas import CellActivity, NextActionPrediction, decode
+from stream_app.cli_io import to_records
+from stream_app.windows import window_starts
+
+pytestmark = pytest.mark.integration
+
+ACTIONS = [f"a{i}" for i in range(12)]
+NOW_MS = int(time.time() * 1000) - 3 * 3_600_000
+TOP_K = 5
+
+
+def _checkpoint(path: Path) -> Path:
+    """A small, randomly initialized (seeded) next-action model: equality needs no training."""
+    vocab = Vocabulary(ACTIONS)
+    spec = FeatureSpec(lat_mean=40.7, lat_std=0.05, lon_mean=-74.0, lon_std=0.05, n_cell_buckets=64)
+    config = NextActionConfig(vocab_size=len(vocab), embed_dim=16, hidden_dim=24, n_cell_buckets=64, cell_dim=4,
+                              attn_dim=8, pair_dim=4, window_size=6, window_span_s=900.0, dropout=0.0)
+    torch.manual_seed(3)
+    model = NextActionModel(config).eval()
+    metadata = {"config": config.to_dict(), "vocabulary": vocab.to_list(), "features": spec.to_dict()}
+    metadata["version"] = model_version(model, metadata)
+    return save_next_action(path, model, metadata)
+
+
+def _workload(users: int, per_user: int, seed: int = 1) -> list[dict]:
+    """Interleaved sequences; some events without location, one unseen token (OOV)."""
+    rng = random.Random(seed)
+    events = []
+    for u in range(users):
+        ts = NOW_MS + rng.randrange(60_000)
+        for k in range(per_user):
+            ts += rng.randrange(5_000, 400_000)
+            event = {"event_id": f"u{u}-{k}", "user_id": f"u{u}", "ts": ts,
+                     "action": rng.choice(ACTIONS + ["never-seen"])}
+            if rng.random() < 0.8:
+                event.update(lat=40.7 + rng.uniform(-0.05, 0.05), lon=-74.0 + rng.uniform(-0.05, 0.05))
+            events.append(event)
+    rng.shuffle(events)
+    events.sort(key=lambda e: (int(e["event_id"].split("-")[1]), rng.random()))  # interleave, keep per-user order
+    return events
+
+
+def _offline_predictions(checkpoint: Path, events: list[dict]) -> dict[str, list[tuple[str, float]]]:
+    """event_id -> top-k from one full-sequence ``forward`` per user."""
+    from models.training import load_next_action
+
+    loaded = load_next_action(checkpoint)
+    by_user = defaultdict(list)
+    for event in events:
+        by_user[event["user_id"]].append(event)
+    expected = {}
+    for user_events in by_user.values():
+        records = [EventRecord(e["action"], e["ts"], e.get("lat"), e.get("lon")) for e in user_events]
+        batch = EventTensors.collate([encode_events(records, loaded.vocab, loaded.spec)])
+        with torch.inference_mode():
+            log_probs = loaded.model(batch)[0]
+        probs = log_probs.exp().numpy()
+        for position, event in enumerate(user_events):
+            expected[event["event_id"]] = probs[position]
+    return expected, loaded.vocab
+
+
+def _assert_matches(predictions: list[NextActionPrediction], expected: dict, vocab: Vocabulary) -> None:
+    for prediction in predictions:
+        probs = expected[prediction.event_id]
+        got = [(s.action, s.prob) for s in prediction.top_k]
+        assert len(got) == TOP_K
+        for action, prob in got:
+            assert prob == pytest.approx(float(probs[vocab.encode(action)]), abs=1e-4), prediction.event_id
+        kth = sorted(probs[2:], reverse=True)[TOP_K - 1]  # ids 0/1 are padding and OOV
+        assert min(p for _, p in got) >= kth - 1e-4, "streamed top-k are the k most likely actions"
+
+
+def _predictions(records) -> list[NextActionPrediction]:
+    decoded = [decode(r.value, NextActionPrediction) for r in records]
+    assert all(isinstance(p, NextActionPrediction) for p in decoded), "every prediction is schema-valid"
+    return decoded
+
+
+def test_one_prediction_per_event_equal_to_the_offline_model(deployment, tmp_path):
+    checkpoint = _checkpoint(tmp_path / "model.pt")
+    events = _workload(users=25, per_user=8)
+    deployment.worker(STREAM_APP_CHECKPOINT=str(checkpoint), STREAM_APP_TOP_K=str(TOP_K))
+    deployment.produce(to_records(events))
+
+    records = deployment.collect("next-action-predictions", len(events))
+    predictions = _predictions(records)
+    assert sorted(p.event_id for p in predictions) == sorted(e["event_id"] for e in events), \
+        "exactly one prediction per event"
+    assert all(r.key == p.user_id.encode() for r, p in zip(records, predictions)), "keyed by user"
+    expected, vocab = _offline_predictions(checkpoint, events)
+    _assert_matches(predictions, expected, vocab)
+    assert {p.model_version for p in predictions} == {json.loads(records[0].value)["model_version"]}
+    assert predictions[0].model_version.startswith("gru-")
+
+    user = deployment.workers[0].get_json("/users/u3")
+    last = max((e for e in events if e["user_id"] == "u3"), key=lambda e: e["ts"])
+    assert user["event_count"] == 8 and user["latest_prediction"]["event_id"] == last["event_id"]
+
+
+def test_restart_recovers_state_exactly(deployment, tmp_path):
+    checkpoint = _checkpoint(tmp_path / "model.pt")
+    events = _workload(users=20, per_user=10, seed=2)
+    first = [e for e in events if int(e["event_id"].split("-")[1]) < 5]
+    second = [e for e in events if int(e["event_id"].split("-")[1]) >= 5]
+    env = {"STREAM_APP_CHECKPOINT": str(checkpoint), "STREAM_APP_TOP_K": str(TOP_K)}
+
+    deployment.worker("before", **env)
+    deployment.produce(to_records(first))
+    assert len(deployment.collect("next-action-predictions", len(first), settle_s=2)) == len(first)
+    deployment.workers[0].stop()
+
+    deployment.worker("after", **env)  # a fresh data dir: state comes back from the changelog only
+    deployment.produce(to_records(second))
+    predictions = _predictions(deployment.collect("next-action-predictions", len(events)))
+    assert sorted(p.event_id for p in predictions) == sorted(e["event_id"] for e in events), \
+        "nothing lost, nothing duplicated across the restart"
+    expected, vocab = _offline_predictions(checkpoint, events)
+    _assert_matches([p for p in predictions if int(p.event_id.split("-")[1]) >= 5], expected, vocab)
+
+
+def test_redelivered_event_gets_the_identical_prediction_and_late_events_change_nothing(deployment, tmp_path):
+    checkpoint = _checkpoint(tmp_path / "model.pt")
+    base = [{"event_id": f"e{k}", "user_id": "solo", "ts": NOW_MS + k * 60_000, "action": ACTIONS[k]}
+            for k in range(4)]
+    late = {"event_id": "late", "user_id": "solo", "ts": NOW_MS - 3_600_000, "action": ACTIONS[9]}
+    after = {"event_id": "e4", "user_id": "solo", "ts": NOW_MS + 5 * 60_000, "action": ACTIONS[4]}
+    deployment.worker(STREAM_APP_CHECKPOINT=str(checkpoint), STREAM_APP_TOP_K=str(TOP_K),
+                      STREAM_APP_GRACE_S="60")
+    deployment.produce(to_records(base))
+    deployment.collect("next-action-predictions", 4, settle_s=1)
+    deployment.produce(to_records([base[-1], late, after]))
+
+    records = deployment.collect("next-action-predictions", 7)
+    by_id = defaultdict(list)
+    for record in records:
+        by_id[json.loads(record.value)["event_id"]].append(record.value)
+    assert len(by_id["e3"]) == 2 and by_id["e3"][0] == by_id["e3"][1], "re-delivery: identical bytes"
+    late_prediction = json.loads(by_id["late"][0])
+    assert late_prediction["late"] is True
+    assert late_prediction["top_k"] == json.loads(by_id["e3"][0])["top_k"], "late: the current belief"
+    expected, vocab = _offline_predictions(checkpoint, base + [after])
+    _assert_matches([decode(by_id["e4"][0], NextActionPrediction)], expected, vocab)
+    assert "stream_app_late_events_total{pipeline=\"behavior\"} 1.0" in deployment.workers[0].metrics_text()
+
+
+def test_idle_users_expire(deployment, tmp_path):
+    early = [{"event_id": f"x{k}", "user_id": f"idle{k}", "ts": NOW_MS, "action": "a1"} for k in range(2)]
+    later = {"event_id": "y", "user_id": "busy", "ts": NOW_MS + 2 * 3_600_000, "action": "a2"}
+    worker = deployment.worker(STREAM_APP_STATE_TTL_S="600", STREAM_APP_EXPIRY_INTERVAL_S="1")
+    deployment.produce(to_records(early))
+    deployment.collect("next-action-predictions", 2, settle_s=0.5)
+    assert worker.get_json("/users/idle0")["event_count"] == 1
+    deployment.produce(to_records([later]))
+    deployment.collect("next-action-predictions", 3, settle_s=3)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "stream_app_state_expired_total{table=\"user-state\"} 2.0" \
+            not in worker.metrics_text():
+        time.sleep(0.5)
+    assert "stream_app_state_expired_total{table=\"user-state\"} 2.0" in worker.metrics_text()
+    with pytest.raises(Exception, match="404"):
+        worker.get_json("/users/idle0")
+    assert worker.get_json("/users/busy")["event_count"] == 1
+
+
+def test_cell_activity_counts_equal_direct_counts(deployment):
+    rng = random.Random(5)
+    spots = [(40.70, -74.00), (40.75, -73.98), (40.80, -73.95)]
+    events = []
+    for k in range(120):
+        lat, lon = rng.choice(spots)
+        events.append({"event_id": f"c{k}", "user_id": f"u{rng.randrange(15)}", "ts": NOW_MS + k * 10_000,
+                       "action": rng.choice(["view", "buy", "like"]), "lat": lat, "lon": lon})
+    closer = {"event_id": "closer", "user_id": "u0", "ts": NOW_MS + 3_600_000, "action": "view",
+              "lat": 10.0, "lon": 10.0}  # advances the watermark past every window above
+    size, step = 300_000, 60_000
+    expected = defaultdict(lambda: {"events": 0, "users": set(), "actions": defaultdict(int)})
+    for e in events:
+        cell = h3.latlng_to_cell(e["lat"], e["lon"], 8)
+        for start in window_starts(e["ts"], size, step):
+            window = expected[(cell, start)]
+            window["events"] += 1
+            window["users"].add(e["user_id"])
+            window["actions"][e["action"]] += 1
+    deployment.worker(STREAM_APP_CELL_WINDOW_S="300", STREAM_APP_CELL_STEP_S="60", STREAM_APP_H3_RESOLUTION="8")
+    deployment.produce(to_records(sorted(events, key=lambda e: e["ts"]) + [closer]))
+
+    records = deployment.collect("cell-activity", len(expected))
+    got = {}
+    for record in records:
+        activity = decode(record.value, CellActivity)
+        assert isinstance(activity, CellActivity) and record.key == activity.cell.encode()
+        assert (activity.cell, activity.window_start) not in got, "each window emitted once"
+        got[(activity.cell, activity.window_start)] = activity
+    assert set(got) == set(expected)
+    for key, activity in got.items():
+        want = expected[key]
+        assert (activity.events, activity.users, activity.actions) == \
+            (want["events"], len(want["users"]), dict(want["actions"]))
+        assert activity.window_end - activity.window_start == size and activity.resolution == 8

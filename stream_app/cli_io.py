@@ -48,7 +48,8 @@ def _generated_events(users: int, sensors: int, seed: int) -> Iterator[dict]:
     if users:
         streams.append(iter_user_events(BehaviorConfig(n_users=users, n_events=None, seed=seed, start_ms=start_ms)))
     if sensors:
-        streams.append(iter_traffic_readings(TrafficConfig(n_sensors=sensors, seed=seed, start_ms=start_ms)))
+        streams.append(iter_traffic_readings(TrafficConfig(n_sensors=sensors, seed=seed, start_ms=start_ms,
+                                                         duration_hours=None)))
     return heapq.merge(*streams, key=lambda e: e["ts"])
 
 

@@ -55,7 +55,7 @@ def _workload(users: int, sensors: int, seed: int, start_ms: int):
     import heapq
 
     behavior = iter_user_events(BehaviorConfig(n_users=users, n_events=None, seed=seed, start_ms=start_ms))
-    traffic_config = TrafficConfig(n_sensors=sensors, seed=seed, start_ms=start_ms)
+    traffic_config = TrafficConfig(n_sensors=sensors, seed=seed, start_ms=start_ms, duration_hours=None)
     traffic = iter_traffic_readings(traffic_config)
     return heapq.merge(behavior, traffic, key=lambda e: e["ts"]), traffic_config
 
@@ -78,7 +78,7 @@ def demo(broker: str | None, users: int, sensors: int, rate: float, duration: fl
     start_ms = int(time.time() * 1000) - 7 * DAY_MS  # event time starts a week ago and runs fast
     checkpoint = _demo_model(seed) if train else None
     network = write_network_files("city", generate_traffic(TrafficConfig(n_sensors=sensors, seed=seed,
-                                                                        start_ms=start_ms, duration_ms=0)).sensors,
+                                                                        start_ms=start_ms, duration_hours=0)).sensors,
                                   DEMO_DIR)
     with broker_url(broker) as url:
         settings = Settings.from_env(broker=url)

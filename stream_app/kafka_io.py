@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 
 from stream_app.app import broker_credentials
 from stream_app.settings import Settings
 
-__all__ = ["bootstrap_servers", "client_options", "produce", "consume", "Record"]
+__all__ = ["bootstrap_servers", "client_options", "ensure_topics", "produce", "consume", "Record"]
 
 Record = tuple[str, bytes | None, bytes]  # (topic, key, value)
 
@@ -39,14 +41,35 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+async def ensure_topics(settings: Settings, names: Iterable[str]) -> None:
+    """Create missing topics with the app's partitions, so a producer that runs before any worker
+    does not leave the broker to auto-create them with its own default partition count."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        missing = set(names) - set(await admin.list_topics())
+        if missing:
+            new = [NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication)
+                   for name in sorted(missing)]
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another client created it meanwhile
+    finally:
+        await admin.close()
+
+
 async def produce(settings: Settings, records: Iterable[Record], *, rate: float = 0.0,
                   on_sent: Any = None) -> int:
     """Send records (optionally paced to ``rate`` records/s); returns how many were sent."""
     producer = AIOKafkaProducer(linger_ms=5, **client_options(settings))
     await producer.start()
-    sent, started = 0, time.monotonic()
+    sent, started, created = 0, time.monotonic(), set()
     try:
         for topic, key, value in records:
+            if topic not in created:
+                await ensure_topics(settings, [topic])
+                created.add(topic)
             await producer.send(topic, value=value, key=key)
             sent += 1
             if on_sent is not None:

@@ -29,7 +29,8 @@ class HotModel(Generic[M]):
         self._load = load
         self.current: M = fallback
         self._signature: tuple[int, int] | None = None
-        self._publish()
+        if not self.refresh():  # the checkpoint, when there is one, serves from the first event
+            self._publish()
 
     @property
     def version(self) -> str:

@@ -38,12 +38,19 @@ class Settings:
     networks: str | None = _setting(None, "STREAM_APP_NETWORKS",
                                     "Sensor-network files: NAME=ADJ.csv[:SENSORS.csv],... ; others are built "
                                     "from reading coordinates")
+    behavior_mode: str = _setting("full", "STREAM_APP_BEHAVIOR_MODE",
+                                  "full, unbatched (one model step per event) or passthrough (validate only); "
+                                  "the last two exist for benchmarks")
+    torch_threads: int = _setting(1, "STREAM_APP_TORCH_THREADS",
+                                  "Threads torch may use per worker (scale out with partitions and workers)")
     batch_max: int = _setting(512, "STREAM_APP_BATCH_MAX", "Most events per micro-batch")
     batch_within_s: float = _setting(0.05, "STREAM_APP_BATCH_WITHIN_S", "Longest wait to fill a micro-batch")
     top_k: int = _setting(10, "STREAM_APP_TOP_K", "Actions per prediction")
     action_field: str = _setting("action", "STREAM_APP_ACTION_FIELD",
                                  "Event field the model predicts: action, item_id or category")
     grace_s: float = _setting(60.0, "STREAM_APP_GRACE_S", "Allowed event-time lateness before an event is late")
+    watermark_idle_s: float = _setting(5.0, "STREAM_APP_WATERMARK_IDLE_S",
+                                       "A partition silent this long stops holding the event-time watermark back")
     state_ttl_s: float = _setting(7 * 86400.0, "STREAM_APP_STATE_TTL_S", "Idle time after which a user's state expires")
     expiry_interval_s: float = _setting(30.0, "STREAM_APP_EXPIRY_INTERVAL_S", "How often idle state is expired")
     window_events: int = _setting(50, "STREAM_APP_WINDOW_EVENTS", "Most events in a user's sliding window")

@@ -9,8 +9,10 @@ __all__ = ["user_events", "traffic_readings", "predictions", "forecasts", "cell_
 
 
 def _raw(name: str):
+    # internal=True: the worker creates the topic at start (with the configured partitions) when it
+    # does not exist yet, so assignment never skips an input that a producer has not created.
     return app.topic(settings.topic(name), key_type=bytes, value_type=bytes, key_serializer="raw",
-                     value_serializer="raw", partitions=app.conf.topic_partitions)
+                     value_serializer="raw", partitions=app.conf.topic_partitions, internal=True)
 
 
 user_events = _raw("user-events")

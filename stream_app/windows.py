@@ -7,6 +7,7 @@ are counted by the caller and never merged silently.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -25,17 +26,45 @@ def window_starts(ts_ms: int, size_ms: int, step_ms: int | None = None) -> list[
 
 @dataclass
 class Watermark:
-    """Largest event time seen minus ``grace_ms``; windows ending at or before it are closed."""
+    """Event-time progress over several partitions, minus ``grace_ms``.
+
+    Each partition is read in order, but partitions advance at their own pace, so the watermark is
+    the *smallest* of the partitions' largest event times: a window closes only once every
+    partition has passed it. A partition silent for ``idle_s`` (wall clock) stops holding it back.
+    The watermark never moves backwards.
+    """
 
     grace_ms: int
-    max_ts_ms: int | None = None
+    idle_s: float = 5.0
+    partitions: int = 1  # partitions expected to report; one not heard from yet holds the watermark
+    clock: Callable[[], float] = time.monotonic
+    _max_ts: dict[int, int] = field(default_factory=dict)
+    _seen_at: dict[int, float] = field(default_factory=dict)
+    _value: int | None = None
 
-    def observe(self, ts_ms: int) -> None:
-        self.max_ts_ms = ts_ms if self.max_ts_ms is None else max(self.max_ts_ms, ts_ms)
+    def observe(self, ts_ms: int, partition: int = 0) -> None:
+        now = self.clock()
+        if not self._seen_at:  # the idle clock of the partitions yet to report starts now
+            self._seen_at = dict.fromkeys(range(self.partitions), now)
+        self._max_ts[partition] = max(ts_ms, self._max_ts.get(partition, ts_ms))
+        self._seen_at[partition] = now
+
+    @property
+    def max_ts_ms(self) -> int | None:
+        return max(self._max_ts.values()) if self._max_ts else None
 
     @property
     def value(self) -> int | None:
-        return None if self.max_ts_ms is None else self.max_ts_ms - self.grace_ms
+        if not self._max_ts:
+            return None
+        now = self.clock()
+        active = [p for p, seen in self._seen_at.items() if now - seen <= self.idle_s]
+        if any(p not in self._max_ts for p in active):
+            return self._value  # a partition that has not reported yet may still hold older records
+        # Every partition silent: none holds the watermark back, the furthest one sets it.
+        candidate = (min(self._max_ts[p] for p in active) if active else max(self._max_ts.values())) - self.grace_ms
+        self._value = candidate if self._value is None else max(self._value, candidate)
+        return self._value
 
 
 @dataclass

@@ -22,6 +22,7 @@ from stream_app.batching import group_into_rounds
 from stream_app.ingest import validate_batch
 from stream_app.metrics import METRICS
 from stream_app.models_holder import HotModel
+from stream_app.tables import ready_for_writes
 from stream_app.state import RECENT_IDS, StoredUser, decode_user, encode_user
 from stream_app.agents.cells import cell_event
 from stream_app.topics import cell_events, predictions, user_events
@@ -35,8 +36,8 @@ SCORED_K = (1, 5, 10)
 
 # use_partitioner: table writes inside take_events() have no single "current" event (Faust #497),
 # so the changelog partition is computed from the key, which is the input topic's key.
-user_table = app.Table("user-state", default=None, key_type=bytes, value_type=bytes, key_serializer="raw",
-                       value_serializer="raw", partitions=settings.partitions, use_partitioner=True)
+user_table = app.Table("user-state", default=None, key_type=bytes, value_type=bytes,
+                       partitions=settings.partitions, use_partitioner=True)
 
 model: HotModel = HotModel(
     PIPELINE, settings.checkpoint, load=lambda path: GRUPredictor.from_checkpoint(path),
@@ -64,9 +65,17 @@ class _Pending:
 
 @app.agent(user_events)
 async def behavior(stream):
+    await ready_for_writes(user_table)
     async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
         valid = await validate_batch(batch, decode_user_event)
-        if valid:
+        if not valid:
+            continue
+        if settings.behavior_mode == "passthrough":
+            METRICS.events_processed.labels(pipeline=PIPELINE).inc(len(valid))
+        elif settings.behavior_mode == "unbatched":
+            for pair in valid:
+                await _process([pair])
+        else:
             await _process(valid)
 
 

@@ -2,8 +2,8 @@
 
 The behavior agent forwards each located event to the internal ``cell-events`` topic keyed by its
 cell, so one worker owns each cell (re-key before the table write). Windows close when the
-watermark (largest event time seen minus grace) passes their end; a record whose every window has
-closed is counted late.
+watermark (the smallest of the partitions' latest event times, minus grace) passes their end; a
+record whose every window has closed is counted late.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from schemas import CellActivity, encode
 from stream_app.app import app, settings
 from stream_app.metrics import METRICS
 from stream_app.topics import cell_activity, cell_events
+from stream_app.tables import ready_for_writes
 from stream_app.windows import ActivityWindow, EventTimeWindows, Watermark
 
 __all__ = ["CellEvent", "cell_of", "cell_event", "count_cells"]
@@ -39,11 +40,12 @@ class _StoredCell(msgspec.Struct, array_like=True):
 _event_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(CellEvent))
 _cell_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(_StoredCell))
 
-cell_table = app.Table("cell-windows", default=None, key_type=bytes, value_type=bytes, key_serializer="raw",
-                       value_serializer="raw", partitions=settings.partitions, use_partitioner=True)
+cell_table = app.Table("cell-windows", default=None, key_type=bytes, value_type=bytes,
+                       partitions=settings.partitions, use_partitioner=True)
 windows: EventTimeWindows[ActivityWindow] = EventTimeWindows(
     size_ms=settings.cell_window_s * 1000, step_ms=settings.cell_step_s * 1000, new_window=ActivityWindow)
-watermark = Watermark(grace_ms=int(settings.grace_s * 1000))
+watermark = Watermark(grace_ms=int(settings.grace_s * 1000), idle_s=settings.watermark_idle_s,
+                      partitions=settings.partitions)
 
 
 def cell_of(lat: float, lon: float) -> str:
@@ -60,6 +62,7 @@ def cell_event(event) -> tuple[bytes, bytes] | None:
 
 @app.agent(cell_events)
 async def count_cells(stream):
+    await ready_for_writes(cell_table)
     restored = False
     async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
         if not restored:
@@ -68,17 +71,28 @@ async def count_cells(stream):
         touched = set()
         for kafka_event in batch:
             event = _event_codec[1].decode(kafka_event.message.value)
-            watermark.observe(event.ts)
+            watermark.observe(event.ts, kafka_event.message.partition)
             if windows.add(event.cell, event.ts, event.user_id, event.action):
                 touched.add(event.cell)
             else:
                 METRICS.late_events.labels(pipeline=PIPELINE).inc()
-        for cell, start, window in list(windows.close(watermark.value)):
-            await cell_activity.send(key=cell.encode(), value=encode(_activity(cell, start, window)))
-            METRICS.windows_closed.labels(kind="cell").inc()
-            touched.add(cell)
-        for cell in touched:
-            cell_table[cell.encode()] = _encode(cell)
+        await _emit_closed(touched)
+
+
+@app.timer(1.0)
+async def close_idle_cell_windows() -> None:
+    """Close windows even when no record arrives (idle partitions stop holding the watermark)."""
+    await _emit_closed(set())
+
+
+async def _emit_closed(touched: set[str]) -> None:
+    """Emit every window the watermark passed; persist the cells that changed."""
+    for cell, start, window in list(windows.close(watermark.value)):
+        await cell_activity.send(key=cell.encode(), value=encode(_activity(cell, start, window)))
+        METRICS.windows_closed.labels(kind="cell").inc()
+        touched.add(cell)
+    for cell in touched:
+        cell_table[cell.encode()] = _encode(cell)
 
 
 def _activity(cell: str, start: int, window: ActivityWindow) -> CellActivity:
@@ -100,4 +114,3 @@ def _restore() -> None:
         windows.closed_until[cell] = stored.closed_until
         for start, (events, users, actions) in stored.windows.items():
             windows.open.setdefault(cell, {})[start] = ActivityWindow(events, set(users), dict(actions))
-            watermark.observe(start)

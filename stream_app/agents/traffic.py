@@ -1,8 +1,8 @@
 """Traffic readings -> per-sensor windows -> network snapshots -> forecasts and alerts.
 
-Stage 1 (key: sensor): tumbling event-time windows per sensor, closed by the watermark (largest
-event time seen minus the grace period); a reading for a window already closed is counted late and
-dropped. Each closed window becomes a ``SensorAggregate`` on the internal topic, keyed by network.
+Stage 1 (key: sensor): tumbling event-time windows per sensor, closed by the watermark (the
+smallest of the partitions' latest event times, minus the grace period); a reading for a window
+already closed is counted late and dropped. Each closed window becomes a ``SensorAggregate`` on the internal topic, keyed by network.
 
 Stage 2 (key: network): aggregates are gathered per window end. A snapshot is stepped when every
 sensor of the network reported, or when an aggregate of a later window arrived (the watermark
@@ -27,6 +27,7 @@ from stream_app.metrics import METRICS
 from stream_app.networks import load_networks, network_from_sensors
 from stream_app.traffic_alerts import NetworkAlerts
 from stream_app.topics import forecasts, sensor_aggregates, traffic_readings
+from stream_app.tables import ready_for_writes
 from stream_app.windows import EventTimeWindows, SpeedWindow, Watermark
 
 __all__ = ["sensor_windows", "network_steps", "forecaster_for", "latest_forecast", "network_table"]
@@ -37,14 +38,14 @@ PIPELINE = "traffic"
 WINDOW_MS = settings.sensor_window_s * 1000
 STEPS_PER_HORIZON = {m: max(1, m * 60 // settings.sensor_window_s) for m in settings.horizons_min}
 
-sensor_table = app.Table("sensor-windows", default=None, key_type=bytes, value_type=bytes, key_serializer="raw",
-                         value_serializer="raw", partitions=settings.partitions, use_partitioner=True)
+sensor_table = app.Table("sensor-windows", default=None, key_type=bytes, value_type=bytes,
+                         partitions=settings.partitions, use_partitioner=True)
 network_table = app.Table("network-state", default=None, key_type=bytes, value_type=bytes,
-                          key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
-                          use_partitioner=True)
+                          partitions=settings.partitions, use_partitioner=True)
 
 windows: EventTimeWindows[SpeedWindow] = EventTimeWindows(size_ms=WINDOW_MS, new_window=SpeedWindow)
-watermark = Watermark(grace_ms=int(settings.grace_s * 1000))
+watermark = Watermark(grace_ms=int(settings.grace_s * 1000), idle_s=settings.watermark_idle_s,
+                      partitions=settings.partitions)
 sensor_network: dict[str, str] = {}
 registered = load_networks(settings.networks)
 
@@ -71,6 +72,7 @@ _network_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(_StoredNetw
 
 @app.agent(traffic_readings)
 async def sensor_windows(stream):
+    await ready_for_writes(sensor_table)
     restored = False
     async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
         if not restored:
@@ -78,19 +80,30 @@ async def sensor_windows(stream):
             restored = True
         valid = await validate_batch(batch, decode_traffic_reading)
         METRICS.batch_size.labels(pipeline=PIPELINE).observe(len(valid))
-        touched = {reading.sensor_id for _, reading in valid if _add_reading(reading)}
-        for sensor_id, start, window in list(windows.close(watermark.value)):
-            await sensor_aggregates.send(key=sensor_network[sensor_id].encode(),
-                                         value=encode(_aggregate(sensor_id, start, window)))
-            METRICS.windows_closed.labels(kind="sensor").inc()
-            touched.add(sensor_id)
-        for sensor_id in touched:
-            sensor_table[sensor_id.encode()] = _encode_sensor(sensor_id)
+        touched = {reading.sensor_id for event, reading in valid if _add_reading(reading, event.message.partition)}
+        await _emit_closed(touched)
         METRICS.events_processed.labels(pipeline=PIPELINE).inc(len(valid))
 
 
-def _add_reading(reading: TrafficReading) -> bool:
-    watermark.observe(reading.ts)
+@app.timer(1.0)
+async def close_idle_sensor_windows() -> None:
+    """Close windows even when no reading arrives (idle partitions stop holding the watermark)."""
+    await _emit_closed(set())
+
+
+async def _emit_closed(touched: set[str]) -> None:
+    """Send every window the watermark passed to stage 2; persist the sensors that changed."""
+    for sensor_id, start, window in list(windows.close(watermark.value)):
+        await sensor_aggregates.send(key=sensor_network[sensor_id].encode(),
+                                     value=encode(_aggregate(sensor_id, start, window)))
+        METRICS.windows_closed.labels(kind="sensor").inc()
+        touched.add(sensor_id)
+    for sensor_id in touched:
+        sensor_table[sensor_id.encode()] = _encode_sensor(sensor_id)
+
+
+def _add_reading(reading: TrafficReading, partition: int) -> bool:
+    watermark.observe(reading.ts, partition)
     sensor_network[reading.sensor_id] = reading.network
     if windows.add(reading.sensor_id, reading.ts, reading.speed, reading.flow):
         return True
@@ -120,7 +133,6 @@ def _restore_sensor_windows() -> None:
         windows.closed_until[sensor_id] = stored.closed_until
         for start, (count, total, low, high, flow) in stored.windows.items():
             windows.open.setdefault(sensor_id, {})[start] = SpeedWindow(count, total, low, high, flow)
-            watermark.observe(start)
 
 
 # ---------------------------------------------------------------- stage 2: network steps
@@ -143,6 +155,7 @@ def latest_forecast(sensor_id: str, network: str | None = None) -> dict | None:
 
 @app.agent(sensor_aggregates)
 async def network_steps(stream):
+    await ready_for_writes(network_table)
     async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
         valid = await validate_batch(batch, partial(decode, cls=SensorAggregate))
         touched = set()

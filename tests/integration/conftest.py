@@ -91,7 +91,7 @@ class Deployment:
 
     @property
     def settings(self) -> Settings:
-        return Settings.from_env({}, broker=self.kafka.url, topic_prefix=self.prefix)
+        return Settings.from_env({**FAST_GROUP_ENV, **self.extra_env}, broker=self.kafka.url, topic_prefix=self.prefix)
 
     def topic(self, name: str) -> str:
         return f"{self.prefix}{name}"

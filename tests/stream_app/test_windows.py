@@ -20,7 +20,7 @@ def test_window_starts(ts, size, step, expected):
     assert window_starts(ts, size, step) == expected
 
 
-def test_watermark_is_max_event_time_minus_grace():
+def test_watermark_of_one_partition_is_its_max_event_time_minus_grace():
     mark = Watermark(grace_ms=1000)
     assert mark.value is None
     for ts in (5000, 3000, 9000, 8000):
@@ -52,3 +52,39 @@ def test_hopping_windows_count_distinct_users_and_actions():
     assert (closed[0].events, len(closed[0].users), closed[0].actions) == (2, 1, {"view": 1, "buy": 1})
     assert (closed[MIN].events, len(closed[MIN].users), closed[MIN].actions) == (3, 2, {"view": 2, "buy": 1})
     assert (closed[2 * MIN].events, len(closed[2 * MIN].users)) == (1, 1)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_watermark_waits_for_the_slowest_partition_until_it_goes_idle():
+    clock = FakeClock()
+    mark = Watermark(grace_ms=1000, idle_s=5.0, clock=clock)
+    mark.observe(50_000, partition=0)
+    mark.observe(10_000, partition=1)
+    assert mark.value == 9_000, "partition 1 is behind: it holds the watermark"
+    clock.now = 3.0
+    mark.observe(60_000, partition=0)
+    assert mark.value == 9_000
+    clock.now = 6.0
+    assert mark.value == 59_000, "partition 1 has been silent for more than idle_s"
+    mark.observe(20_000, partition=1)
+    assert mark.value == 59_000, "the watermark never moves backwards"
+    mark.observe(70_000, partition=0)
+    assert mark.value == 59_000, "partition 1 is active again and behind"
+    clock.now = 20.0
+    assert mark.value == 69_000, "all partitions silent: the furthest sets the watermark"
+
+
+def test_a_partition_not_heard_from_holds_the_watermark_until_idle():
+    clock = FakeClock()
+    mark = Watermark(grace_ms=0, idle_s=5.0, partitions=2, clock=clock)
+    mark.observe(50_000, partition=0)
+    assert mark.value is None, "partition 1 may still hold older records"
+    clock.now = 6.0
+    assert mark.value == 50_000

@@ -89,6 +89,30 @@ def _assert_matches(predictions: list[NextActionPrediction], expected: dict, voc
         assert min(p for _, p in got) >= kth - 1e-4, "streamed top-k are the k most likely actions"
 
 
+def _metric(text: str, series: str) -> float:
+    lines = [line for line in text.splitlines() if line.startswith(series + " ")]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+def _assert_online_quality_equals_offline(metrics: str, events: list[dict], expected: dict, vocab) -> None:
+    """Online Acc@k (each prediction against the user's next event) equals the offline count."""
+    by_user = defaultdict(list)
+    for event in events:
+        by_user[event["user_id"]].append(event)
+    scored, hits = 0, {1: 0, 5: 0}
+    for user_events in by_user.values():
+        for event, following in zip(user_events, user_events[1:]):
+            ranked = np.argsort(-expected[event["event_id"]][2:])[:TOP_K] + 2  # ids 0/1: padding, OOV
+            tokens = [vocab.decode(int(i)) for i in ranked]
+            scored += 1
+            for k in hits:
+                hits[k] += following["action"] in tokens[:k]
+    assert _metric(metrics, "stream_app_online_scored_total") == scored
+    for k, count in hits.items():
+        assert _metric(metrics, f'stream_app_online_hits_total{{k="{k}"}}') == count
+    assert hits[5] > 0
+
+
 def _predictions(records) -> list[NextActionPrediction]:
     decoded = [decode(r.value, NextActionPrediction) for r in records]
     assert all(isinstance(p, NextActionPrediction) for p in decoded), "every prediction is schema-valid"
@@ -110,6 +134,8 @@ def test_one_prediction_per_event_equal_to_the_offline_model(deployment, tmp_pat
     _assert_matches(predictions, expected, vocab)
     assert {p.model_version for p in predictions} == {json.loads(records[0].value)["model_version"]}
     assert predictions[0].model_version.startswith("gru-")
+
+    _assert_online_quality_equals_offline(deployment.workers[0].metrics_text(), events, expected, vocab)
 
     user = deployment.workers[0].get_json("/users/u3")
     last = max((e for e in events if e["user_id"] == "u3"), key=lambda e: e["ts"])

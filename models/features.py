@@ -1,0 +1,265 @@
+"""Per-event feature encoding shared by training and streaming, so the two never drift apart."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Iterable, NamedTuple, Sequence
+
+import h3
+import numpy as np
+
+from models.exceptions import ModelError
+
+__all__ = [
+    "PAD_ID", "OOV_ID", "N_DENSE", "DENSE_NAMES", "STATIC_DENSE", "TIME_DENSE", "LOCATION_DENSE",
+    "EventRecord", "Vocabulary", "FeatureSpec", "EncodedEvents",
+    "encode_events", "encode_next_events", "haversine_km", "time_features", "cell_bucket",
+]
+
+logger = logging.getLogger(__name__)
+
+PAD_ID = 0
+OOV_ID = 1
+_SPECIALS = ("<pad>", "<oov>")
+
+# Layout of EncodedEvents.dense; a feature's index never moves (checkpoints depend on it).
+DENSE_NAMES = ("hour_sin", "hour_cos", "weekday_sin", "weekday_cos", "log_gap_s",
+               "lat_norm", "lon_norm", "log_moved_km", "has_location")
+N_DENSE = len(DENSE_NAMES)
+# Features of the event alone (usable as attention keys of stored window events) ...
+STATIC_DENSE = (0, 1, 2, 3, 5, 6, 8)
+# ... and which of all the features belong to the time / location groups.
+TIME_DENSE = (0, 1, 2, 3, 4)
+LOCATION_DENSE = (5, 6, 7, 8)
+
+_MS_PER_DAY = 86_400_000
+_EARTH_RADIUS_KM = 6371.0088
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One user event as plain data: action token, event time (epoch ms, UTC), optional location."""
+
+    token: str
+    ts_ms: int
+    lat: float | None = None
+    lon: float | None = None
+
+
+class Vocabulary:
+    """Action tokens <-> ids; id 0 is padding, id 1 is out-of-vocabulary, then the known tokens."""
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self._tokens: list[str] = list(_SPECIALS)
+        self._ids: dict[str, int] = {}
+        for token in tokens:
+            if not isinstance(token, str):
+                raise ModelError(f"vocabulary tokens must be str, got {type(token).__name__} {token!r}")
+            if token in self._ids:
+                raise ModelError(f"vocabulary token {token!r} appears twice")
+            self._ids[token] = len(self._tokens)
+            self._tokens.append(token)
+
+    @classmethod
+    def build(cls, tokens: Iterable[str], *, min_count: int = 1) -> "Vocabulary":
+        """Vocabulary of tokens seen at least ``min_count`` times, most frequent first (ties by token)."""
+        counts: dict[str, int] = {}
+        for token in tokens:
+            counts[token] = counts.get(token, 0) + 1
+        kept = [t for t, c in counts.items() if c >= min_count]
+        return cls(sorted(kept, key=lambda t: (-counts[t], t)))
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._ids
+
+    def encode(self, token: str) -> int:
+        """Id of ``token``; OOV_ID when unknown."""
+        return self._ids.get(token, OOV_ID)
+
+    def encode_many(self, tokens: Iterable[str]) -> np.ndarray:
+        """Ids as int64 [n]."""
+        get = self._ids.get
+        return np.fromiter((get(t, OOV_ID) for t in tokens), dtype=np.int64)
+
+    def decode(self, token_id: int) -> str:
+        """Token of ``token_id`` (the specials decode to "<pad>" and "<oov>")."""
+        if not 0 <= token_id < len(self._tokens):
+            raise ModelError(f"token id {token_id} is outside the vocabulary (size {len(self._tokens)})")
+        return self._tokens[token_id]
+
+    def to_list(self) -> list[str]:
+        """The known tokens in id order, specials left out: what a checkpoint stores."""
+        return self._tokens[len(_SPECIALS):]
+
+    @classmethod
+    def from_list(cls, tokens: Sequence[str]) -> "Vocabulary":
+        """Inverse of ``to_list``."""
+        return cls(tokens)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureSpec:
+    """What the encoding needs beyond the events: location normalization and the spatial cells."""
+
+    lat_mean: float = 0.0
+    lat_std: float = 1.0
+    lon_mean: float = 0.0
+    lon_std: float = 1.0
+    h3_resolution: int = 8
+    n_cell_buckets: int = 4096
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.h3_resolution <= 15:
+            raise ModelError(f"h3_resolution must be in 0..15, got {self.h3_resolution}")
+        if self.n_cell_buckets < 1:
+            raise ModelError(f"n_cell_buckets must be >= 1, got {self.n_cell_buckets}")
+        if self.lat_std <= 0 or self.lon_std <= 0:
+            raise ModelError("lat_std and lon_std must be positive")
+
+    @classmethod
+    def fit(cls, events: Iterable[EventRecord], **kwargs: Any) -> "FeatureSpec":
+        """Normalization statistics from the located events (training data only)."""
+        lats, lons = [], []
+        for event in events:
+            if event.lat is not None and event.lon is not None:
+                lats.append(event.lat)
+                lons.append(event.lon)
+        if not lats:
+            return cls(**kwargs)
+        lat, lon = np.asarray(lats, dtype=np.float64), np.asarray(lons, dtype=np.float64)
+        return cls(lat_mean=float(lat.mean()), lat_std=float(lat.std()) or 1.0,
+                   lon_mean=float(lon.mean()), lon_std=float(lon.std()) or 1.0, **kwargs)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"lat_mean": self.lat_mean, "lat_std": self.lat_std, "lon_mean": self.lon_mean,
+                "lon_std": self.lon_std, "h3_resolution": self.h3_resolution,
+                "n_cell_buckets": self.n_cell_buckets}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FeatureSpec":
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class EncodedEvents:
+    """Model inputs for one user's events, numpy arrays over [time].
+
+    tokens int64 [time]; cells int64 [time] (0 = no location, else 1..n_cell_buckets);
+    ts_ms int64 [time]; lat/lon float64 [time] in degrees (0 where absent);
+    dense float32 [time, N_DENSE] laid out as DENSE_NAMES.
+    """
+
+    tokens: np.ndarray
+    cells: np.ndarray
+    ts_ms: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    dense: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def time_features(ts_ms: np.ndarray) -> np.ndarray:
+    """Hour-of-day and weekday (Monday = 0) as sin/cos, UTC: float64 [time, 4]."""
+    ts_ms = np.asarray(ts_ms, dtype=np.int64)
+    ms_of_day = np.mod(ts_ms, _MS_PER_DAY)
+    hour_angle = 2.0 * math.pi * ms_of_day / _MS_PER_DAY
+    weekday = np.mod(np.floor_divide(ts_ms, _MS_PER_DAY) + 3, 7)  # 1970-01-01 was a Thursday
+    day_angle = 2.0 * math.pi * weekday / 7.0
+    return np.stack([np.sin(hour_angle), np.cos(hour_angle), np.sin(day_angle), np.cos(day_angle)], axis=-1)
+
+
+def haversine_km(lat1: np.ndarray | float, lon1: np.ndarray | float,
+                 lat2: np.ndarray | float, lon2: np.ndarray | float) -> np.ndarray:
+    """Great-circle distance in km between points given in degrees (broadcasting)."""
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    dphi, dlmb = p2 - p1, np.radians(np.asarray(lon2) - np.asarray(lon1))
+    a = np.sin(dphi / 2.0) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dlmb / 2.0) ** 2
+    return 2.0 * _EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
+@lru_cache(maxsize=65_536)
+def cell_bucket(lat: float, lon: float, resolution: int, n_buckets: int) -> int:
+    """H3 cell of a point hashed into 1..n_buckets with blake2b, stable across runs and machines.
+
+    (The cell's own integer modulo n is no hash: its unused low digits are all ones, so every
+    cell of a resolution below 12 lands in the same bucket when n is a power of two.)
+    """
+    cell = h3.latlng_to_cell(lat, lon, resolution)
+    digest = hashlib.blake2b(cell.encode("ascii"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % n_buckets + 1
+
+
+def encode_events(events: Sequence[EventRecord], vocab: Vocabulary, spec: FeatureSpec, *,
+                  prev_ts_ms: int | None = None, prev_lat: float | None = None,
+                  prev_lon: float | None = None) -> EncodedEvents:
+    """Encode one user's consecutive events; ``prev_*`` describe the event before the first one.
+
+    Gaps and moves are taken from each event's predecessor (the ``prev_*`` values for the first
+    event; 0 when there is none). An event older than its predecessor gets a gap of 0.
+    """
+    columns = _Columns.of(events)
+    first = _Columns.of_previous([(prev_ts_ms, prev_lat, prev_lon)])
+    before = _Columns(*(np.concatenate([a, b[:-1]]) for a, b in zip(first, columns))) if len(events) else columns
+    return _encode(events, columns, before, vocab, spec)
+
+
+def encode_next_events(events: Sequence[EventRecord],
+                       previous: Sequence[tuple[int | None, float | None, float | None]],
+                       vocab: Vocabulary, spec: FeatureSpec) -> EncodedEvents:
+    """Encode the next event of several users at once: ``previous[i]`` is (ts_ms, lat, lon) of
+    the event before ``events[i]`` (None when unknown). Same features as ``encode_events``."""
+    if len(previous) != len(events):
+        raise ModelError(f"{len(events)} events but {len(previous)} previous events")
+    return _encode(events, _Columns.of(events), _Columns.of_previous(previous), vocab, spec)
+
+
+class _Columns(NamedTuple):
+    """Event times and locations as arrays [n]; ``has_ts``/``has`` say which are known."""
+
+    ts: np.ndarray
+    has_ts: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    has: np.ndarray
+
+    @classmethod
+    def of(cls, events: Sequence[EventRecord]) -> "_Columns":
+        return cls.of_previous([(e.ts_ms, e.lat, e.lon) for e in events])
+
+    @classmethod
+    def of_previous(cls, rows: Sequence[tuple[int | None, float | None, float | None]]) -> "_Columns":
+        n = len(rows)
+        has = np.fromiter((a is not None and o is not None for _, a, o in rows), dtype=bool, count=n)
+        return cls(ts=np.fromiter((0 if t is None else int(t) for t, _, _ in rows), dtype=np.int64, count=n),
+                   has_ts=np.fromiter((t is not None for t, _, _ in rows), dtype=bool, count=n),
+                   lat=np.fromiter((a if h else 0.0 for (_, a, _), h in zip(rows, has)), dtype=np.float64, count=n),
+                   lon=np.fromiter((o if h else 0.0 for (_, _, o), h in zip(rows, has)), dtype=np.float64, count=n),
+                   has=has)
+
+
+def _encode(events: Sequence[EventRecord], now: _Columns, before: _Columns, vocab: Vocabulary,
+            spec: FeatureSpec) -> EncodedEvents:
+    """The features of events given their own columns and their predecessors' columns."""
+    cells = np.fromiter((cell_bucket(float(a), float(o), spec.h3_resolution, spec.n_cell_buckets) if h else 0
+                         for a, o, h in zip(now.lat, now.lon, now.has)), dtype=np.int64, count=len(events))
+    gap_s = np.where(before.has_ts, np.maximum(now.ts - before.ts, 0) / 1000.0, 0.0)
+    moved = now.has & before.has
+    km = np.where(moved, haversine_km(before.lat, before.lon, now.lat, now.lon), 0.0)
+    dense = np.zeros((len(events), N_DENSE), dtype=np.float64)
+    dense[:, 0:4] = time_features(now.ts)
+    dense[:, 4] = np.log1p(gap_s)
+    dense[:, 5] = np.where(now.has, (now.lat - spec.lat_mean) / spec.lat_std, 0.0)
+    dense[:, 6] = np.where(now.has, (now.lon - spec.lon_mean) / spec.lon_std, 0.0)
+    dense[:, 7] = np.log1p(km)
+    dense[:, 8] = now.has
+    return EncodedEvents(tokens=vocab.encode_many(e.token for e in events), cells=cells, ts_ms=now.ts,
+                         lat=now.lat, lon=now.lon, dense=dense.astype(np.float32))

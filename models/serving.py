@@ -1,0 +1,310 @@
+"""What the streaming glue calls: per-user state, its binary encoding, and next-action predictors."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import struct
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+from models.exceptions import ModelError
+from models.features import OOV_ID, PAD_ID, EncodedEvents, EventRecord, encode_events, encode_next_events
+from models.next_action import EventTensors
+from models.training import LoadedNextAction, load_next_action
+
+__all__ = ["STATE_FORMAT_VERSION", "WindowEvent", "ActionEvent", "UserState", "NextActionPredictor",
+           "update_window", "GRUPredictor", "MarkovPredictor"]
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT_VERSION = 1
+_MAGIC = b"NA"
+# magic, format version, flags, last_ts_ms, last_lat, last_lon, event_count, hidden size,
+# window length, model version length. Then: the model version (utf-8), hidden (float32), and the
+# window as columns: ts_ms (int64), located (uint8), lat and lon (float64, 0 when not located),
+# token byte lengths (uint16), then the utf-8 tokens back to back. All little-endian.
+_HEADER = struct.Struct("<2sBBqddQIIH")
+_HAS_HIDDEN, _HAS_LAST_TS, _HAS_LAST_LOCATION = 1, 2, 4
+_WINDOW_COLUMNS = (("ts_ms", "<i8"), ("located", "u1"), ("lat", "<f8"), ("lon", "<f8"), ("token_bytes", "<u2"))
+
+
+@dataclass(slots=True)
+class WindowEvent:
+    """An event kept in a user's window; the token stays a string so any model can reuse it."""
+
+    token: str
+    ts_ms: int
+    lat: float | None = None
+    lon: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionEvent:
+    """The input of one prediction: a user's new event."""
+
+    token: str
+    ts_ms: int
+    lat: float | None = None
+    lon: float | None = None
+
+
+@dataclass(eq=False)
+class UserState:
+    """Everything kept per user between events (compared field by field, not with ==)."""
+
+    hidden: np.ndarray | None = None
+    window: list[WindowEvent] = field(default_factory=list)
+    last_ts_ms: int | None = None
+    last_lat: float | None = None
+    last_lon: float | None = None
+    event_count: int = 0
+    model_version: str = ""
+    # The window encoded for ``model_version`` (not serialized; rebuilt when missing or stale).
+    _encoded: EncodedEvents | None = field(default=None, init=False, repr=False)
+
+    def to_bytes(self) -> bytes:
+        """Versioned little-endian binary encoding (hidden as raw float32, tokens as utf-8)."""
+        hidden = b"" if self.hidden is None else np.ascontiguousarray(self.hidden, dtype="<f4").tobytes()
+        version = self.model_version.encode("utf-8")
+        flags = (_HAS_HIDDEN if self.hidden is not None else 0) | \
+            (_HAS_LAST_TS if self.last_ts_ms is not None else 0) | \
+            (_HAS_LAST_LOCATION if self.last_lat is not None and self.last_lon is not None else 0)
+        header = _HEADER.pack(_MAGIC, STATE_FORMAT_VERSION, flags, self.last_ts_ms or 0,
+                              self.last_lat or 0.0, self.last_lon or 0.0, self.event_count,
+                              len(hidden) // 4, len(self.window), len(version))
+        return b"".join([header, version, hidden, _pack_window(self.window)])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "UserState":
+        """Inverse of ``to_bytes``; raises ModelError for anything else (or a newer format)."""
+        try:
+            return _unpack_state(bytes(data))
+        except (struct.error, UnicodeDecodeError, ValueError, OverflowError) as exc:
+            raise ModelError(f"user state is corrupt ({len(data)} bytes): {exc}") from exc
+
+
+def _pack_window(window: list[WindowEvent]) -> bytes:
+    tokens = [w.token.encode("utf-8") for w in window]
+    if any(len(t) > 0xFFFF for t in tokens):
+        raise ModelError("a window token is longer than 65535 utf-8 bytes")
+    located = [w.lat is not None and w.lon is not None for w in window]
+    columns = {"ts_ms": [w.ts_ms for w in window], "located": located,
+               "lat": [w.lat if h else 0.0 for w, h in zip(window, located)],
+               "lon": [w.lon if h else 0.0 for w, h in zip(window, located)],
+               "token_bytes": [len(t) for t in tokens]}
+    return b"".join([np.asarray(columns[name], dtype=dtype).tobytes() for name, dtype in _WINDOW_COLUMNS] + tokens)
+
+
+def _unpack_state(data: bytes) -> UserState:
+    if len(data) < _HEADER.size or data[:2] != _MAGIC:
+        raise ModelError(f"not a user state ({len(data)} bytes, no {_MAGIC!r} header)")
+    (_, fmt, flags, last_ts, last_lat, last_lon, count, n_hidden, n_window,
+     n_version) = _HEADER.unpack_from(data)
+    if fmt != STATE_FORMAT_VERSION:
+        raise ModelError(f"user state has format {fmt}, this version reads {STATE_FORMAT_VERSION} "
+                         "(written by a newer release?)")
+    offset = _HEADER.size + n_version
+    version = data[_HEADER.size:offset].decode("utf-8")
+    hidden = np.frombuffer(data, dtype="<f4", count=n_hidden, offset=offset).astype(np.float32)
+    window = _unpack_window(data, offset + 4 * n_hidden, n_window)
+    located = bool(flags & _HAS_LAST_LOCATION)
+    return UserState(hidden=hidden if flags & _HAS_HIDDEN else None, window=window,
+                     last_ts_ms=last_ts if flags & _HAS_LAST_TS else None,
+                     last_lat=last_lat if located else None, last_lon=last_lon if located else None,
+                     event_count=count, model_version=version)
+
+
+def _unpack_window(data: bytes, offset: int, n: int) -> list[WindowEvent]:
+    columns = {}
+    for name, dtype in _WINDOW_COLUMNS:
+        columns[name] = np.frombuffer(data, dtype=dtype, count=n, offset=offset).tolist()
+        offset += n * np.dtype(dtype).itemsize
+    ends = np.cumsum(columns["token_bytes"], dtype=np.int64) + offset
+    if (ends[-1] if n else offset) != len(data):
+        raise ValueError(f"window tokens end at byte {ends[-1] if n else offset}, the state has {len(data)}")
+    starts = [offset] + ends[:-1].tolist()
+    return [WindowEvent(data[a:b].decode("utf-8"), ts, lat if h else None, lon if h else None)
+            for a, b, ts, h, lat, lon in zip(starts, ends.tolist(), columns["ts_ms"], columns["located"],
+                                             columns["lat"], columns["lon"])]
+
+
+@runtime_checkable
+class NextActionPredictor(Protocol):
+    """One round of predictions: states[i] (distinct users) receive events[i]; every state is
+    updated in place and the top-k (token, probability) of each user's NEXT action returned."""
+
+    version: str
+    window_size: int
+    window_span_s: float
+
+    def predict(self, states: list[UserState], events: list[ActionEvent], k: int) -> list[list[tuple[str, float]]]:
+        ...
+
+
+def update_window(state: UserState, event: ActionEvent, *, window_size: int, window_span_s: float,
+                  encoded: EncodedEvents | None = None) -> None:
+    """Append ``event`` to the window, keep the last ``window_size`` events whose time is within
+    ``window_span_s`` of the event's, and record it as the user's latest event (a late event
+    never moves ``last_ts_ms`` back). ``encoded`` (one row) keeps the encoding cache in step."""
+    cache = state._encoded
+    cache = _concat(cache, encoded) if encoded is not None and cache is not None and \
+        len(cache) == len(state.window) else None
+    window = state.window + [WindowEvent(event.token, event.ts_ms, event.lat, event.lon)]
+    start = max(0, len(window) - window_size)
+    ts = cache.ts_ms[start:] if cache is not None else np.fromiter((w.ts_ms for w in window[start:]), np.int64)
+    inside = ts > event.ts_ms - int(round(window_span_s * 1000.0))
+    if inside.all():
+        state.window, state._encoded = window[start:], cache and _select(cache, slice(start, None))
+    else:
+        keep = start + np.flatnonzero(inside)
+        state.window, state._encoded = [window[i] for i in keep], cache and _select(cache, keep)
+    state.last_ts_ms = event.ts_ms if state.last_ts_ms is None else max(state.last_ts_ms, event.ts_ms)
+    state.last_lat, state.last_lon = event.lat, event.lon
+    state.event_count += 1
+
+
+def _concat(a: EncodedEvents, b: EncodedEvents) -> EncodedEvents:
+    return EncodedEvents(*(np.concatenate([x, y]) for x, y in zip(_columns(a), _columns(b))))
+
+
+def _select(a: EncodedEvents, index: np.ndarray | slice) -> EncodedEvents:
+    return EncodedEvents(*(x[index] for x in _columns(a)))
+
+
+def _columns(a: EncodedEvents) -> tuple[np.ndarray, ...]:
+    return a.tokens, a.cells, a.ts_ms, a.lat, a.lon, a.dense
+
+
+class GRUPredictor:
+    """NextActionModel behind the predictor protocol.
+
+    Hot reload: a state last advanced by another model (its ``model_version`` differs) gets its
+    hidden state rebuilt by replaying its stored window through this model, from a zero state;
+    a state with an empty window starts from zeros.
+    """
+
+    def __init__(self, loaded: LoadedNextAction, *, device: torch.device | str = "cpu") -> None:
+        self._model = loaded.model.to(device).eval()
+        self._vocab, self._spec, self._device = loaded.vocab, loaded.spec, torch.device(device)
+        self.metadata = loaded.metadata
+        self.version = loaded.version
+        self.window_size = loaded.model.config.window_size
+        self.window_span_s = loaded.model.config.window_span_s
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "GRUPredictor":
+        """Load a next-action checkpoint (see models.training.save_next_action)."""
+        return cls(load_next_action(path, device=device), device=device)
+
+    @torch.no_grad()
+    def predict(self, states: list[UserState], events: list[ActionEvent], k: int) -> list[list[tuple[str, float]]]:
+        _check_round(states, events, k)
+        if not states:
+            return []
+        self._replay_stale([s for s in states if s.model_version != self.version])
+        current = encode_next_events([EventRecord(e.token, e.ts_ms, e.lat, e.lon) for e in events],
+                                     [(s.last_ts_ms, s.last_lat, s.last_lon) for s in states],
+                                     self._vocab, self._spec)
+        hidden = torch.from_numpy(np.stack([self._hidden_of(s) for s in states])).to(self._device)
+        for row, (state, event) in enumerate(zip(states, events)):
+            self._ensure_cache(state)
+            update_window(state, event, window_size=self.window_size, window_span_s=self.window_span_s,
+                          encoded=_select(current, slice(row, row + 1)))
+        x = EventTensors.collate([current]).map(lambda t: t[0]).to(self._device)
+        window = EventTensors.collate([s._encoded for s in states], align="right").to(self._device)
+        log_probs, h_new = self._model.step(x, hidden, window)
+        for state, h in zip(states, h_new.cpu().numpy()):
+            state.hidden, state.model_version = h.astype(np.float32, copy=True), self.version
+        return self._top_k(log_probs, k)
+
+    def _hidden_of(self, state: UserState) -> np.ndarray:
+        size = self._model.config.hidden_dim
+        if state.hidden is None:
+            return np.zeros(size, dtype=np.float32)
+        if state.hidden.shape != (size,):
+            raise ModelError(f"user state hidden has shape {state.hidden.shape}, model {self.version} "
+                             f"needs ({size},)")
+        return state.hidden
+
+    def _ensure_cache(self, state: UserState) -> None:
+        """(Re)encode the stored window when its cache is missing or was made for another model."""
+        if state._encoded is None or len(state._encoded) != len(state.window):
+            state._encoded = encode_events(_records(state.window), self._vocab, self._spec)
+
+    @torch.no_grad()
+    def _replay_stale(self, states: list[UserState]) -> None:
+        """Rebuild the hidden state of states advanced by another model (see the class doc)."""
+        for state in states:
+            state._encoded = None
+        replay = [s for s in states if s.window]
+        for state in states:
+            state.hidden = None
+            state.model_version = self.version
+        if not replay:
+            return
+        encoded = [encode_events(_records(s.window), self._vocab, self._spec) for s in replay]
+        out = self._model.hidden_states(EventTensors.collate(encoded).to(self._device))
+        last = torch.tensor([len(e) - 1 for e in encoded], device=self._device)
+        finals = out[torch.arange(len(replay), device=self._device), last].cpu().numpy()
+        for state, h in zip(replay, finals):
+            state.hidden = h.astype(np.float32, copy=True)
+        logger.info("rebuilt %d hidden states for model %s by replaying their windows", len(replay), self.version)
+
+    def _top_k(self, log_probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+        log_probs = log_probs.index_fill(1, torch.tensor([PAD_ID, OOV_ID], device=log_probs.device), -np.inf)
+        values, ids = log_probs.topk(min(k, log_probs.shape[1] - 2), dim=1)
+        return [[(self._vocab.decode(int(i)), float(np.exp(v))) for v, i in zip(row_v, row_i)]
+                for row_v, row_i in zip(values.cpu().numpy(), ids.cpu().numpy())]
+
+
+class MarkovPredictor:
+    """First-order Markov chain over tokens learned online from the stream.
+
+    Each round first counts every (previous token -> token) transition and token, then predicts
+    from the counts of each user's current token, or from popularity when that token was never
+    followed by anything. Returns at most k actions.
+    """
+
+    version = "markov-online"
+
+    def __init__(self, *, window_size: int = 200, window_span_s: float = 365 * 86_400.0) -> None:
+        self.window_size, self.window_span_s = window_size, window_span_s
+        self._transitions: dict[str, Counter[str]] = defaultdict(Counter)
+        self._popularity: Counter[str] = Counter()
+
+    def predict(self, states: list[UserState], events: list[ActionEvent], k: int) -> list[list[tuple[str, float]]]:
+        _check_round(states, events, k)
+        for state, event in zip(states, events):
+            if state.window:
+                self._transitions[state.window[-1].token][event.token] += 1
+            self._popularity[event.token] += 1
+            update_window(state, event, window_size=self.window_size, window_span_s=self.window_span_s)
+            state.hidden, state.model_version = None, self.version
+        popular = self._most_common(self._popularity, k)
+        return [self._most_common(self._transitions[e.token], k) if e.token in self._transitions else popular
+                for e in events]
+
+    def _most_common(self, counts: Counter[str], k: int) -> list[tuple[str, float]]:
+        """Top k of ``counts`` as probabilities; ties by popularity, then token."""
+        total = sum(counts.values())
+        if total == 0:
+            return []
+        top = heapq.nsmallest(k, counts.items(), key=lambda kv: (-kv[1], -self._popularity[kv[0]], kv[0]))
+        return [(token, count / total) for token, count in top]
+
+
+def _records(window: Sequence[WindowEvent]) -> list[EventRecord]:
+    return [EventRecord(w.token, w.ts_ms, w.lat, w.lon) for w in window]
+
+
+def _check_round(states: list[UserState], events: list[ActionEvent], k: int) -> None:
+    if len(states) != len(events):
+        raise ModelError(f"predict needs one event per state, got {len(states)} states and {len(events)} events")
+    if k < 1:
+        raise ModelError(f"k must be >= 1, got {k}")

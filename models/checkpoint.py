@@ -30,6 +30,7 @@ def save_checkpoint(path: str | os.PathLike, *, kind: str, state_dict: dict[str,
     payload = {"format": FORMAT_VERSION, "kind": kind, "state_dict": state_dict, "metadata": metadata}
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
         torch.save(payload, tmp)
+    os.chmod(tmp.name, 0o644)  # temp files are private; a checkpoint is read by workers of other users
     os.replace(tmp.name, path)
     return path
 

@@ -52,6 +52,8 @@ class Settings:
     watermark_idle_s: float = _setting(5.0, "STREAM_APP_WATERMARK_IDLE_S",
                                        "A partition silent this long stops holding the event-time watermark back")
     state_ttl_s: float = _setting(7 * 86400.0, "STREAM_APP_STATE_TTL_S", "Idle time after which a user's state expires")
+    state_cache_users: int = _setting(20_000, "STREAM_APP_STATE_CACHE_USERS",
+                                      "Decoded states of recently active users kept in memory (speed only)")
     expiry_interval_s: float = _setting(30.0, "STREAM_APP_EXPIRY_INTERVAL_S", "How often idle state is expired")
     window_events: int = _setting(50, "STREAM_APP_WINDOW_EVENTS", "Most events in a user's sliding window")
     window_span_s: float = _setting(7 * 86400.0, "STREAM_APP_WINDOW_SPAN_S", "Event-time span of a user's window")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import msgspec
 
@@ -54,13 +55,22 @@ def action_token(event: UserEvent) -> str:
 
 
 @dataclass
-class _Pending:
-    """One valid event on its way through a batch."""
+class _User:
+    """A user's table value and its decoded model state, as used during one batch."""
 
-    event: UserEvent
-    ingested_at: int
     stored: StoredUser
-    state: UserState = field(init=False)
+    state: UserState | None = None  # decoded on first use
+    raw: bytes | None = None  # the table value it came from (None once changed)
+
+    def model_state(self) -> UserState:
+        if self.state is None:
+            self.state = self.stored.user_state() or UserState()
+        return self.state
+
+
+# Decoded states of recently active users: reused while the table still holds the very bytes they
+# were decoded from, so a hot user's window is not decoded and re-encoded on every batch.
+_hot: OrderedDict[str, _User] = OrderedDict()
 
 
 @app.agent(user_events)
@@ -83,13 +93,16 @@ async def _process(valid: list) -> None:
     global _latest_event_ms
     _latest_event_ms = max(_latest_event_ms, max(event.ts for _, event in valid))
     predictor = model.current  # one model per batch: a hot reload lands between batches
-    users: dict[str, StoredUser] = {}
+    users: dict[str, _User] = {}
     outputs: list[tuple[bytes, bytes]] = []
     METRICS.batch_size.labels(pipeline=PIPELINE).observe(len(valid))
     for round_ in group_into_rounds(valid, key=lambda pair: pair[1].user_id):
         outputs.extend(_apply_round(predictor, round_, users))
-    for user_id, stored in users.items():
-        user_table[user_id.encode()] = encode_user(stored)
+    for user_id, user in users.items():
+        if user.raw is None:
+            user.raw = encode_user(user.stored)
+            user_table[user_id.encode()] = user.raw
+        _remember(user_id, user)
     for key, value in outputs:
         await predictions.send(key=key, value=value)
     for _, event in valid:
@@ -103,24 +116,35 @@ async def _process(valid: list) -> None:
     METRICS.events_processed.labels(pipeline=PIPELINE).inc(len(valid))
 
 
-def _load(users: dict[str, StoredUser], user_id: str) -> StoredUser:
+def _load(users: dict[str, _User], user_id: str) -> _User:
     if user_id not in users:
         raw = user_table.get(user_id.encode())
-        users[user_id] = decode_user(raw) if raw else StoredUser()
+        hot = _hot.get(user_id)
+        if hot is not None and raw is not None and hot.raw is raw:
+            users[user_id] = hot
+        else:
+            users[user_id] = _User(decode_user(raw), raw=raw) if raw else _User(StoredUser())
     return users[user_id]
 
 
-def _apply_round(predictor, round_: list, users: dict[str, StoredUser]) -> list[tuple[bytes, bytes]]:
+def _remember(user_id: str, user: _User) -> None:
+    _hot[user_id] = user
+    _hot.move_to_end(user_id)
+    while len(_hot) > settings.state_cache_users:
+        _hot.popitem(last=False)
+
+
+def _apply_round(predictor, round_: list, users: dict[str, _User]) -> list[tuple[bytes, bytes]]:
     outputs: list[tuple[bytes, bytes]] = []
-    to_apply: list[tuple[UserEvent, int, StoredUser]] = []
+    to_apply: list[tuple[UserEvent, int, _User]] = []
     for kafka_event, event in round_:
-        stored = _load(users, event.user_id)
+        user = _load(users, event.user_id)
         ingested_at = int(kafka_event.message.timestamp * 1000)
-        replay = _replayed_or_late(event, stored)
+        replay = _replayed_or_late(event, user.stored)
         if replay is not None:
             outputs.append(replay)
-        elif replay is None and event.event_id not in stored.recent_ids:
-            to_apply.append((event, ingested_at, stored))
+        elif event.event_id not in user.stored.recent_ids:
+            to_apply.append((event, ingested_at, user))
         else:
             METRICS.duplicates.labels(pipeline=PIPELINE).inc()
     if to_apply:
@@ -144,17 +168,18 @@ def _replayed_or_late(event: UserEvent, stored: StoredUser) -> tuple[bytes, byte
     return None
 
 
-def _step(predictor, to_apply: list[tuple[UserEvent, int, StoredUser]]) -> list[tuple[bytes, bytes]]:
-    states = [s.user_state() or UserState() for _, _, s in to_apply]
+def _step(predictor, to_apply: list[tuple[UserEvent, int, _User]]) -> list[tuple[bytes, bytes]]:
+    states = [user.model_state() for _, _, user in to_apply]
     events = [ActionEvent(token=action_token(e), ts_ms=e.ts, lat=e.lat, lon=e.lon) for e, _, _ in to_apply]
-    for (event, _, stored), token in zip(to_apply, (e.token for e in events)):
-        _score_previous(stored, token)
+    for (_, _, user), action in zip(to_apply, events):
+        _score_previous(user.stored, action.token)
     started = time.perf_counter()
     top = predictor.predict(states, events, settings.top_k)
     METRICS.inference_latency.labels(pipeline=PIPELINE).observe(time.perf_counter() - started)
     outputs = []
     processed_at = int(time.time() * 1000)
-    for (event, ingested_at, stored), state, ranked in zip(to_apply, states, top):
+    for (event, ingested_at, user), state, ranked in zip(to_apply, states, top):
+        stored, user.raw = user.stored, None
         prediction = NextActionPrediction(
             event_id=event.event_id, user_id=event.user_id, as_of=event.ts,
             top_k=[ActionScore(action=a, prob=p) for a, p in ranked], model_version=predictor.version,

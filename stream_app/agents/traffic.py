@@ -215,14 +215,21 @@ def forecaster_for(network: str, observed: dict[str, float] | None = None) -> Tr
     return _forecasters[network]
 
 
+def _published_horizons(forecaster: TrafficForecaster) -> list[tuple[int, int]]:
+    """(column, minutes) of the configured horizons the model forecasts (all of them if none match)."""
+    wanted = set(STEPS_PER_HORIZON.values())
+    columns = [(i, steps) for i, steps in enumerate(forecaster.horizons) if steps in wanted] or \
+        list(enumerate(forecaster.horizons))
+    return [(i, steps * settings.sensor_window_s // 60) for i, steps in columns]
+
+
 def _forecast(forecaster: TrafficForecaster, result: StepResult, index: int, processed_at: int) -> TrafficForecast:
-    minutes = [steps * settings.sensor_window_s // 60 for steps in forecaster.horizons]
     imputed = bool(result.imputed[index])
     return TrafficForecast(
         sensor_id=forecaster.network.sensor_ids[index], network=forecaster.network.name,
         window_end=result.window_end_ms, observed=None if imputed else float(result.values[index]),
         imputed=imputed, horizons=[HorizonForecast(minutes=m, speed=float(result.forecasts[index, h]))
-                                   for h, m in enumerate(minutes)],
+                                   for h, m in _published_horizons(forecaster)],
         model_version=forecaster.version, processed_at=processed_at)
 
 

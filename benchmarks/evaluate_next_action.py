@@ -13,16 +13,18 @@ from typing import Any
 import torch
 
 from models.datasets import ActionDataset, Split, load_diginetica, load_foursquare, merge_validation
-from models.evaluation import EvaluationResult, evaluate_next_action, markdown_table, paired_bootstrap
+from models.evaluation import (EvaluationResult, evaluate_next_action, markdown_table, paired_bootstrap,
+                               training_runs)
 from models.features import FeatureSpec, Vocabulary
-from models.next_action import NextActionConfig
-from models.training import save_next_action, train_next_action
+from models.next_action import NextActionConfig, NextActionModel
+from models.training import load_next_action, save_next_action, train_next_action
 
 __all__ = ["CONFIGS", "main"]
 
 logger = logging.getLogger(__name__)
 
-MODEL = "GRU + window copy"
+MODEL = "GRU + window copy + transitions (trained)"
+UNTRAINED = "same model untrained (epoch 0)"
 CONFIGS = {
     "foursquare": (NextActionConfig(vocab_size=1, embed_dim=64, hidden_dim=128, n_cell_buckets=4096, cell_dim=16,
                                     window_size=200, window_span_s=365 * 86_400.0, dropout=0.2),
@@ -43,12 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     if args.dataset == "foursquare":
         data = load_foursquare(args.data_dir / "foursquare-nyc" if args.data_dir else None)
-        model, metadata = _train(data, config, train_args, args)
     else:
         data = load_diginetica(args.data_dir / "diginetica-sample" if args.data_dir else None)
+    if args.load:
+        loaded = load_next_action(args.load)
+        model, metadata = loaded.model, loaded.metadata
+        data = merge_validation(data) if args.dataset == "diginetica" else data
+    elif args.dataset == "foursquare":
+        model, metadata = _train(data, config, train_args, args)
+    else:
         model, metadata, data = _train_then_refit(data, config, train_args, args)
-    vocab, spec = Vocabulary.from_list(metadata["vocabulary"]), FeatureSpec.from_dict(metadata["features"])
-    result = evaluate_next_action(data.sequences, vocab, spec, Split.TEST, model=model, model_name=MODEL)
+    result = _evaluate(data, model, metadata, args.seed)
     seconds = time.monotonic() - started
     print(_report(args.dataset, result, metadata, seconds))
     if args.checkpoint:
@@ -58,6 +65,19 @@ def main(argv: list[str] | None = None) -> int:
                                          "best_epoch": metadata["best_epoch"], "version": metadata["version"]},
                                         indent=2))
     return 0
+
+
+def _evaluate(data: ActionDataset, model: NextActionModel, metadata: dict[str, Any], seed: int) -> EvaluationResult:
+    """Test metrics of the baselines, the model, and the same model before training (its epoch 0)."""
+    vocab, spec = Vocabulary.from_list(metadata["vocabulary"]), FeatureSpec.from_dict(metadata["features"])
+    result = evaluate_next_action(data.sequences, vocab, spec, Split.TEST, model=model, model_name=MODEL)
+    torch.manual_seed(seed)  # the initialization train_next_action starts from
+    untrained = NextActionModel(NextActionConfig.from_dict(metadata["config"]))
+    untrained.set_transitions(training_runs(data.sequences, vocab))
+    extra = evaluate_next_action(data.sequences, vocab, spec, Split.TEST, model=untrained.eval(),
+                                 model_name=UNTRAINED, baselines=False)
+    result.add(UNTRAINED, extra.ranks[UNTRAINED], extra.nll[UNTRAINED])
+    return result
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -70,6 +90,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="folder holding foursquare-nyc/ and diginetica-sample/ "
                              "(default: $STREAM_APP_DATA_DIR, else ../shared/data)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="also save the trained model here")
+    parser.add_argument("--load", type=Path, default=None,
+                        help="evaluate this checkpoint (written by --checkpoint) instead of training")
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics here")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)

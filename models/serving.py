@@ -56,7 +56,11 @@ class ActionEvent:
 
 @dataclass(eq=False)
 class UserState:
-    """Everything kept per user between events (compared field by field, not with ==)."""
+    """Everything kept per user between events (compared field by field, not with ==).
+
+    Change ``window`` only through ``update_window`` (the predictors do): a private, unserialized
+    cache of its encoding follows it within a process.
+    """
 
     hidden: np.ndarray | None = None
     window: list[WindowEvent] = field(default_factory=list)
@@ -182,11 +186,13 @@ def _columns(a: EncodedEvents) -> tuple[np.ndarray, ...]:
 
 
 class GRUPredictor:
-    """NextActionModel behind the predictor protocol.
+    """NextActionModel behind the predictor protocol: one batched ``step`` per call.
 
     Hot reload: a state last advanced by another model (its ``model_version`` differs) gets its
-    hidden state rebuilt by replaying its stored window through this model, from a zero state;
-    a state with an empty window starts from zeros.
+    hidden state rebuilt by replaying its stored window through this model, from a zero state
+    (so it forgets what lay before the window); a state with an empty window starts from zeros.
+    An event older than the user's last one gets a time gap of 0; deciding lateness is the
+    caller's job.
     """
 
     def __init__(self, loaded: LoadedNextAction, *, device: torch.device | str = "cpu") -> None:

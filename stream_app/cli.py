@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from stream_app import cli_io
+from stream_app import cli_io, demo
 from stream_app.cli_common import broker_option, broker_url
 from stream_app.settings import Settings, setting_docs
 
@@ -35,6 +35,8 @@ def cli(verbose: bool) -> None:
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # metadata races while topics are being created are retried; they are noise here
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
 @cli.command()
@@ -106,5 +108,7 @@ def main() -> None:
         sys.exit(130)
 
 
-for _command in (cli_io.generate, cli_io.replay, cli_io.tail):
+from stream_app import cli_models  # noqa: E402  (train, evaluate)
+
+for _command in (cli_io.generate, cli_io.replay, cli_io.tail, demo.demo, cli_models.train, cli_models.evaluate):
     cli.add_command(_command)

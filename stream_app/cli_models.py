@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -25,11 +26,13 @@ _VALID_COLUMNS = ("acc@1", "acc@10", "mrr", "nll")
 
 
 def _job(fn: Callable[..., None]) -> Callable[..., None]:
-    """Turn job errors into `Error: ...` and exit status 1."""
+    """Turn job errors into `Error: ...` and exit status 1; model logs at warning level unless -v."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         from stream_app.training_jobs import JobError
 
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:  # epochs already show in the progress
+            logging.getLogger("models").setLevel(logging.WARNING)
         try:
             fn(*args, **kwargs)
         except JobError as exc:
@@ -288,9 +291,14 @@ def _action_table(report: Any) -> None:
         style = "bold" if method == MODEL_NAME else "dim" if method == CEILING else None
         table.add_row(method, *(_cell(values.get(c, math.nan)) for c in COLUMNS), style=style)
     _out.print(table)
+    gaps = Table(title=f"{MODEL_NAME} minus each method, 95 % paired bootstrap interval", title_justify="left")
+    gaps.add_column("method")
+    gaps.add_column("acc@1", justify="right")
+    gaps.add_column("mrr", justify="right")
     for other, by_metric in report.gaps.items():
-        d, low, high = by_metric["acc@1"]
-        _out.print(f"  {MODEL_NAME} minus {other}: Acc@1 {d:+.3f} [{low:+.3f}, {high:+.3f}] (95 %)", highlight=False)
+        gaps.add_row(other, *(f"{d:+.3f} [{low:+.3f}, {high:+.3f}]" for d, low, high in
+                              (by_metric["acc@1"], by_metric["mrr"])))
+    _out.print(gaps)
 
 
 def _traffic_tables(report: Any) -> None:

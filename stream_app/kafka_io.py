@@ -87,8 +87,9 @@ async def produce(settings: Settings, records: Iterable[Record], *, rate: float 
 async def consume(settings: Settings, topics: Iterable[str], *, from_beginning: bool = True,
                   idle_timeout_s: float | None = None) -> AsyncIterator[Any]:
     """Yield records of ``topics`` (no consumer group); stop after ``idle_timeout_s`` without one."""
+    # A short metadata age: topics that a worker creates after we subscribed are picked up quickly.
     consumer = AIOKafkaConsumer(*topics, auto_offset_reset="earliest" if from_beginning else "latest",
-                                enable_auto_commit=False, **client_options(settings))
+                                enable_auto_commit=False, metadata_max_age_ms=2000, **client_options(settings))
     await consumer.start()
     idle_since = time.monotonic()
     try:

@@ -1,20 +1,24 @@
-"""Helpers for the changelogged tables the agents write from inside ``take_events``."""
+"""What an agent awaits before its first write: output topics exist, changelog metadata is known."""
 
 from __future__ import annotations
 
 from faust.types import CollectionT
 
 from stream_app.app import app
+from stream_app.topics import ALL_TOPICS
 
 __all__ = ["ready_for_writes"]
 
 
 async def ready_for_writes(*tables: CollectionT) -> None:
-    """Load the producer's metadata of the tables' changelog topics.
+    """Create the app's topics that do not exist yet, and load the tables' changelog metadata.
 
-    A ``use_partitioner`` table computes each write's changelog partition from that metadata and
-    fails when it is not known yet, which it is not on a fresh worker before the first write.
+    Output topics are created here rather than by the broker (auto-creation would pick the broker's
+    partition count). A ``use_partitioner`` table computes each write's changelog partition from
+    the producer's metadata and fails when it is not known yet, as on a fresh worker.
     """
+    for topic in ALL_TOPICS:
+        await topic.maybe_declare()
     producer = app.producer._ensure_producer()  # Faust exposes no public handle on it
     for table in tables:
         await producer.partitions_for(table.changelog_topic.get_topic_name())

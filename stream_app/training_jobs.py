@@ -45,7 +45,7 @@ from stream_app.exceptions import StreamAppError
 from stream_app.generator import BehaviorConfig, BehaviorWorkload, generate_user_events
 
 __all__ = [
-    "JobError", "MODEL_NAME", "CEILING", "NAMED_DATA", "COLUMNS", "Recipe", "RECIPES", "GENERATED_DEFAULT",
+    "JobError", "MODEL_NAME", "CEILING", "POSTERIOR", "NAMED_DATA", "COLUMNS", "Recipe", "RECIPES", "GENERATED_DEFAULT",
     "DEMO_WORKLOAD", "GeneratedActions", "ActionData", "ActionReport", "generate_actions", "generated_dataset",
     "true_next_probabilities", "load_action_data", "resolve_device", "train_actions", "evaluate_actions",
     "load_checkpoint_for",
@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = "GRU + window copy"
 CEILING = "true distribution (ceiling)"
+POSTERIOR = "generator posterior from actions"
 NAMED_DATA = ("foursquare", "diginetica", "generated")
 COLUMNS = ("acc@1", "acc@5", "acc@10", "acc@20", "mrr", "nll")
 EVENT_FILE_FORMAT = ("an event file is JSON lines (.jsonl) or CSV with a header row, one event per row with "
@@ -120,6 +121,7 @@ class GeneratedActions:
     dataset: ActionDataset
     workload: BehaviorWorkload
     rows: tuple[np.ndarray, ...]
+    config: BehaviorConfig
 
 
 def generate_actions(config: BehaviorConfig, *, valid_fraction: float = 0.1,
@@ -151,7 +153,7 @@ def generate_actions(config: BehaviorConfig, *, valid_fraction: float = 0.1,
                            sort_keys=True)
     dataset = ActionDataset(f"generated-{config.n_users}u-{n}e-seed{config.seed}", tuple(sequences),
                             hashlib.sha256(described.encode()).hexdigest()[:16])
-    return GeneratedActions(dataset, workload, tuple(rows))
+    return GeneratedActions(dataset, workload, tuple(rows), config)
 
 
 def generated_dataset(config: BehaviorConfig, *, valid_fraction: float = 0.1,
@@ -160,19 +162,63 @@ def generated_dataset(config: BehaviorConfig, *, valid_fraction: float = 0.1,
     return generate_actions(config, valid_fraction=valid_fraction, test_fraction=test_fraction).dataset
 
 
-def true_next_probabilities(data: GeneratedActions, vocab: Vocabulary, split: Split = Split.TEST) -> np.ndarray:
-    """The generator's true distribution of every target of ``split`` over ``vocab``: float64
-    [targets, vocab], targets in the order of ``models.evaluation.build_targets``. Row j is
-    P(next action | the generator's latent state after the event before target j); the mass of
-    actions outside the vocabulary goes to the OOV id."""
+def true_next_probabilities(data: GeneratedActions, vocab: Vocabulary, split: Split = Split.TEST, *,
+                            intent_known: bool = True) -> np.ndarray:
+    """The generator's distribution of every target of ``split`` over ``vocab``: float64
+    [targets, vocab], targets in the order of ``models.evaluation.build_targets``; the mass of
+    actions outside the vocabulary goes to the OOV id.
+
+    ``intent_known``: row j is P(next action | the generator's latent state after the event before
+    target j), the workload's ``true_next`` (no model can beat it). Otherwise the session's intent
+    is not known but inferred, by Bayes' rule with the generator's own parameters, from the
+    session's start time and its actions so far: the best a model that sees the actions and their
+    times can do (locations could still tell it a little more).
+    """
     before = [rows[np.asarray(seq.target_positions(split), dtype=np.int64) - 1]
               for seq, rows in zip(data.dataset.sequences, data.rows) if seq.target_positions(split)]
-    truth = data.workload.true_next[np.concatenate(before)] if before else \
-        np.zeros((0, len(data.workload.actions)), dtype=np.float32)
-    probs = np.zeros((len(truth), len(vocab)), dtype=np.float64)
+    rows = np.concatenate(before) if before else np.zeros(0, dtype=np.int64)
+    truth = data.workload.true_next[rows] if intent_known else _posterior_next(data.workload, data.config, rows)
+    probs = np.zeros((len(rows), len(vocab)), dtype=np.float64)
     for column, action in enumerate(data.workload.actions):
         probs[:, vocab.encode(action)] += truth[:, column]
     return probs
+
+
+def _posterior_next(workload: BehaviorWorkload, config: BehaviorConfig, rows: np.ndarray) -> np.ndarray:
+    """[rows, actions] next-action distribution after events ``rows``, the session intent inferred
+    from actions.
+
+    Uses the generator's parameters (its private model of intents and users): posterior over
+    intents prior(user, session start slot) x start(first action) x prod over the session's
+    steps of (1 - end) x transition; the next action continues the session under each intent or
+    ends it, and a new session's start mix is taken from ``true_next`` (it does not depend on
+    the ended session's intent)."""
+    from stream_app import generator as gen
+
+    model = gen._build_model(config.n_intents)
+    catalog = gen._build_catalog(config)
+    users = [gen._UserSim(i, config, model, catalog) for i in range(config.n_users)]
+    user_of = {u.user_id: u for u in users}
+    offset = gen._offset_ms(config.utc_offset_hours)
+    actions = np.array([workload.actions.index(e["action"]) for e in workload.events])
+    posterior = np.zeros((len(actions), config.n_intents))
+    sessions: dict[str, tuple[str, np.ndarray, int]] = {}
+    for row, event in enumerate(workload.events):
+        action, last = actions[row], sessions.get(event["user_id"])
+        if last is None or last[0] != event["session_id"]:
+            slot = int(gen._week_slot(event["ts"], offset))
+            weights = user_of[event["user_id"]].intent_prior[slot] * model.starts[:, action]
+        else:
+            weights = last[1] * (1.0 - model.ends[:, last[2]]) * model.transitions[:, last[2], action]
+        posterior[row] = weights / weights.sum()
+        sessions[event["user_id"]] = (event["session_id"], posterior[row], action)
+    posterior, actions = posterior[rows], actions[rows]
+    ends = model.ends[:, actions].T  # [rows, intents]
+    intent = workload.event_intents[rows].astype(np.int64)
+    true_end = ends[np.arange(len(rows)), intent][:, None]
+    new_session = (workload.true_next[rows] - (1.0 - true_end) * model.transitions[intent, actions]) / true_end
+    stay = np.einsum("ni,nia->na", posterior * (1.0 - ends), model.transitions[:, actions].transpose(1, 0, 2))
+    return stay + (posterior * ends).sum(axis=1, keepdims=True) * new_session
 
 
 # --------------------------------------------------------------------------- next-action data
@@ -342,7 +388,9 @@ def evaluate_actions(data: ActionData, model: NextActionModel, metadata: dict[st
     result = evaluate_next_action(sequences, vocab, spec, Split.TEST, model=model, model_name=MODEL_NAME,
                                   device=device)
     if data.generated is not None:
-        _add_ceiling(result, data.generated, sequences, vocab)
+        _add_reference(result, POSTERIOR, true_next_probabilities(data.generated, vocab, intent_known=False),
+                       sequences, vocab)
+        _add_reference(result, CEILING, true_next_probabilities(data.generated, vocab), sequences, vocab)
     gaps = {other: {metric: list(paired_bootstrap(result.ranks[MODEL_NAME], result.ranks[other], metric=metric,
                                                   n_resamples=1_000))
                     for metric in ("acc@1", "mrr")}
@@ -350,14 +398,13 @@ def evaluate_actions(data: ActionData, model: NextActionModel, metadata: dict[st
     return ActionReport(data.dataset.name, result, str(metadata["version"]), checkpoint, gaps)
 
 
-def _add_ceiling(result: EvaluationResult, data: GeneratedActions, sequences: tuple[ActionSequence, ...],
-                 vocab: Vocabulary) -> None:
-    probs = true_next_probabilities(data, vocab)
+def _add_reference(result: EvaluationResult, name: str, probs: np.ndarray, sequences: tuple[ActionSequence, ...],
+                   vocab: Vocabulary) -> None:
     targets = np.concatenate([vocab.encode_many(seq.events[i].token for i in seq.target_positions(Split.TEST))
                               for seq in sequences if seq.target_positions(Split.TEST)] or [np.zeros(0, np.int64)])
     popularity = training_counts(sequences, vocab).popularity
     nll = -np.log(np.maximum(probs[np.arange(len(targets)), targets], 1e-12))
-    result.add(CEILING, target_ranks(probs, targets, popularity), nll)
+    result.add(name, target_ranks(probs, targets, popularity), nll)
 
 
 def _plain(value: float) -> float | None:

@@ -12,6 +12,7 @@ import h3
 import numpy as np
 import pytest
 import torch
+from aiokafka.partitioner import murmur2
 
 from models.features import EventRecord, FeatureSpec, Vocabulary, encode_events
 from models.next_action import EventTensors, NextActionConfig, NextActionModel
@@ -211,6 +212,20 @@ def test_idle_users_expire(deployment, tmp_path):
     assert worker.get_json("/users/busy")["event_count"] == 1
 
 
+def _closers(ts: int, partitions: int = 2) -> list[dict]:
+    """One far-away event in each partition of the cell topic (Kafka's default murmur2 partitioner)."""
+    found: dict[int, dict] = {}
+    for k in range(100):
+        lat, lon = 10.0 + k * 0.1, 10.0
+        cell = h3.latlng_to_cell(lat, lon, 8)
+        partition = (murmur2(cell.encode()) & 0x7FFFFFFF) % partitions
+        found.setdefault(partition, {"event_id": f"closer{k}", "user_id": "u0", "ts": ts, "action": "view",
+                                     "lat": lat, "lon": lon})
+        if len(found) == partitions:
+            return list(found.values())
+    raise AssertionError("no cell found for every partition")
+
+
 def test_cell_activity_counts_equal_direct_counts(deployment):
     rng = random.Random(5)
     spots = [(40.70, -74.00), (40.75, -73.98), (40.80, -73.95)]
@@ -219,8 +234,7 @@ def test_cell_activity_counts_equal_direct_counts(deployment):
         lat, lon = rng.choice(spots)
         events.append({"event_id": f"c{k}", "user_id": f"u{rng.randrange(15)}", "ts": NOW_MS + k * 10_000,
                        "action": rng.choice(["view", "buy", "like"]), "lat": lat, "lon": lon})
-    closer = {"event_id": "closer", "user_id": "u0", "ts": NOW_MS + 3_600_000, "action": "view",
-              "lat": 10.0, "lon": 10.0}  # advances the watermark past every window above
+    closers = _closers(NOW_MS + 3_600_000)  # advance every partition's watermark past the windows above
     size, step = 300_000, 60_000
     expected = defaultdict(lambda: {"events": 0, "users": set(), "actions": defaultdict(int)})
     for e in events:
@@ -230,8 +244,10 @@ def test_cell_activity_counts_equal_direct_counts(deployment):
             window["events"] += 1
             window["users"].add(e["user_id"])
             window["actions"][e["action"]] += 1
-    deployment.worker(STREAM_APP_CELL_WINDOW_S="300", STREAM_APP_CELL_STEP_S="60", STREAM_APP_H3_RESOLUTION="8")
-    deployment.produce(to_records(sorted(events, key=lambda e: e["ts"]) + [closer]))
+    # A long idle time: windows close because every partition passed them, not because one went quiet.
+    deployment.worker(STREAM_APP_CELL_WINDOW_S="300", STREAM_APP_CELL_STEP_S="60", STREAM_APP_H3_RESOLUTION="8",
+                      STREAM_APP_WATERMARK_IDLE_S="60")
+    deployment.produce(to_records(sorted(events, key=lambda e: e["ts"]) + closers))
 
     records = deployment.collect("cell-activity", len(expected))
     got = {}

@@ -48,8 +48,9 @@ def test_los_loop_replay_forecasts_every_sensor_and_equals_the_offline_model(dep
     network = SensorNetwork.from_files("los-loop", folder / "los_adj.csv", folder / "los_speed.csv")
     checkpoint = _random_traffic_checkpoint(tmp_path / "traffic.pt", network)
     readings = list(itertools.islice(read_los_loop(data_dir), LOS_STEPS * network.n_sensors))
+    # A long idle time: windows close because every partition passed them, not because one went quiet.
     deployment.worker(STREAM_APP_NETWORKS=f"los-loop={folder / 'los_adj.csv'}:{folder / 'los_speed.csv'}",
-                      STREAM_APP_TRAFFIC_CHECKPOINT=str(checkpoint))
+                      STREAM_APP_TRAFFIC_CHECKPOINT=str(checkpoint), STREAM_APP_WATERMARK_IDLE_S="60")
     deployment.produce(to_records(readings))
 
     # A window closes once the watermark (latest reading - 60 s grace) passes its end: the last

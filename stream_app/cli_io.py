@@ -19,7 +19,7 @@ from stream_app.cli_common import broker_option, broker_url, console
 from stream_app.kafka_io import Record, consume, produce
 from stream_app.settings import Settings
 
-__all__ = ["generate", "replay", "tail", "to_records", "corrupt"]
+__all__ = ["generate", "replay", "tail", "to_records", "corrupt", "generated_events", "HISTORY_MS"]
 
 
 def to_records(events: Iterable[dict], prefix: str = "") -> Iterator[Record]:
@@ -40,10 +40,16 @@ def corrupt(records: Iterable[Record], fraction: float, seed: int) -> Iterator[R
         yield (topic, key, rng.choice(breakers)(value)) if rng.random() < fraction else (topic, key, value)
 
 
-def _generated_events(users: int, sensors: int, seed: int) -> Iterator[dict]:
+# Synthetic event time runs a few hundred times faster than the wall clock at demo rates; starting
+# a month back keeps it in the past (inputs more than a day ahead are rejected) for hours.
+HISTORY_MS = 30 * 86_400_000
+
+
+def generated_events(users: int, sensors: int, seed: int, start_ms: int | None = None) -> Iterator[dict]:
+    """Endless synthetic user events and road readings, merged in event-time order."""
     from stream_app.generator import BehaviorConfig, TrafficConfig, iter_traffic_readings, iter_user_events
 
-    start_ms = int(time.time() * 1000) - 3_600_000
+    start_ms = int(time.time() * 1000) - HISTORY_MS if start_ms is None else start_ms
     streams = []
     if users:
         streams.append(iter_user_events(BehaviorConfig(n_users=users, n_events=None, seed=seed, start_ms=start_ms)))
@@ -67,7 +73,7 @@ def _generated_events(users: int, sensors: int, seed: int) -> Iterator[dict]:
 def generate(broker: str | None, users: int, sensors: int, rate: float, count: int | None,
              bad_fraction: float, seed: int, out: Path | None) -> None:
     """Produce a realistic synthetic workload: users with sessions and intents, a road network."""
-    events = _generated_events(users, sensors, seed)
+    events = generated_events(users, sensors, seed)
     if count is not None:
         events = itertools.islice(events, count)
     if out is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import itertools
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import numpy as np
 
 from stream_app.broker import CACHE_ROOT, free_port
 from stream_app.cli_common import broker_option, broker_url, console
-from stream_app.cli_io import corrupt, to_records
+from stream_app.cli_io import HISTORY_MS, corrupt, generated_events, to_records
 from stream_app.kafka_io import produce
 from stream_app.live import LiveView, watch
 from stream_app.settings import Settings
@@ -24,7 +23,6 @@ from stream_app.settings import Settings
 __all__ = ["demo", "write_network_files"]
 
 DEMO_DIR = CACHE_ROOT / "demo"
-DAY_MS = 86_400_000
 
 
 def write_network_files(name: str, sensors: list[tuple[str, float, float]], folder: Path) -> str:
@@ -50,16 +48,6 @@ def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _workload(users: int, sensors: int, seed: int, start_ms: int):
-    from stream_app.generator import BehaviorConfig, TrafficConfig, iter_traffic_readings, iter_user_events
-    import heapq
-
-    behavior = iter_user_events(BehaviorConfig(n_users=users, n_events=None, seed=seed, start_ms=start_ms))
-    traffic_config = TrafficConfig(n_sensors=sensors, seed=seed, start_ms=start_ms, duration_hours=None)
-    traffic = iter_traffic_readings(traffic_config)
-    return heapq.merge(behavior, traffic, key=lambda e: e["ts"]), traffic_config
-
-
 @click.command()
 @broker_option
 @click.option("--users", default=300, show_default=True, help="Simulated users.")
@@ -75,11 +63,10 @@ def demo(broker: str | None, users: int, sensors: int, rate: float, duration: fl
     """Everything in one command: broker, worker, workload generator, and a live view of the outputs."""
     from stream_app.generator import generate_traffic, TrafficConfig
 
-    start_ms = int(time.time() * 1000) - 7 * DAY_MS  # event time starts a week ago and runs fast
+    start_ms = int(time.time() * 1000) - HISTORY_MS
     checkpoint = _demo_model(seed) if train else None
-    network = write_network_files("city", generate_traffic(TrafficConfig(n_sensors=sensors, seed=seed,
-                                                                        start_ms=start_ms, duration_hours=0)).sensors,
-                                  DEMO_DIR)
+    roads = TrafficConfig(n_sensors=sensors, seed=seed, start_ms=start_ms, duration_hours=0)
+    network = write_network_files(roads.network, generate_traffic(roads).sensors, DEMO_DIR)
     with broker_url(broker) as url:
         settings = Settings.from_env(broker=url)
         env = {**os.environ, **settings.as_env(), "STREAM_APP_WEB_PORT": str(free_port()),
@@ -101,8 +88,7 @@ def demo(broker: str | None, users: int, sensors: int, rate: float, duration: fl
 
 async def _run(settings: Settings, users: int, sensors: int, rate: float, duration: float | None,
                bad_fraction: float, seed: int, start_ms: int) -> None:
-    events, _ = _workload(users, sensors, seed, start_ms)
-    sent = itertools.count()
+    events = generated_events(users, sensors, seed, start_ms)
     produced = [0]
     records = corrupt(to_records(events, settings.topic_prefix), bad_fraction, seed)
     view = LiveView(produced=lambda: produced[0])
@@ -112,7 +98,6 @@ async def _run(settings: Settings, users: int, sensors: int, rate: float, durati
         await watch(settings, view, duration)
     finally:
         producer.cancel()
-        del sent
 
 
 def _demo_model(seed: int) -> Path | None:

@@ -20,5 +20,6 @@ async def ready_for_writes(*tables: CollectionT) -> None:
     for topic in ALL_TOPICS:
         await topic.maybe_declare()
     producer = app.producer._ensure_producer()  # Faust exposes no public handle on it
-    for table in tables:
-        await producer.partitions_for(table.changelog_topic.get_topic_name())
+    names = [t.get_topic_name() for t in ALL_TOPICS] + [t.changelog_topic.get_topic_name() for t in tables]
+    for name in names:  # send_soon() and table writes pick partitions from this metadata
+        await producer.partitions_for(name)

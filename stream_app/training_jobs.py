@@ -96,11 +96,12 @@ RECIPES = {
     "diginetica": Recipe(config=NextActionConfig(vocab_size=1, embed_dim=32, hidden_dim=64, attn_dim=32,
                                                  use_location=False, window_size=50, window_span_s=86_400.0,
                                                  dropout=0.3), epochs=30, lr=3e-3, patience=5),
-    # Small batches: a few hundred users are only a few batches of 4,096 events, too few steps per epoch.
-    "generated": Recipe(config=NextActionConfig(vocab_size=1, embed_dim=16, hidden_dim=32, n_cell_buckets=256,
+    # Small batches: a few hundred users are only a few batches of 4,096 events, too few steps per
+    # epoch. No dropout: generated data is plentiful and noise-free apart from sampling.
+    "generated": Recipe(config=NextActionConfig(vocab_size=1, embed_dim=32, hidden_dim=32, n_cell_buckets=256,
                                                 cell_dim=4, attn_dim=16, pair_dim=8, window_size=50,
-                                                window_span_s=7 * 86_400.0, dropout=0.1),
-                        epochs=6, lr=5e-3, patience=2, max_batch_events=512),
+                                                window_span_s=7 * 86_400.0, dropout=0.0),
+                        epochs=8, lr=5e-3, patience=2, max_batch_events=512),
     "file": Recipe(config=NextActionConfig(vocab_size=1, embed_dim=32, hidden_dim=64, n_cell_buckets=1024,
                                            cell_dim=8, attn_dim=32, window_size=50, window_span_s=7 * 86_400.0,
                                            dropout=0.2), epochs=10, lr=3e-3, patience=2, max_batch_events=1024),
@@ -359,6 +360,7 @@ class ActionReport:
     model_version: str
     checkpoint: str | None
     gaps: dict[str, dict[str, list[float]]]  # other method -> metric -> [model - other, low, high]
+    training: dict[str, Any] = field(default_factory=dict)  # best epoch, validation metrics, config
 
     @property
     def n_targets(self) -> int:
@@ -366,7 +368,8 @@ class ActionReport:
 
     def as_json(self) -> dict[str, Any]:
         return {"task": "next-action", "data": self.data, "split": "test", "targets": self.n_targets,
-                "model": {"name": MODEL_NAME, "version": self.model_version, "checkpoint": self.checkpoint},
+                "model": {"name": MODEL_NAME, "version": self.model_version, "checkpoint": self.checkpoint,
+                          **self.training},
                 "metrics": {m: {k: _plain(v) for k, v in values.items()} for m, values in self.result.metrics.items()},
                 "model_minus": self.gaps}
 
@@ -395,7 +398,8 @@ def evaluate_actions(data: ActionData, model: NextActionModel, metadata: dict[st
                                                   n_resamples=1_000))
                     for metric in ("acc@1", "mrr")}
             for other in result.metrics if other != MODEL_NAME}
-    return ActionReport(data.dataset.name, result, str(metadata["version"]), checkpoint, gaps)
+    training = {key: metadata[key] for key in ("best_epoch", "validation", "config", "seconds") if key in metadata}
+    return ActionReport(data.dataset.name, result, str(metadata["version"]), checkpoint, gaps, training)
 
 
 def _add_reference(result: EvaluationResult, name: str, probs: np.ndarray, sequences: tuple[ActionSequence, ...],

@@ -25,7 +25,7 @@ from stream_app.metrics import METRICS
 from stream_app.models_holder import HotModel
 from stream_app.tables import ready_for_writes
 from stream_app.state import RECENT_IDS, StoredUser, decode_user, encode_user
-from stream_app.agents.cells import cell_event
+from stream_app.agents.cells import cell_batches
 from stream_app.topics import cell_events, predictions, user_events
 
 __all__ = ["behavior", "user_table", "model", "action_token"]
@@ -103,12 +103,11 @@ async def _process(valid: list) -> None:
             user.raw = encode_user(user.stored)
             user_table[user_id.encode()] = user.raw
         _remember(user_id, user)
+    # send_soon: buffered, flushed by Faust before it commits the input offsets (at-least-once).
     for key, value in outputs:
-        await predictions.send(key=key, value=value)
-    for _, event in valid:
-        located = cell_event(event)
-        if located is not None:
-            await cell_events.send(key=located[0], value=located[1])
+        predictions.send_soon(key=key, value=value)
+    for key, value in cell_batches(event for _, event in valid):
+        cell_events.send_soon(key=key, value=value)
     now_ms = time.time() * 1000
     for event, _ in valid:
         METRICS.end_to_end_latency.labels(pipeline=PIPELINE).observe(max(0.0, now_ms - event.message.timestamp * 1000) / 1000)

@@ -8,6 +8,8 @@ record whose every window has closed is counted late.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import h3
 import msgspec
 
@@ -18,7 +20,7 @@ from stream_app.topics import cell_activity, cell_events
 from stream_app.tables import ready_for_writes
 from stream_app.windows import ActivityWindow, EventTimeWindows, Watermark
 
-__all__ = ["CellEvent", "cell_of", "cell_event", "count_cells"]
+__all__ = ["CellEvent", "cell_of", "cell_batches", "count_cells"]
 
 PIPELINE = "cells"
 
@@ -37,7 +39,7 @@ class _StoredCell(msgspec.Struct, array_like=True):
     closed_until: int
 
 
-_event_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(CellEvent))
+_event_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(list[CellEvent]))
 _cell_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(_StoredCell))
 
 cell_table = app.Table("cell-windows", default=None, key_type=bytes, value_type=bytes,
@@ -52,12 +54,16 @@ def cell_of(lat: float, lon: float) -> str:
     return h3.latlng_to_cell(lat, lon, settings.h3_resolution)
 
 
-def cell_event(event) -> tuple[bytes, bytes] | None:
-    """(key, value) for ``cell-events``, or None when the event has no location."""
-    if event.lat is None or event.lon is None:
-        return None
-    cell = cell_of(event.lat, event.lon)
-    return cell.encode(), _event_codec[0].encode(CellEvent(cell, event.ts, event.user_id, event.action))
+def cell_batches(events: Iterable) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) records for ``cell-events``: one per cell, holding that cell's located events
+    of the batch (one record per cell, not per event, keeps the producer's work small)."""
+    by_cell: dict[str, list[CellEvent]] = {}
+    for event in events:
+        if event.lat is not None and event.lon is not None:
+            cell = cell_of(event.lat, event.lon)
+            by_cell.setdefault(cell, []).append(CellEvent(cell, event.ts, event.user_id, event.action))
+    for cell, located in by_cell.items():
+        yield cell.encode(), _event_codec[0].encode(located)
 
 
 @app.agent(cell_events)
@@ -70,12 +76,12 @@ async def count_cells(stream):
             restored = True
         touched = set()
         for kafka_event in batch:
-            event = _event_codec[1].decode(kafka_event.message.value)
-            watermark.observe(event.ts, kafka_event.message.partition)
-            if windows.add(event.cell, event.ts, event.user_id, event.action):
-                touched.add(event.cell)
-            else:
-                METRICS.late_events.labels(pipeline=PIPELINE).inc()
+            for event in _event_codec[1].decode(kafka_event.message.value):
+                watermark.observe(event.ts, kafka_event.message.partition)
+                if windows.add(event.cell, event.ts, event.user_id, event.action):
+                    touched.add(event.cell)
+                else:
+                    METRICS.late_events.labels(pipeline=PIPELINE).inc()
         await _emit_closed(touched)
 
 

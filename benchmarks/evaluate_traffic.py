@@ -19,67 +19,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from models.baselines.traffic import TimeOfDayAverage, persistence_forecast, window_mean_forecast
 from models.traffic import TrafficConfig
-from models.traffic_data import (EVAL_HORIZONS, INPUT_STEPS, TrafficSeries, forecast_metrics,
-                                 forecast_windows, load_los_loop, strict_split, tgcn_split)
-from models.traffic_training import (TrainConfig, TrainResult, save_traffic_checkpoint,
-                                     stream_predictions, train_traffic, window_predictions)
+from models.traffic_data import EVAL_HORIZONS, TrafficSeries, load_los_loop, strict_split, tgcn_split
+from models.traffic_evaluation import baseline_scores, format_validation, markdown_tables, model_scores
+from models.traffic_training import TrainConfig, TrainResult, save_traffic_checkpoint, train_traffic
 
 __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
-
-METRICS = (("rmse", "RMSE (mph)", 4), ("mae", "MAE (mph)", 4), ("mape", "MAPE (%)", 2),
-           ("accuracy", "Accuracy", 4))
-Scores = dict[str, dict[int, dict[str, float]]]  # method -> horizon -> metric -> value
-
-
-def baseline_scores(series: TrafficSeries) -> Scores:
-    """Persistence, input-window mean and time-of-day average on the test windows."""
-    split = tgcn_split(series.n_steps)
-    test = series.rows(split.test)
-    profile = TimeOfDayAverage(86_400_000 // series.step_ms).fit(
-        series.speeds[split.train], series.rows(split.train).slot_of_day())
-    scores: Scores = {"persistence": {}, "time-of-day average": {}, "window mean (T-GCN HA)": {}}
-    for horizon in EVAL_HORIZONS:
-        starts, targets = forecast_windows(test.speeds, horizon)
-        inputs = test.speeds[starts[:, None] + np.arange(INPUT_STEPS)]
-        target_slots = test.slot_of_day()[starts[:, None] + INPUT_STEPS + np.arange(horizon)]
-        forecasts = {"persistence": persistence_forecast(inputs, horizon),
-                     "time-of-day average": profile.forecast(target_slots),
-                     "window mean (T-GCN HA)": window_mean_forecast(inputs, horizon)}
-        for name, forecast in forecasts.items():
-            scores[name][horizon] = forecast_metrics(targets, forecast)
-    return scores
-
-
-def model_scores(result: TrainResult, series: TrafficSeries, label: str) -> Scores:
-    """The model's window and stream scores on the test windows."""
-    test_part = tgcn_split(series.n_steps).test
-    scores: Scores = {f"{label}, window": {}, f"{label}, stream": {}}
-    for horizon in EVAL_HORIZONS:
-        predictions, targets = window_predictions(result.model, series.rows(test_part), horizon)
-        scores[f"{label}, window"][horizon] = forecast_metrics(targets, predictions)
-        predictions, targets = stream_predictions(result.model, series, test_part, horizon)
-        scores[f"{label}, stream"][horizon] = forecast_metrics(targets, predictions)
-    return scores
-
-
-def print_tables(scores: Scores, step_minutes: int) -> None:
-    """One markdown table per metric: methods down, horizons across."""
-    header = " | ".join(f"{h * step_minutes} min" for h in EVAL_HORIZONS)
-    for key, title, digits in METRICS:
-        print(f"\n{title}, all steps up to the horizon scored (T-GCN style)\n")
-        print(f"| method | {header} |")
-        print("|---|" + "---:|" * len(EVAL_HORIZONS))
-        for method, by_horizon in scores.items():
-            cells = " | ".join(f"{by_horizon[h][key]:.{digits}f}" for h in EVAL_HORIZONS)
-            print(f"| {method} | {cells} |")
-
 
 def train_both(series: TrafficSeries, model_config: TrafficConfig, train_config: TrainConfig,
                out: Path) -> tuple[TrainResult, TrainResult]:
@@ -98,15 +47,9 @@ def train_both(series: TrafficSeries, model_config: TrafficConfig, train_config:
                             tgcn_split(series.n_steps), refit_config, protocol="tgcn",
                             strict_val_metrics=strict_result.val_metrics)
     print(f"strict: best epoch {strict_result.best_epoch} of {len(strict_result.history) - 1} "
-          f"run, validation {format_val(strict_result)}, {strict_minutes:.1f} min; "
+          f"run, validation {format_validation(strict_result.val_metrics)}, {strict_minutes:.1f} min; "
           f"tgcn refit: {tgcn_result.best_epoch} epochs, {tgcn_minutes:.1f} min")
     return strict_result, tgcn_result
-
-
-def format_val(result: TrainResult) -> str:
-    """Validation RMSE/MAE over every model horizon."""
-    metrics = result.val_metrics or {}
-    return f"RMSE {metrics.get('val_rmse', float('nan')):.4f} MAE {metrics.get('val_mae', float('nan')):.4f}"
 
 
 def main() -> None:
@@ -136,7 +79,7 @@ def main() -> None:
     scores = baseline_scores(series)
     scores.update(model_scores(strict_result, series, "graph-GRU strict"))
     scores.update(model_scores(tgcn_result, series, "graph-GRU tgcn"))
-    print_tables(scores, series.step_ms // 60_000)
+    print(markdown_tables(scores, series.step_ms // 60_000))
 
 
 if __name__ == "__main__":

@@ -211,8 +211,8 @@ def evaluate_traffic_command(checkpoints: tuple[Path, ...], json_out: Path | Non
 
     Example: stream-app evaluate traffic --checkpoint traffic.pt --markdown-out traffic.md
     """
-    from stream_app.training_jobs import (load_traffic_checkpoint, load_traffic_series, train_traffic_models,
-                                          traffic_report)
+    from models.traffic_evaluation import traffic_report
+    from stream_app.training_jobs import load_traffic_checkpoint, load_traffic_series, train_traffic_models
 
     _set_threads(threads)
     series = load_traffic_series(data, data_dir)

@@ -37,7 +37,6 @@ from models.next_action import NextActionConfig, NextActionModel
 from models.paths import shared_data_dir
 from models.traffic import TrafficConfig, TrafficGRU, load_traffic_model
 from models.traffic_data import EVAL_HORIZONS, TrafficSeries, load_los_loop, strict_split, tgcn_split
-from models.traffic_evaluation import Scores, baseline_scores, markdown_tables, model_scores, scores_as_json
 from models.traffic_training import (TrainConfig, TrainResult, model_version, save_traffic_checkpoint,
                                      train_traffic)
 from models.training import load_next_action, save_next_action, train_next_action
@@ -45,12 +44,11 @@ from stream_app.exceptions import StreamAppError
 from stream_app.generator import BehaviorConfig, BehaviorWorkload, generate_user_events
 
 __all__ = [
-    "JobError", "MODEL_NAME", "CEILING", "POSTERIOR", "NAMED_DATA", "COLUMNS", "Recipe", "RECIPES", "GENERATED_DEFAULT",
-    "DEMO_WORKLOAD", "GeneratedActions", "ActionData", "ActionReport", "generate_actions", "generated_dataset",
-    "true_next_probabilities", "load_action_data", "resolve_device", "train_actions", "evaluate_actions",
-    "load_checkpoint_for",
-    "train_demo_model", "load_traffic_series", "train_traffic_models", "load_traffic_checkpoint",
-    "TrafficReport", "traffic_report",
+    "JobError", "MODEL_NAME", "CEILING", "POSTERIOR", "NAMED_DATA", "COLUMNS", "Recipe", "RECIPES",
+    "GENERATED_DEFAULT", "DEMO_WORKLOAD", "GeneratedActions", "ActionData", "ActionReport", "generate_actions",
+    "generated_dataset", "true_next_probabilities", "load_action_data", "resolve_device", "train_actions",
+    "evaluate_actions", "load_checkpoint_for", "train_demo_model", "load_traffic_series", "train_traffic_models",
+    "load_traffic_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -304,7 +302,9 @@ def _event_file(path: Path, action_field: str) -> ActionData:
         raise JobError(f"{path}: unknown file type {path.suffix or '(none)'!r}; {EVENT_FILE_FORMAT}")
     try:
         dataset = load_event_file(path, action_field=action_field)
-    except (ModelError, UnicodeDecodeError, OSError) as exc:
+    except KeyError as exc:  # a row without the user_id field
+        raise JobError(f"{path} is not an event file (a row has no field {exc}); {EVENT_FILE_FORMAT}") from exc
+    except (ModelError, TypeError, ValueError, OSError) as exc:
         raise JobError(f"{path} is not an event file ({exc}); {EVENT_FILE_FORMAT}") from exc
     if not dataset.sequences:
         raise JobError(f"{path}: no row has a value in {action_field!r}; {EVENT_FILE_FORMAT}")
@@ -330,14 +330,15 @@ def resolve_device(name: str) -> str:
 
 def train_actions(data: ActionData, *, epochs: int | None = None, patience: int | None = None,
                   lr: float | None = None, hidden_dim: int | None = None, seed: int = 0, device: str = "cpu",
-                  progress: bool = True) -> tuple[NextActionModel, dict[str, Any]]:
+                  progress: bool = True, max_batch_events: int | None = None) -> tuple[NextActionModel, dict[str, Any]]:
     """Train with the data set's recipe (any argument given overrides it); early stopping on
     validation MRR. Returns the model and the checkpoint metadata (with ``metadata["data"]``)."""
     recipe = data.recipe
     config = recipe.config if hidden_dim is None else replace(recipe.config, hidden_dim=hidden_dim)
     args = dict(epochs=recipe.epochs if epochs is None else epochs, lr=recipe.lr if lr is None else lr,
                 patience=recipe.patience if patience is None else patience, seed=seed, device=device,
-                progress=progress, max_batch_events=recipe.max_batch_events)
+                progress=progress,
+                max_batch_events=recipe.max_batch_events if max_batch_events is None else max_batch_events)
     try:
         model, metadata = train_next_action(data.dataset, config, **args)
         if data.refit:
@@ -376,7 +377,8 @@ class ActionReport:
     def markdown(self) -> str:
         lines = [f"Next action on {self.data}: test split, {self.n_targets} targets, model {self.model_version}", "",
                  markdown_table(self.result.metrics, columns=COLUMNS, with_se=True), "",
-                 f"{MODEL_NAME} minus each method (paired bootstrap, 1,000 resamples, 95 %):", ""]
+                 f"{MODEL_NAME} minus each method (paired bootstrap, {_resamples(self.n_targets):,} resamples, "
+                 "95 %):", ""]
         for other, by_metric in self.gaps.items():
             cells = "; ".join(f"{metric} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for metric, (d, lo, hi) in by_metric.items())
             lines.append(f"- {other}: {cells}")
@@ -394,12 +396,18 @@ def evaluate_actions(data: ActionData, model: NextActionModel, metadata: dict[st
         _add_reference(result, POSTERIOR, true_next_probabilities(data.generated, vocab, intent_known=False),
                        sequences, vocab)
         _add_reference(result, CEILING, true_next_probabilities(data.generated, vocab), sequences, vocab)
+    resamples = _resamples(len(result.ranks[MODEL_NAME]))
     gaps = {other: {metric: list(paired_bootstrap(result.ranks[MODEL_NAME], result.ranks[other], metric=metric,
-                                                  n_resamples=1_000))
+                                                  n_resamples=resamples))
                     for metric in ("acc@1", "mrr")}
             for other in result.metrics if other != MODEL_NAME}
     training = {key: metadata[key] for key in ("best_epoch", "validation", "config", "seconds") if key in metadata}
     return ActionReport(data.dataset.name, result, str(metadata["version"]), checkpoint, gaps, training)
+
+
+def _resamples(n_targets: int) -> int:
+    """Bootstrap resamples: 1,000, fewer for very many targets (each resample holds n indices)."""
+    return max(100, min(1_000, 20_000_000 // max(1, n_targets)))
 
 
 def _add_reference(result: EvaluationResult, name: str, probs: np.ndarray, sequences: tuple[ActionSequence, ...],
@@ -505,34 +513,3 @@ def load_traffic_checkpoint(path: Path, series: TrafficSeries) -> tuple[TrafficG
         return load_traffic_model(path, series.network)
     except (CheckpointError, ModelError) as exc:
         raise JobError(str(exc)) from exc
-
-
-@dataclass(frozen=True, eq=False)
-class TrafficReport:
-    """Scores of the baselines and the models on the T-GCN test windows, per horizon."""
-
-    data: str
-    scores: Scores
-    models: dict[str, dict[str, Any]]  # label -> version, protocol, checkpoint
-    step_minutes: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {"task": "traffic", "data": self.data, "split": "test: the last 20 % of steps (T-GCN)",
-                "horizons": [f"{h * self.step_minutes} min" for h in EVAL_HORIZONS], "models": self.models,
-                "scores": scores_as_json(self.scores, self.step_minutes)}
-
-    def markdown(self) -> str:
-        models = "; ".join(f"{label}: {info['version']}" for label, info in self.models.items()) or "none"
-        return (f"Traffic on {self.data}: T-GCN test split (the last 20 % of steps); models {models}\n"
-                + markdown_tables(self.scores, self.step_minutes) + "\n")
-
-
-def traffic_report(series: TrafficSeries, models: dict[str, tuple[TrafficGRU, dict[str, Any]]],
-                   data: str = "los-loop") -> TrafficReport:
-    """The baselines, then each labelled model (window and stream), on the T-GCN test windows.
-    ``models``: label -> (model, description stored in the report)."""
-    scores = baseline_scores(series)
-    for label, (model, _) in models.items():
-        scores.update(model_scores(model, series, label))
-    return TrafficReport(data, scores, {label: info for label, (_, info) in models.items()},
-                         series.step_ms // 60_000)

@@ -37,6 +37,7 @@ def cli(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:  # metadata races while topics are being created are retried; they are noise here
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        logging.getLogger("models.training").setLevel(logging.WARNING)  # its progress bar says the same
 
 
 @cli.command()

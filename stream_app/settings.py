@@ -59,6 +59,9 @@ class Settings:
     window_span_s: float = _setting(7 * 86400.0, "STREAM_APP_WINDOW_SPAN_S", "Event-time span of a user's window")
     h3_resolution: int = _setting(8, "STREAM_APP_H3_RESOLUTION", "H3 resolution of cell-activity cells")
     cell_window_s: int = _setting(300, "STREAM_APP_CELL_WINDOW_S", "Cell-activity hopping window size")
+    cell_batch_within_s: float = _setting(1.0, "STREAM_APP_CELL_BATCH_WITHIN_S",
+                                          "Longest wait to fill a cell-activity batch (its state is written "
+                                          "once per cell and batch; minute-long windows need no faster)")
     cell_step_s: int = _setting(60, "STREAM_APP_CELL_STEP_S", "Cell-activity hopping window step")
     sensor_window_s: int = _setting(300, "STREAM_APP_SENSOR_WINDOW_S", "Per-sensor tumbling window size")
     horizons_min: tuple[int, ...] = _setting((15, 30, 60), "STREAM_APP_HORIZONS", "Forecast horizons in minutes")

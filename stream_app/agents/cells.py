@@ -70,7 +70,7 @@ def cell_batches(events: Iterable) -> Iterator[tuple[bytes, bytes]]:
 async def count_cells(stream):
     await ready_for_writes(cell_table)
     restored = False
-    async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+    async for batch in stream.take_events(settings.batch_max, within=settings.cell_batch_within_s):
         if not restored:
             _restore()
             restored = True

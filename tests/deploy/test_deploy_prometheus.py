@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,40 +15,23 @@ OPERATIONS = ROOT / "docs" / "operations.md"
 SEVERITIES = {"warning", "critical"}
 
 
-def promtool() -> str:
-    """The promtool binary; a missing one fails under CI and skips elsewhere."""
-    path = shutil.which("promtool")
-    if path is None:
-        message = "promtool not found on PATH (Debian/Ubuntu: apt-get install prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def run_promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([promtool(), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"promtool {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
 def alert_rules() -> list[dict]:
     groups = yaml.safe_load((DEPLOY / "alerts.yml").read_text())["groups"]
     return [rule for group in groups for rule in group["rules"] if "alert" in rule]
 
 
-def test_promtool_check_rules() -> None:
+def test_promtool_check_rules(run_promtool) -> None:
     run_promtool("check", "rules", "alerts.yml", cwd=DEPLOY)
 
 
-def test_promtool_check_config(tmp_path: Path) -> None:
+def test_promtool_check_config(tmp_path: Path, run_promtool) -> None:
     # A copy in a clean folder proves rule_files resolves next to prometheus.yml, as mounted in compose.
     for name in ("prometheus.yml", "alerts.yml"):
         shutil.copy(DEPLOY / name, tmp_path / name)
     run_promtool("check", "config", "prometheus.yml", cwd=tmp_path)
 
 
-def test_promtool_alert_unit_tests() -> None:
+def test_promtool_alert_unit_tests(run_promtool) -> None:
     out = run_promtool("test", "rules", "alerts_test.yml", cwd=DEPLOY)
     assert "SUCCESS" in out.stdout + out.stderr
 

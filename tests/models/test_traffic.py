@@ -12,15 +12,6 @@ from models.traffic import N_TIME_FEATURES, TrafficConfig, TrafficGRU, time_feat
 SENSORS, HIDDEN, BATCH, TIME = 5, 8, 3, 7
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _adjacency(n: int = SENSORS) -> np.ndarray:
     rng = np.random.default_rng(0)
     adj = rng.random((n, n)) * (rng.random((n, n)) < 0.5)

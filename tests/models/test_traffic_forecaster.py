@@ -16,15 +16,6 @@ IDS = ("s0", "s1", "s2", "s3")
 T0 = 1_330_560_300_000  # a window end (2012-03-01 00:05 UTC)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _network() -> SensorNetwork:
     adjacency = np.array([[0, 1, 0, 0], [1, 0, 1, 0], [0, 1, 0, 1], [0, 0, 1, 0]], np.float32)
     return SensorNetwork(name="test", sensor_ids=IDS, coords=None, adjacency=adjacency)

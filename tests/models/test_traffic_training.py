@@ -22,15 +22,6 @@ FAST = TrainConfig(epochs=3, batch_size=16, chunk_steps=16, chunk_stride=3, lear
                    progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def series() -> TrafficSeries:
     full = load_los_loop(LOS_LOOP)

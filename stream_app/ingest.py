@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -31,9 +32,10 @@ async def validate_batch(events: Iterable[EventT], decode: Callable[[bytes | Non
                          ) -> list[tuple[EventT, T]]:
     """Decode each record; send rejections to dead letters (and count them); return the valid ones."""
     valid: list[tuple[EventT, T]] = []
+    consumed: Counter[str] = Counter()
     for event in events:
         topic = event.message.topic
-        METRICS.events_consumed.labels(topic=topic).inc()
+        consumed[topic] += 1
         decoded = decode(event.message.value)
         if isinstance(decoded, Rejection):
             letter = dead_letter_for(event.message, decoded)
@@ -42,4 +44,6 @@ async def validate_batch(events: Iterable[EventT], decode: Callable[[bytes | Non
             log.debug("dead letter from %s[%d]@%d: %s", topic, letter.partition, letter.offset, decoded.detail)
         else:
             valid.append((event, decoded))
+    for topic, count in consumed.items():  # one label lookup per topic and batch, not per record
+        METRICS.events_consumed.labels(topic=topic).inc(count)
     return valid

@@ -108,9 +108,9 @@ async def _process(valid: list) -> None:
         predictions.send_soon(key=key, value=value)
     for key, value in cell_batches(event for _, event in valid):
         cell_events.send_soon(key=key, value=value)
-    now_ms = time.time() * 1000
+    now_s, end_to_end = time.time(), METRICS.end_to_end_latency.labels(pipeline=PIPELINE)
     for event, _ in valid:
-        METRICS.end_to_end_latency.labels(pipeline=PIPELINE).observe(max(0.0, now_ms - event.message.timestamp * 1000) / 1000)
+        end_to_end.observe(max(0.0, now_s - event.message.timestamp))
     METRICS.outputs.labels(topic=predictions.get_topic_name()).inc(len(outputs))
     METRICS.events_processed.labels(pipeline=PIPELINE).inc(len(valid))
 

@@ -194,6 +194,19 @@ class NextActionModel(nn.Module):
         out = self.hidden_states(current, h)
         return self._log_probs(out, self._given_window(current, window, out), current.tokens)[:, 0], out[:, 0]
 
+    def steps(self, x: EventTensors, h: Tensor | None, window: EventTensors) -> tuple[Tensor, Tensor]:
+        """Several new events per user in one call: x [batch, k] left-aligned (padding last), after
+        each user's window [batch, window] right-aligned (oldest first, without the new events).
+        Returns (log-probs [batch, k, vocab], hidden after each new event [batch, k, hidden]);
+        padding positions hold garbage. Equals ``step`` chained over the new events (each event's
+        window being its last ``window_size`` predecessors within the span) when event times do
+        not decrease."""
+        out = self.hidden_states(x, h)
+        combined = EventTensors(**{f.name: torch.cat([getattr(window, f.name), getattr(x, f.name)], dim=1)
+                                   for f in fields(EventTensors)})
+        view = self._band_window(combined, out, first=window.tokens.shape[1])
+        return self._log_probs(out, view, x.tokens), out
+
     def log_probs_at(self, batch: EventTensors, rows: Tensor, cols: Tensor) -> Tensor:
         """``forward(batch)[rows, cols]`` without the vocabulary-sized work elsewhere: [n, vocab]."""
         out = self.hidden_states(batch)
@@ -267,17 +280,18 @@ class NextActionModel(nn.Module):
         parts.append((events.dense * self.dense_mask)[..., list(STATIC_DENSE)])
         return self.key(torch.cat(parts, dim=-1))
 
-    def _band_window(self, batch: EventTensors, out: Tensor) -> _WindowView:
-        """Each position's window inside the padded sequence [batch, time] -> [batch, time, window]."""
+    def _band_window(self, batch: EventTensors, out: Tensor, first: int = 0) -> _WindowView:
+        """The window of each position from ``first`` on inside the padded sequence [batch, time]
+        (``out`` holds the GRU states of those positions) -> [batch, time - first, window]."""
         n_batch, n_time = batch.tokens.shape
         offset = torch.arange(min(self.config.window_size, n_time), device=out.device)
-        index = torch.arange(n_time, device=out.device)[:, None] - offset[None, :]
+        index = torch.arange(first, n_time, device=out.device)[:, None] - offset[None, :]
         flat = index.clamp_min(0).reshape(-1)
-        events = batch.map(lambda t: t[:, flat].reshape(n_batch, n_time, len(offset), *t.shape[2:]))
+        events = batch.map(lambda t: t[:, flat].reshape(n_batch, n_time - first, len(offset), *t.shape[2:]))
         events = replace(events, mask=events.mask & (index >= 0))
         all_scores = self.query(out) @ self._keys(batch).transpose(1, 2)
         scores = all_scores.gather(2, index.clamp_min(0).expand(n_batch, -1, -1))
-        return self._window_view(batch.map(lambda t: t.unsqueeze(2)), events, scores, offset)
+        return self._window_view(batch.map(lambda t: t[:, first:].unsqueeze(2)), events, scores, offset)
 
     def _given_window(self, current: EventTensors, window: EventTensors, out: Tensor) -> _WindowView:
         """A streaming window [batch, window] (oldest first) as a newest-first [batch, 1, window] view."""

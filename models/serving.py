@@ -19,7 +19,7 @@ from models.next_action import EventTensors
 from models.training import LoadedNextAction, load_next_action
 
 __all__ = ["STATE_FORMAT_VERSION", "WindowEvent", "ActionEvent", "UserState", "NextActionPredictor",
-           "update_window", "GRUPredictor", "MarkovPredictor"]
+           "EventPrediction", "update_window", "predict_in_rounds", "GRUPredictor", "MarkovPredictor"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,16 @@ class ActionEvent:
     ts_ms: int
     lat: float | None = None
     lon: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventPrediction:
+    """What one event yields: the top-k (token, probability) of the user's next action, and the
+    window the model saw (its events and their span in seconds, the event included)."""
+
+    top: list[tuple[str, float]]
+    window_events: int
+    window_span_s: float
 
 
 @dataclass(eq=False)
@@ -150,6 +160,28 @@ class NextActionPredictor(Protocol):
     def predict(self, states: list[UserState], events: list[ActionEvent], k: int) -> list[list[tuple[str, float]]]:
         ...
 
+    def predict_many(self, states: list[UserState], sequences: list[list[ActionEvent]],
+                     k: int) -> list[list[EventPrediction]]:
+        """Several events per user: ``sequences[i]`` (in order) are applied to ``states[i]``; the
+        result holds one prediction per event, as if ``predict`` ran once per round (round r
+        holding every user's r-th event)."""
+        ...
+
+
+def predict_in_rounds(predictor: NextActionPredictor, states: list[UserState],
+                      sequences: list[list[ActionEvent]], k: int) -> list[list[EventPrediction]]:
+    """``predict_many`` as one ``predict`` call per round (round r holds each user's r-th event)."""
+    _check_sequences(states, sequences, k)
+    results: list[list[EventPrediction]] = [[] for _ in states]
+    for r in range(max(map(len, sequences), default=0)):
+        rows = [i for i, events in enumerate(sequences) if len(events) > r]
+        top = predictor.predict([states[i] for i in rows], [sequences[i][r] for i in rows], k)
+        for i, ranked in zip(rows, top):
+            window = states[i].window
+            span_s = (window[-1].ts_ms - window[0].ts_ms) / 1000 if window else 0.0
+            results[i].append(EventPrediction(ranked, len(window), span_s))
+    return results
+
 
 def update_window(state: UserState, event: ActionEvent, *, window_size: int, window_span_s: float,
                   encoded: EncodedEvents | None = None) -> None:
@@ -229,6 +261,66 @@ class GRUPredictor:
             state.hidden, state.model_version = h.astype(np.float32, copy=True), self.version
         return self._top_k(log_probs, k)
 
+    @torch.no_grad()
+    def predict_many(self, states: list[UserState], sequences: list[list[ActionEvent]],
+                     k: int) -> list[list[EventPrediction]]:
+        """One ``NextActionModel.steps`` call for every user whose event times do not decrease
+        (stored window included: then the result equals ``predict`` round by round); the few
+        users with out-of-order events go through ``predict`` round by round."""
+        _check_sequences(states, sequences, k)
+        self._replay_stale([s for s in states if s.model_version != self.version])
+        for state in states:
+            self._ensure_cache(state)
+        in_order = [bool(events) and _in_time_order(state, events) for state, events in zip(states, sequences)]
+        results: list[list[EventPrediction]] = [[] for _ in states]
+        for group, run in ((True, self._steps), (False, lambda *a: predict_in_rounds(self, *a))):
+            rows = [i for i, events in enumerate(sequences) if events and in_order[i] is group]
+            if rows:
+                for i, ranked in zip(rows, run([states[i] for i in rows], [sequences[i] for i in rows], k)):
+                    results[i] = ranked
+        return results
+
+    def _steps(self, states: list[UserState], sequences: list[list[ActionEvent]],
+               k: int) -> list[list[EventPrediction]]:
+        counts = [len(events) for events in sequences]
+        bounds = np.cumsum([0] + counts).tolist()
+        previous: list[tuple[int | None, float | None, float | None]] = []
+        for state, events in zip(states, sequences):
+            previous.append((state.last_ts_ms, state.last_lat, state.last_lon))
+            previous.extend((e.ts_ms, e.lat, e.lon) for e in events[:-1])
+        encoded = encode_next_events([EventRecord(e.token, e.ts_ms, e.lat, e.lon) for events in sequences for e in events],
+                                     previous, self._vocab, self._spec)
+        new = [_select(encoded, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        hidden = torch.from_numpy(np.stack([self._hidden_of(s) for s in states])).to(self._device)
+        x = EventTensors.collate(new).to(self._device)
+        window = EventTensors.collate([s._encoded for s in states], align="right").to(self._device)
+        log_probs, out = self._model.steps(x, hidden, window)
+        finals = out[torch.arange(len(states), device=self._device), torch.tensor(counts, device=self._device) - 1]
+        top = self._top_k(log_probs[x.mask], k)
+        results = []
+        for state, events, rows, h, a in zip(states, sequences, new, finals.cpu().numpy(), bounds):
+            windows = self._advance(state, events, rows)
+            state.hidden, state.model_version = h.astype(np.float32, copy=True), self.version
+            results.append([EventPrediction(ranked, n, span) for ranked, (n, span) in zip(top[a:a + len(events)], windows)])
+        return results
+
+    def _advance(self, state: UserState, events: list[ActionEvent], encoded: EncodedEvents) -> list[tuple[int, float]]:
+        """``update_window`` for events in time order at once: the window becomes the last
+        ``window_size`` events within the span of the newest. Returns each event's window
+        (events, span in seconds) as ``update_window`` would have left it."""
+        window = state.window + [WindowEvent(e.token, e.ts_ms, e.lat, e.lon) for e in events]
+        cache = _concat(state._encoded, encoded)
+        ts = cache.ts_ms
+        ends = np.arange(len(window) - len(events), len(window))
+        firsts = np.maximum(np.maximum(ends + 1 - self.window_size, 0),
+                            np.searchsorted(ts, ts[ends] - int(round(self.window_span_s * 1000.0)), side="right"))
+        start, newest = int(firsts[-1]), events[-1]
+        state.window, state._encoded = window[start:], _select(cache, slice(start, None))
+        state.last_ts_ms = newest.ts_ms if state.last_ts_ms is None else max(state.last_ts_ms, newest.ts_ms)
+        state.last_lat, state.last_lon = newest.lat, newest.lon
+        state.event_count += len(events)
+        return [(n, span / 1000) for n, span in zip((ends - firsts + 1).tolist(), (ts[ends] - ts[firsts]).tolist())]
+
     def _hidden_of(self, state: UserState) -> np.ndarray:
         size = self._model.config.hidden_dim
         if state.hidden is None:
@@ -296,6 +388,10 @@ class MarkovPredictor:
         return [self._most_common(self._transitions[e.token], k) if e.token in self._transitions else popular
                 for e in events]
 
+    def predict_many(self, states: list[UserState], sequences: list[list[ActionEvent]],
+                     k: int) -> list[list[EventPrediction]]:
+        return predict_in_rounds(self, states, sequences, k)
+
     def _most_common(self, counts: Counter[str], k: int) -> list[tuple[str, float]]:
         """Top k of ``counts`` as probabilities; ties by popularity, then token."""
         total = sum(counts.values())
@@ -307,6 +403,23 @@ class MarkovPredictor:
 
 def _records(window: Sequence[WindowEvent]) -> list[EventRecord]:
     return [EventRecord(w.token, w.ts_ms, w.lat, w.lon) for w in window]
+
+
+def _in_time_order(state: UserState, events: list[ActionEvent]) -> bool:
+    """Whether the stored window, the latest event time and the new events never go back in time."""
+    window_ts = state._encoded.ts_ms if state._encoded is not None else np.zeros(0, np.int64)
+    ts = np.fromiter((e.ts_ms for e in events), np.int64, count=len(events))
+    latest = state.last_ts_ms if state.last_ts_ms is not None else ts[0]
+    return bool(ts[0] >= latest and (np.diff(ts) >= 0).all() and (np.diff(window_ts) >= 0).all()
+                and (len(window_ts) == 0 or window_ts[-1] <= ts[0]))
+
+
+def _check_sequences(states: list[UserState], sequences: list[list[ActionEvent]], k: int) -> None:
+    if len(states) != len(sequences):
+        raise ModelError(f"predict_many needs one event list per state, got {len(states)} states and "
+                         f"{len(sequences)} lists")
+    if k < 1:
+        raise ModelError(f"k must be >= 1, got {k}")
 
 
 def _check_round(states: list[UserState], events: list[ActionEvent], k: int) -> None:

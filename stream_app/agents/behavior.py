@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import msgspec
 
-from models.serving import ActionEvent, GRUPredictor, MarkovPredictor, UserState
+from models.serving import ActionEvent, EventPrediction, GRUPredictor, MarkovPredictor, UserState
 from schemas import ActionScore, NextActionPrediction, UserEvent, decode_user_event, encode
 from stream_app.app import app, settings
-from stream_app.batching import group_into_rounds
 from stream_app.ingest import validate_batch
 from stream_app.metrics import METRICS
 from stream_app.models_holder import HotModel
@@ -93,16 +92,29 @@ async def _process(valid: list) -> None:
     global _latest_event_ms
     _latest_event_ms = max(_latest_event_ms, max(event.ts for _, event in valid))
     predictor = model.current  # one model per batch: a hot reload lands between batches
-    users: dict[str, _User] = {}
-    outputs: list[tuple[bytes, bytes]] = []
     METRICS.batch_size.labels(pipeline=PIPELINE).observe(len(valid))
-    for round_ in group_into_rounds(valid, key=lambda pair: pair[1].user_id):
-        outputs.extend(_apply_round(predictor, round_, users))
-    for user_id, user in users.items():
-        if user.raw is None:
-            user.raw = encode_user(user.stored)
-            user_table[user_id.encode()] = user.raw
-        _remember(user_id, user)
+    plans: dict[str, _Plan] = {}
+    for kafka_event, event in valid:
+        plan = plans.get(event.user_id)
+        if plan is None:
+            plan = plans[event.user_id] = _Plan(event.user_id, _load(event.user_id))
+        plan.add(kafka_event, event)
+    applying = [plan for plan in plans.values() if plan.applied]
+    if applying:
+        started = time.perf_counter()
+        results = predictor.predict_many([plan.user.model_state() for plan in applying],
+                                         [plan.actions() for plan in applying], settings.top_k)
+        METRICS.inference_latency.labels(pipeline=PIPELINE).observe(time.perf_counter() - started)
+        processed_at = int(time.time() * 1000)
+        for plan, predicted in zip(applying, results):
+            plan.predicted(predicted, predictor.version, processed_at)
+    outputs: list[tuple[bytes, bytes]] = []
+    for user_id, plan in plans.items():
+        outputs.extend(plan.outputs())
+        if plan.applied:
+            plan.user.raw = encode_user(plan.stored_after())
+            user_table[user_id.encode()] = plan.user.raw
+        _remember(user_id, plan.user)
     # send_soon: buffered, flushed by Faust before it commits the input offsets (at-least-once).
     for key, value in outputs:
         predictions.send_soon(key=key, value=value)
@@ -115,15 +127,12 @@ async def _process(valid: list) -> None:
     METRICS.events_processed.labels(pipeline=PIPELINE).inc(len(valid))
 
 
-def _load(users: dict[str, _User], user_id: str) -> _User:
-    if user_id not in users:
-        raw = user_table.get(user_id.encode())
-        hot = _hot.get(user_id)
-        if hot is not None and raw is not None and hot.raw is raw:
-            users[user_id] = hot
-        else:
-            users[user_id] = _User(decode_user(raw), raw=raw) if raw else _User(StoredUser())
-    return users[user_id]
+def _load(user_id: str) -> _User:
+    raw = user_table.get(user_id.encode())
+    hot = _hot.get(user_id)
+    if hot is not None and raw is not None and hot.raw is raw:
+        return hot
+    return _User(decode_user(raw), raw=raw) if raw else _User(StoredUser())
 
 
 def _remember(user_id: str, user: _User) -> None:
@@ -133,79 +142,94 @@ def _remember(user_id: str, user: _User) -> None:
         _hot.popitem(last=False)
 
 
-def _apply_round(predictor, round_: list, users: dict[str, _User]) -> list[tuple[bytes, bytes]]:
-    outputs: list[tuple[bytes, bytes]] = []
-    to_apply: list[tuple[UserEvent, int, _User]] = []
-    for kafka_event, event in round_:
-        user = _load(users, event.user_id)
-        ingested_at = int(kafka_event.message.timestamp * 1000)
-        replay = _replayed_or_late(event, user.stored)
-        if replay is not None:
-            outputs.append(replay)
-        elif event.event_id not in user.stored.recent_ids:
-            to_apply.append((event, ingested_at, user))
-        else:
+class _Plan:
+    """One user's events of a batch, in order. Each is either applied (it advances the state and
+    gets a new prediction), a re-delivery of the latest applied event (the identical bytes
+    again), late (the latest prediction, marked late) or an older duplicate (nothing). The
+    decision for each event depends on the ones before it, exactly as if they came one by one."""
+
+    def __init__(self, user_id: str, user: _User) -> None:
+        self.user_id, self.key, self.user = user_id, user_id.encode(), user
+        stored = user.stored
+        self.recent_ids, self.last_ts_ms = list(stored.recent_ids), stored.last_ts_ms
+        self.applied: list[tuple[UserEvent, int]] = []  # (event, ingested_at ms)
+        self._steps: list[tuple[str, UserEvent | None, int]] = []  # (kind, event, applied index before)
+        self._values: list[bytes] = []  # encoded prediction of each applied event
+        self._structs: list[NextActionPrediction] = []
+
+    def add(self, kafka_event, event: UserEvent) -> None:
+        has_prediction = bool(self.applied or self.user.stored.last_prediction)
+        latest = len(self.applied) - 1
+        if has_prediction and self.recent_ids and event.event_id == self.recent_ids[-1]:
             METRICS.duplicates.labels(pipeline=PIPELINE).inc()
-    if to_apply:
-        outputs.extend(_step(predictor, to_apply))
-    return outputs
+            self._steps.append(("again", None, latest))
+        elif event.event_id in self.recent_ids:
+            METRICS.duplicates.labels(pipeline=PIPELINE).inc()
+        elif has_prediction and event.ts < self.last_ts_ms - settings.grace_s * 1000:
+            METRICS.late_events.labels(pipeline=PIPELINE).inc()
+            self._steps.append(("late", event, latest))
+        else:
+            self.applied.append((event, int(kafka_event.message.timestamp * 1000)))
+            self._steps.append(("applied", event, latest + 1))
+            self.recent_ids = [*self.recent_ids, event.event_id][-RECENT_IDS:]
+            self.last_ts_ms = max(self.last_ts_ms, event.ts)
+
+    def actions(self) -> list[ActionEvent]:
+        return [ActionEvent(token=action_token(e), ts_ms=e.ts, lat=e.lat, lon=e.lon) for e, _ in self.applied]
+
+    def predicted(self, predicted: list[EventPrediction], version: str, processed_at: int) -> None:
+        """Build and encode the prediction of every applied event; score the one before each."""
+        previous = self._stored_top()
+        for (event, ingested_at), result in zip(self.applied, predicted):
+            _score(previous, action_token(event))
+            prediction = NextActionPrediction(
+                event_id=event.event_id, user_id=event.user_id, as_of=event.ts,
+                top_k=[ActionScore(action=a, prob=p) for a, p in result.top], model_version=version,
+                window_events=result.window_events, window_span_s=result.window_span_s, event_ts=event.ts,
+                ingested_at=ingested_at, processed_at=processed_at)
+            self._structs.append(prediction)
+            self._values.append(encode(prediction))
+            previous = [a for a, _ in result.top]
+
+    def outputs(self) -> list[tuple[bytes, bytes]]:
+        """(key, value) of every output, in the order of the user's events."""
+        out = []
+        for kind, event, index in self._steps:
+            if kind == "applied" or kind == "again":
+                out.append((self.key, self._values[index] if index >= 0 else self.user.stored.last_prediction))
+            else:
+                latest = self._structs[index] if index >= 0 else \
+                    _prediction_decoder.decode(self.user.stored.last_prediction)
+                late = msgspec.structs.replace(latest, event_id=event.event_id, as_of=event.ts, event_ts=event.ts,
+                                               processed_at=int(time.time() * 1000), late=True)
+                out.append((self.key, encode(late)))
+        return out
+
+    def stored_after(self) -> StoredUser:
+        """The table value after the batch (call once the predictions are in)."""
+        stored = self.user.stored
+        stored.model = self.user.model_state().to_bytes()
+        stored.last_prediction = self._values[-1]
+        stored.recent_ids, stored.last_ts_ms = self.recent_ids, self.last_ts_ms
+        return stored
+
+    def _stored_top(self) -> list[str] | None:
+        last = self.user.stored.last_prediction
+        return [score.action for score in _prediction_decoder.decode(last).top_k] if last else None
 
 
-def _replayed_or_late(event: UserEvent, stored: StoredUser) -> tuple[bytes, bytes] | None:
-    """The output for an event that must not change state, or None when it is to be applied."""
-    key = event.user_id.encode()
-    if stored.last_prediction and event.event_id == stored.recent_ids[-1]:
-        METRICS.duplicates.labels(pipeline=PIPELINE).inc()
-        return key, stored.last_prediction  # re-delivery: the identical prediction again
-    if stored.last_prediction and event.event_id not in stored.recent_ids and \
-            event.ts < stored.last_ts_ms - settings.grace_s * 1000:
-        METRICS.late_events.labels(pipeline=PIPELINE).inc()
-        current = _prediction_decoder.decode(stored.last_prediction)
-        late = msgspec.structs.replace(current, event_id=event.event_id, as_of=event.ts, event_ts=event.ts,
-                                       processed_at=int(time.time() * 1000), late=True)
-        return key, encode(late)
-    return None
-
-
-def _step(predictor, to_apply: list[tuple[UserEvent, int, _User]]) -> list[tuple[bytes, bytes]]:
-    states = [user.model_state() for _, _, user in to_apply]
-    events = [ActionEvent(token=action_token(e), ts_ms=e.ts, lat=e.lat, lon=e.lon) for e, _, _ in to_apply]
-    for (_, _, user), action in zip(to_apply, events):
-        _score_previous(user.stored, action.token)
-    started = time.perf_counter()
-    top = predictor.predict(states, events, settings.top_k)
-    METRICS.inference_latency.labels(pipeline=PIPELINE).observe(time.perf_counter() - started)
-    outputs = []
-    processed_at = int(time.time() * 1000)
-    for (event, ingested_at, user), state, ranked in zip(to_apply, states, top):
-        stored, user.raw = user.stored, None
-        prediction = NextActionPrediction(
-            event_id=event.event_id, user_id=event.user_id, as_of=event.ts,
-            top_k=[ActionScore(action=a, prob=p) for a, p in ranked], model_version=predictor.version,
-            window_events=len(state.window), window_span_s=_span_s(state), event_ts=event.ts,
-            ingested_at=ingested_at, processed_at=processed_at)
-        value = encode(prediction)
-        stored.model = state.to_bytes()
-        stored.last_prediction = value
-        stored.recent_ids = [*stored.recent_ids, event.event_id][-RECENT_IDS:]
-        stored.last_ts_ms = max(stored.last_ts_ms, event.ts)
-        outputs.append((event.user_id.encode(), value))
-    return outputs
+def _score(previous: list[str] | None, actual: str) -> None:
+    """Online quality: did the user's previous prediction hold the action that just happened?"""
+    if previous is None:
+        return
+    METRICS.online_scored.inc()
+    for k in SCORED_K:
+        if actual in previous[:k]:
+            METRICS.online_hits.labels(k=str(k)).inc()
 
 
 def _span_s(state: UserState) -> float:
     return (state.window[-1].ts_ms - state.window[0].ts_ms) / 1000 if state.window else 0.0
-
-
-def _score_previous(stored: StoredUser, actual: str) -> None:
-    """Online quality: did the user's previous prediction hold the action that just happened?"""
-    if not stored.last_prediction:
-        return
-    ranked = [score.action for score in _prediction_decoder.decode(stored.last_prediction).top_k]
-    METRICS.online_scored.inc()
-    for k in SCORED_K:
-        if actual in ranked[:k]:
-            METRICS.online_hits.labels(k=str(k)).inc()
 
 
 @app.timer(2.0)

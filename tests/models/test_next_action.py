@@ -76,6 +76,28 @@ def test_step_chain_equals_forward(use_time: bool, use_location: bool, use_trans
         torch.testing.assert_close(streamed[u], full[u, :len(s)], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("split", [0, 1, 5, 8])
+def test_steps_over_a_stored_window_equal_forward(split: int) -> None:
+    """Events up to ``split`` are already applied (stored window + hidden); the rest go through
+    ``steps`` at once and must equal ``forward`` on the whole sequence (times do not decrease)."""
+    model = _model()
+    seqs = _sequences([9, 3, 14, 1, 10], seed=3)
+    with torch.no_grad():
+        full = model(EventTensors.collate([encode_events(s, VOCAB, SPEC) for s in seqs]))
+        hidden = model.hidden_states(EventTensors.collate([encode_events(s, VOCAB, SPEC) for s in seqs]))
+        users = [u for u, s in enumerate(seqs) if len(s) > split]
+        h = torch.stack([hidden[u, split - 1] if split else torch.zeros(model.config.hidden_dim) for u in users])
+        stored = [encode_events(seqs[u][:split][-model.config.window_size:], VOCAB, SPEC) for u in users]
+        new = [encode_events(seqs[u][split:], VOCAB, SPEC, prev_ts_ms=split and seqs[u][split - 1].ts_ms,
+                             prev_lat=split and seqs[u][split - 1].lat, prev_lon=split and seqs[u][split - 1].lon)
+               if split else encode_events(seqs[u], VOCAB, SPEC) for u in users]
+        log_probs, out = model.steps(EventTensors.collate(new), h, EventTensors.collate(stored, align="right"))
+    for row, u in enumerate(users):
+        n = len(seqs[u]) - split
+        torch.testing.assert_close(log_probs[row, :n], full[u, split:len(seqs[u])], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out[row, n - 1], hidden[u, len(seqs[u]) - 1], atol=1e-5, rtol=0)
+
+
 def test_window_truncation_by_count_and_span_changes_predictions() -> None:
     seqs = _sequences([14])
     batch = EventTensors.collate([encode_events(s, VOCAB, SPEC) for s in seqs])

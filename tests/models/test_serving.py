@@ -15,7 +15,7 @@ from models.exceptions import ModelError
 from models.features import EventRecord, encode_events
 from models.next_action import EventTensors, NextActionConfig
 from models.serving import (ActionEvent, GRUPredictor, MarkovPredictor, NextActionPredictor, UserState,
-                            WindowEvent, update_window)
+                            WindowEvent, predict_in_rounds, update_window)
 from models.training import load_next_action, save_next_action, train_next_action
 
 HOUR_MS = 3_600_000
@@ -128,6 +128,48 @@ def test_gru_predictor_stream_equals_forward(checkpoint: Path) -> None:
     assert states[0].event_count == len(seqs[0]) and states[0].model_version == predictor.version
     assert states[0].hidden.shape == (10,) and len(states[0].window) <= 4
     assert states[0].last_ts_ms == seqs[0][-1].ts_ms
+
+
+@pytest.mark.parametrize("shuffle", [False, True], ids=["in-order", "some-out-of-order"])
+def test_predict_many_equals_round_by_round(checkpoint: Path, shuffle: bool) -> None:
+    """Batches of several events per user give the same predictions and states as one ``predict``
+    per round, whether the fast path (times in order) or the fallback (out of order) serves them."""
+    rng = np.random.default_rng(5)
+    seqs = [list(s.events) for s in _toy_sequences()]
+    if shuffle:
+        for s in seqs[::3]:
+            i = int(rng.integers(1, len(s) - 1))
+            s[i], s[i + 1] = s[i + 1], s[i]
+    predictor = GRUPredictor.from_checkpoint(checkpoint)
+    fast, slow = [UserState() for _ in seqs], [UserState() for _ in seqs]
+    position = [0] * len(seqs)
+    while any(p < len(s) for p, s in zip(position, seqs)):
+        chunks = []
+        for u, s in enumerate(seqs):
+            n = int(rng.integers(0, 4))
+            chunks.append([ActionEvent(e.token, e.ts_ms, e.lat, e.lon) for e in s[position[u]:position[u] + n]])
+            position[u] += len(chunks[-1])
+        fast = [UserState.from_bytes(state.to_bytes()) for state in fast]           # as from a table
+        got = predictor.predict_many(fast, chunks, k=3)
+        want = predict_in_rounds(predictor, slow, chunks, k=3)
+        for g, w in zip(got, want):
+            assert [[t for t, _ in r.top] for r in g] == [[t for t, _ in r.top] for r in w]
+            np.testing.assert_allclose([p for r in g for _, p in r.top], [p for r in w for _, p in r.top], atol=1e-5)
+            assert [(r.window_events, r.window_span_s) for r in g] == [(r.window_events, r.window_span_s) for r in w]
+        for a, b in zip(fast, slow):
+            assert (a.window, a.last_ts_ms, a.event_count) == (b.window, b.last_ts_ms, b.event_count)
+            assert (a.hidden is None) == (b.hidden is None)
+            if a.hidden is not None:
+                np.testing.assert_allclose(a.hidden, b.hidden, atol=1e-5)
+
+
+def test_predict_many_checks_its_arguments(checkpoint: Path) -> None:
+    predictor = GRUPredictor.from_checkpoint(checkpoint)
+    assert predictor.predict_many([UserState()], [[]], k=2) == [[]]
+    with pytest.raises(ModelError, match="one event list per state"):
+        predictor.predict_many([UserState()], [], k=2)
+    with pytest.raises(ModelError, match="k must be"):
+        predictor.predict_many([UserState()], [[ActionEvent("p1", T0)]], k=0)
 
 
 def test_gru_predictor_hot_reload_replays_window(checkpoint: Path) -> None:

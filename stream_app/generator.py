@@ -159,12 +159,17 @@ _CORE: dict[str, dict[str, float]] = {
     "commute": {"map_open": 2, "transit_status": 2, "read_article": 2, "checkin": 1},
     "social": {"home_feed": 2, "like": 2, "comment": 2, "send_message": 2, "view_profile": 1},
 }
+# Entry actions per intent: the screen a plain open, a deep link or a notification lands on. The
+# sets are disjoint, so a session's first action names its intent: the intent is visible in the
+# events a model sees, and the true next-action distribution, which knows the intent, is a ceiling
+# a model of the events can reach. Each entry action has a flow under its intent; the app_open and
+# notification_open flows of the other intents only follow an off-script move.
 _STARTS: dict[str, dict[str, float]] = {
-    "browse": {"app_open": 6, "notification_open": 2, "home_feed": 2},
-    "research": {"app_open": 4, "search": 4, "notification_open": 1},
-    "buy": {"app_open": 5, "search": 2, "notification_open": 2, "view_cart": 1},
-    "commute": {"app_open": 4, "map_open": 4, "notification_open": 2},
-    "social": {"app_open": 4, "notification_open": 5, "send_message": 1},
+    "browse": {"app_open": 4, "home_feed": 4, "watch_video": 2},
+    "research": {"search": 8, "view_category": 2},
+    "buy": {"view_cart": 6, "view_item": 4},
+    "commute": {"map_open": 6, "transit_status": 4},
+    "social": {"notification_open": 6, "send_message": 4},
 }
 # Probability that the session ends right after an action (base rate per intent, exceptions).
 _ENDS: dict[str, tuple[float, dict[str, float]]] = {

@@ -1,5 +1,5 @@
 """The next-action model on generated users: the split, the reference distributions, and that the
-GRU uses history a first-order Markov chain cannot see (the generator's latent intents)."""
+GRU uses history a first-order Markov chain cannot see (the session's intent, named by its first action)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,9 @@ def test_reference_rows_belong_to_the_event_before_each_target(generated: Action
     assert truth.shape == posterior.shape == (generated.dataset.n_targets(Split.TEST), len(vocab))
     np.testing.assert_allclose(truth.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(posterior.sum(axis=1), 1.0, atol=1e-5)
+    # Each intent has its own entry actions, so inferring the intent from the session's actions
+    # recovers it: the posterior is the true distribution.
+    np.testing.assert_allclose(posterior, truth, atol=1e-5)
     seq, rows = next((s, r) for s, r in zip(data.dataset.sequences, data.rows) if s.target_positions(Split.TEST))
     first = seq.target_positions(Split.TEST)[0]
     expected = data.workload.true_next[rows[first - 1]]
@@ -63,8 +66,9 @@ def test_gru_beats_first_order_markov_on_acc1(report) -> None:
     markov = metrics["first-order Markov"]["acc@1"]
     model = metrics[MODEL_NAME]["acc@1"]
     _, low, _ = report.gaps["first-order Markov"]["acc@1"]
-    assert model > markov + 0.03 and low > 0.01, (model, markov, low)  # measured: +0.057 [+0.042, +0.072]
-    assert metrics[CEILING]["acc@1"] > metrics[POSTERIOR]["acc@1"] > markov  # intents matter; they are latent
+    assert model > markov + 0.03 and low > 0.01, (model, markov, low)  # measured: +0.038 [+0.024, +0.053]
+    assert metrics[CEILING]["acc@1"] == pytest.approx(metrics[POSTERIOR]["acc@1"], abs=0.002)  # intent identifiable
+    assert metrics[CEILING]["acc@1"] > markov + 0.05  # and it matters
     print(f"\nAcc@1 on {report.n_targets} generated targets: GRU {model:.3f}, Markov {markov:.3f}, "
           f"posterior from actions {metrics[POSTERIOR]['acc@1']:.3f}, true distribution "
           f"{metrics[CEILING]['acc@1']:.3f} (gap {metrics[CEILING]['acc@1'] - model:+.3f}; "

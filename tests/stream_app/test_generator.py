@@ -1,4 +1,4 @@
-"""Synthetic workloads: determinism, schema validity, the latent-intent signal, traffic realism."""
+"""Synthetic workloads: determinism, schema validity, the intent signal, traffic realism."""
 
 from __future__ import annotations
 
@@ -133,6 +133,18 @@ def test_intent_changes_what_follows(large):
     rows = large.true_next[[i for i, e in enumerate(large.events) if e["action"] == "view_item"]]
     likeliest = {large.actions[int(np.argmax(r))] for r in rows}
     assert {"view_reviews", "add_to_cart", "share", "home_feed"} <= likeliest
+
+
+def test_first_action_of_a_session_names_its_intent(large):
+    """Entry actions are disjoint across intents, so the intent is visible in the events."""
+    intent_of: dict[str, set[int]] = {}
+    session_of: dict[str, str] = {}
+    for event, intent in zip(large.events, large.event_intents.tolist()):
+        if session_of.get(event["user_id"]) != event["session_id"]:
+            session_of[event["user_id"]] = event["session_id"]
+            intent_of.setdefault(event["action"], set()).add(intent)
+    assert all(len(intents) == 1 for intents in intent_of.values()), intent_of
+    assert set().union(*intent_of.values()) == set(range(len(large.intents)))
 
 
 def test_iterator_streams_the_same_events_and_never_ends():

@@ -234,6 +234,7 @@ class Bench:
                "STREAM_APP_WEB_PORT": str(free_port()), "STREAM_APP_PARTITIONS": str(self.args.partitions),
                "STREAM_APP_BATCH_MAX": str(self.args.batch_max),
                "STREAM_APP_BATCH_WITHIN_S": str(self.args.batch_within_s),
+               "STREAM_APP_PRODUCER_LINGER_MS": str(self.args.linger_ms),
                "STREAM_APP_BEHAVIOR_MODE": mode}
         if self.args.checkpoint:
             env["STREAM_APP_CHECKPOINT"] = str(Path(self.args.checkpoint).resolve())
@@ -481,7 +482,8 @@ def markdown(args: argparse.Namespace, runs: list[Run], summary: dict[str, Any],
     model = runs[0].model_version if runs else "unknown"
     full = [r.model_version for r in runs if r.mode == "full"]
     lines += ["", f"{args.events:,} events, {args.users:,} users, {args.partitions} partitions, one worker; "
-              f"STREAM_APP_BATCH_MAX={args.batch_max}, STREAM_APP_BATCH_WITHIN_S={args.batch_within_s}; "
+              f"STREAM_APP_BATCH_MAX={args.batch_max}, STREAM_APP_BATCH_WITHIN_S={args.batch_within_s}, "
+              f"STREAM_APP_PRODUCER_LINGER_MS={args.linger_ms}; "
               f"model {full[0] if full else model}; {args.repeats} repeat(s)."]
     lines += [f"FAILED: {f['mode']} run {f['repeat']} (attempt {f['attempt']}): {f['error']}" for f in failures]
     return "\n".join(lines)
@@ -502,6 +504,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"STREAM_APP_BATCH_MAX for every worker (default {Settings.batch_max})")
     parser.add_argument("--batch-within-s", type=float, default=Settings.batch_within_s,
                         help=f"STREAM_APP_BATCH_WITHIN_S for every worker (default {Settings.batch_within_s})")
+    parser.add_argument("--linger-ms", type=int, default=Settings.producer_linger_ms,
+                        help=f"STREAM_APP_PRODUCER_LINGER_MS for every worker (default {Settings.producer_linger_ms})")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="next-action checkpoint (STREAM_APP_CHECKPOINT); default: the online Markov model")
     parser.add_argument("--latency-seconds", type=float, default=20.0,

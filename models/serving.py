@@ -407,11 +407,13 @@ def _records(window: Sequence[WindowEvent]) -> list[EventRecord]:
 
 def _in_time_order(state: UserState, events: list[ActionEvent]) -> bool:
     """Whether the stored window, the latest event time and the new events never go back in time."""
-    window_ts = state._encoded.ts_ms if state._encoded is not None else np.zeros(0, np.int64)
-    ts = np.fromiter((e.ts_ms for e in events), np.int64, count=len(events))
-    latest = state.last_ts_ms if state.last_ts_ms is not None else ts[0]
-    return bool(ts[0] >= latest and (np.diff(ts) >= 0).all() and (np.diff(window_ts) >= 0).all()
-                and (len(window_ts) == 0 or window_ts[-1] <= ts[0]))
+    ts = [e.ts_ms for e in events]
+    if state.last_ts_ms is not None and ts[0] < state.last_ts_ms:
+        return False  # (every window event is at most last_ts_ms)
+    if any(later < earlier for earlier, later in zip(ts, ts[1:])):
+        return False
+    window_ts = state._encoded.ts_ms if state._encoded is not None else ()
+    return len(window_ts) < 2 or bool((window_ts[1:] >= window_ts[:-1]).all())
 
 
 def _check_sequences(states: list[UserState], sequences: list[list[ActionEvent]], k: int) -> None:

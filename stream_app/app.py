@@ -59,7 +59,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = METRICS.registr
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_s,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
-        producer_linger_ms=5,  # a few ms of batching cuts broker CPU by an order of magnitude
+        producer_linger_ms=settings.producer_linger_ms,  # batching cuts broker and worker CPU
         consumer_auto_offset_reset="earliest",
         **extra,
     )

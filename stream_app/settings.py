@@ -67,6 +67,9 @@ class Settings:
     horizons_min: tuple[int, ...] = _setting((15, 30, 60), "STREAM_APP_HORIZONS", "Forecast horizons in minutes")
     anomaly_z: float = _setting(4.0, "STREAM_APP_ANOMALY_Z", "Residual z-score that counts as anomalous")
     anomaly_consecutive: int = _setting(2, "STREAM_APP_ANOMALY_CONSECUTIVE", "Anomalous windows in a row to alert")
+    producer_linger_ms: int = _setting(5, "STREAM_APP_PRODUCER_LINGER_MS",
+                                       "How long the producer waits to fill a request: fewer, larger requests "
+                                       "(less broker and worker CPU) against that much added latency")
     producer_max_batch: int | None = _setting(None, "STREAM_APP_PRODUCER_MAX_BATCH",
                                               "Producer max batch size in bytes (set for the Tansu fallback)")
     security_protocol: str = _setting("PLAINTEXT", "STREAM_APP_SECURITY_PROTOCOL",

@@ -16,6 +16,7 @@ import msgspec
 from schemas import CellActivity, encode
 from stream_app.app import app, settings
 from stream_app.metrics import METRICS
+from stream_app.sending import send_records
 from stream_app.topics import cell_activity, cell_events
 from stream_app.tables import ready_for_writes
 from stream_app.windows import ActivityWindow, EventTimeWindows, Watermark
@@ -93,10 +94,12 @@ async def close_idle_cell_windows() -> None:
 
 async def _emit_closed(touched: set[str]) -> None:
     """Emit every window the watermark passed; persist the cells that changed."""
+    closed = []
     for cell, start, window in list(windows.close(watermark.value)):
-        await cell_activity.send(key=cell.encode(), value=encode(_activity(cell, start, window)))
-        METRICS.windows_closed.labels(kind="cell").inc()
+        closed.append((cell.encode(), encode(_activity(cell, start, window))))
         touched.add(cell)
+    await send_records(cell_activity, closed)
+    METRICS.windows_closed.labels(kind="cell").inc(len(closed))
     for cell in touched:
         cell_table[cell.encode()] = _encode(cell)
 

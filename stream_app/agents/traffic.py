@@ -24,6 +24,7 @@ from schemas import (HorizonForecast, SensorAggregate, TrafficForecast, TrafficR
 from stream_app.app import app, settings
 from stream_app.ingest import validate_batch
 from stream_app.metrics import METRICS
+from stream_app.sending import send_records
 from stream_app.networks import load_networks, network_from_sensors
 from stream_app.traffic_alerts import NetworkAlerts
 from stream_app.topics import forecasts, sensor_aggregates, traffic_readings
@@ -190,10 +191,11 @@ async def _step(network: str, window_end: int, observed: dict[str, float]) -> No
     _score_forecasts(network, result)
     processed_at = int(time.time() * 1000)
     latest = _latest[network]
+    records = []
     for index, sensor_id in enumerate(forecaster.network.sensor_ids):
-        value = encode(_forecast(forecaster, result, index, processed_at))
-        latest[sensor_id] = value
-        await forecasts.send(key=sensor_id.encode(), value=value)
+        latest[sensor_id] = value = encode(_forecast(forecaster, result, index, processed_at))
+        records.append((sensor_id.encode(), value))
+    await send_records(forecasts, records)
     METRICS.outputs.labels(topic=forecasts.get_topic_name()).inc(forecaster.network.n_sensors)
     await _alerts[network].check(result)
 

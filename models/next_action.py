@@ -197,15 +197,18 @@ class NextActionModel(nn.Module):
     def steps(self, x: EventTensors, h: Tensor | None, window: EventTensors) -> tuple[Tensor, Tensor]:
         """Several new events per user in one call: x [batch, k] left-aligned (padding last), after
         each user's window [batch, window] right-aligned (oldest first, without the new events).
-        Returns (log-probs [batch, k, vocab], hidden after each new event [batch, k, hidden]);
-        padding positions hold garbage. Equals ``step`` chained over the new events (each event's
-        window being its last ``window_size`` predecessors within the span) when event times do
-        not decrease."""
-        out = self.hidden_states(x, h)
+        Returns (log-probs [n, vocab] of the n real new events in row-major order, i.e. of
+        ``x.mask.nonzero()``, and the hidden state after each new event [batch, k, hidden], garbage
+        at padding). Equals ``step`` chained over the new events (each event's window being its
+        last ``window_size`` predecessors within the span) when event times do not decrease."""
+        out = self._ragged_hidden_states(x, h)
         combined = EventTensors(**{f.name: torch.cat([getattr(window, f.name), getattr(x, f.name)], dim=1)
                                    for f in fields(EventTensors)})
-        view = self._band_window(combined, out, first=window.tokens.shape[1])
-        return self._log_probs(out, view, x.tokens), out
+        rows, cols = x.mask.nonzero(as_tuple=True)
+        at, cols = out[rows, cols], cols + window.tokens.shape[1]
+        history = int(combined.mask.cumsum(1)[rows, cols].max()) if len(rows) else 1
+        view = self._windows_at(combined, at, rows, cols, width=min(history, self.config.window_size))
+        return self._log_probs(at.unsqueeze(1), view, combined.tokens[rows, cols].unsqueeze(1))[:, 0], out
 
     def log_probs_at(self, batch: EventTensors, rows: Tensor, cols: Tensor) -> Tensor:
         """``forward(batch)[rows, cols]`` without the vocabulary-sized work elsewhere: [n, vocab]."""
@@ -238,6 +241,25 @@ class NextActionModel(nn.Module):
             h = self._gru_cell(gates_x, h)
             outputs.append(h)
         return torch.stack(outputs, dim=1)
+
+    def _ragged_hidden_states(self, x: EventTensors, h0: Tensor | None) -> Tensor:
+        """``hidden_states`` for left-aligned rows of different lengths, computing real events only:
+        rows run longest first, and step t updates only the rows that still have an event there."""
+        n_batch, n_time = x.tokens.shape
+        h = self.initial_hidden(n_batch, x.tokens.device) if h0 is None else h0
+        lengths = x.mask.sum(1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        x, h = x.map(lambda t: t[order]), h[order]
+        gates = h.new_zeros(n_batch, n_time, 3 * self.config.hidden_dim)
+        gates[x.mask] = self.input_gates(self._event_inputs(x)[x.mask])
+        active = (x.mask.sum(0)).tolist()  # rows with an event at each step (a prefix, as sorted)
+        out = h.new_zeros(n_batch, n_time, self.config.hidden_dim)
+        for t, n in enumerate(active):
+            if n == 0:
+                break
+            h = torch.cat([self._gru_cell(gates[:n, t], h[:n]), h[n:]])
+            out[:n, t] = h[:n]
+        return out[torch.argsort(order)]
 
     def initial_hidden(self, batch_size: int, device: torch.device | str) -> Tensor:
         """Zero hidden state [batch, hidden] on ``device``."""
@@ -292,6 +314,20 @@ class NextActionModel(nn.Module):
         all_scores = self.query(out) @ self._keys(batch).transpose(1, 2)
         scores = all_scores.gather(2, index.clamp_min(0).expand(n_batch, -1, -1))
         return self._window_view(batch.map(lambda t: t[:, first:].unsqueeze(2)), events, scores, offset)
+
+    def _windows_at(self, batch: EventTensors, out: Tensor, rows: Tensor, cols: Tensor, width: int) -> _WindowView:
+        """The windows of positions (rows[i], cols[i]) of the padded sequence [batch, time] as
+        [n, 1, width], ``out`` [n, hidden] being the GRU state at each: ``_band_window`` for a
+        few positions, without the work for the others (``width``: the longest window there)."""
+        offset = torch.arange(width, device=out.device)
+        index = cols[:, None] - offset[None, :]
+        safe = index.clamp_min(0)
+        events = batch.map(lambda t: t[rows[:, None], safe].unsqueeze(1))
+        events = replace(events, mask=events.mask & (index >= 0).unsqueeze(1))
+        keys = self._keys(batch)[rows[:, None], safe]
+        scores = torch.einsum("na,nwa->nw", self.query(out), keys).unsqueeze(1)
+        current = batch.map(lambda t: t[rows, cols][:, None, None])
+        return self._window_view(current, events, scores, offset)
 
     def _given_window(self, current: EventTensors, window: EventTensors, out: Tensor) -> _WindowView:
         """A streaming window [batch, window] (oldest first) as a newest-first [batch, 1, window] view."""

@@ -230,6 +230,8 @@ class GRUPredictor:
     def __init__(self, loaded: LoadedNextAction, *, device: torch.device | str = "cpu") -> None:
         self._model = loaded.model.to(device).eval()
         self._vocab, self._spec, self._device = loaded.vocab, loaded.spec, torch.device(device)
+        self._tokens = [loaded.vocab.decode(i) for i in range(len(loaded.vocab))]
+        self._no_events = encode_events([], self._vocab, self._spec)
         self.metadata = loaded.metadata
         self.version = loaded.version
         self.window_size = loaded.model.config.window_size
@@ -296,7 +298,7 @@ class GRUPredictor:
         window = EventTensors.collate([s._encoded for s in states], align="right").to(self._device)
         log_probs, out = self._model.steps(x, hidden, window)
         finals = out[torch.arange(len(states), device=self._device), torch.tensor(counts, device=self._device) - 1]
-        top = self._top_k(log_probs[x.mask], k)
+        top = self._top_k(log_probs, k)
         results = []
         for state, events, rows, h, a in zip(states, sequences, new, finals.cpu().numpy(), bounds):
             windows = self._advance(state, events, rows)
@@ -333,7 +335,8 @@ class GRUPredictor:
     def _ensure_cache(self, state: UserState) -> None:
         """(Re)encode the stored window when its cache is missing or was made for another model."""
         if state._encoded is None or len(state._encoded) != len(state.window):
-            state._encoded = encode_events(_records(state.window), self._vocab, self._spec)
+            state._encoded = encode_events(_records(state.window), self._vocab, self._spec) if state.window \
+                else self._no_events
 
     @torch.no_grad()
     def _replay_stale(self, states: list[UserState]) -> None:
@@ -357,8 +360,9 @@ class GRUPredictor:
     def _top_k(self, log_probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
         log_probs = log_probs.index_fill(1, torch.tensor([PAD_ID, OOV_ID], device=log_probs.device), -np.inf)
         values, ids = log_probs.topk(min(k, log_probs.shape[1] - 2), dim=1)
-        return [[(self._vocab.decode(int(i)), float(np.exp(v))) for v, i in zip(row_v, row_i)]
-                for row_v, row_i in zip(values.cpu().numpy(), ids.cpu().numpy())]
+        tokens = self._tokens
+        return [[(tokens[i], p) for p, i in zip(row_p, row_i)]
+                for row_p, row_i in zip(values.exp().tolist(), ids.tolist())]
 
 
 class MarkovPredictor:

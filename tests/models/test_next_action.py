@@ -92,9 +92,11 @@ def test_steps_over_a_stored_window_equal_forward(split: int) -> None:
                              prev_lat=split and seqs[u][split - 1].lat, prev_lon=split and seqs[u][split - 1].lon)
                if split else encode_events(seqs[u], VOCAB, SPEC) for u in users]
         log_probs, out = model.steps(EventTensors.collate(new), h, EventTensors.collate(stored, align="right"))
+    firsts = np.cumsum([0] + [len(seqs[u]) - split for u in users])
+    assert log_probs.shape == (firsts[-1], model.config.vocab_size)
     for row, u in enumerate(users):
         n = len(seqs[u]) - split
-        torch.testing.assert_close(log_probs[row, :n], full[u, split:len(seqs[u])], atol=1e-5, rtol=0)
+        torch.testing.assert_close(log_probs[firsts[row]:firsts[row] + n], full[u, split:len(seqs[u])], atol=1e-5, rtol=0)
         torch.testing.assert_close(out[row, n - 1], hidden[u, len(seqs[u]) - 1], atol=1e-5, rtol=0)
 
 

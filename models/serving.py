@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from models.exceptions import ModelError
-from models.features import OOV_ID, PAD_ID, EncodedEvents, EventRecord, encode_events, encode_next_events
+from models.features import DENSE_NAMES, OOV_ID, PAD_ID, EncodedEvents, EventRecord, encode_events, encode_next_events
 from models.next_action import EventTensors
 from models.training import LoadedNextAction, load_next_action
 
@@ -31,6 +31,7 @@ _MAGIC = b"NA"
 # token byte lengths (uint16), then the utf-8 tokens back to back. All little-endian.
 _HEADER = struct.Struct("<2sBBqddQIIH")
 _HAS_HIDDEN, _HAS_LAST_TS, _HAS_LAST_LOCATION = 1, 2, 4
+_HAS_LOCATION_DENSE = DENSE_NAMES.index("has_location")
 _WINDOW_COLUMNS = (("ts_ms", "<i8"), ("located", "u1"), ("lat", "<f8"), ("lon", "<f8"), ("token_bytes", "<u2"))
 
 
@@ -92,7 +93,7 @@ class UserState:
         header = _HEADER.pack(_MAGIC, STATE_FORMAT_VERSION, flags, self.last_ts_ms or 0,
                               self.last_lat or 0.0, self.last_lon or 0.0, self.event_count,
                               len(hidden) // 4, len(self.window), len(version))
-        return b"".join([header, version, hidden, _pack_window(self.window)])
+        return b"".join([header, version, hidden, _pack_window(self.window, self._encoded)])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "UserState":
@@ -103,15 +104,22 @@ class UserState:
             raise ModelError(f"user state is corrupt ({len(data)} bytes): {exc}") from exc
 
 
-def _pack_window(window: list[WindowEvent]) -> bytes:
+def _pack_window(window: list[WindowEvent], encoded: EncodedEvents | None = None) -> bytes:
+    """The window as columns; times and places come from ``encoded`` (the model's cache of the
+    same events) when it is there, which saves a pass over the events in Python."""
     tokens = [w.token.encode("utf-8") for w in window]
-    if any(len(t) > 0xFFFF for t in tokens):
+    lengths = [len(t) for t in tokens]
+    if lengths and max(lengths) > 0xFFFF:
         raise ModelError("a window token is longer than 65535 utf-8 bytes")
-    located = [w.lat is not None and w.lon is not None for w in window]
-    columns = {"ts_ms": [w.ts_ms for w in window], "located": located,
-               "lat": [w.lat if h else 0.0 for w, h in zip(window, located)],
-               "lon": [w.lon if h else 0.0 for w, h in zip(window, located)],
-               "token_bytes": [len(t) for t in tokens]}
+    if encoded is not None and len(encoded) == len(window):
+        columns = {"ts_ms": encoded.ts_ms, "located": encoded.dense[:, _HAS_LOCATION_DENSE] > 0,
+                   "lat": encoded.lat, "lon": encoded.lon}
+    else:
+        located = [w.lat is not None and w.lon is not None for w in window]
+        columns = {"ts_ms": [w.ts_ms for w in window], "located": located,
+                   "lat": [w.lat if h else 0.0 for w, h in zip(window, located)],
+                   "lon": [w.lon if h else 0.0 for w, h in zip(window, located)]}
+    columns["token_bytes"] = lengths
     return b"".join([np.asarray(columns[name], dtype=dtype).tobytes() for name, dtype in _WINDOW_COLUMNS] + tokens)
 
 

@@ -163,6 +163,19 @@ def test_predict_many_equals_round_by_round(checkpoint: Path, shuffle: bool) -> 
                 np.testing.assert_allclose(a.hidden, b.hidden, atol=1e-5)
 
 
+def test_state_bytes_are_the_same_with_or_without_the_model_cache(checkpoint: Path) -> None:
+    predictor = GRUPredictor.from_checkpoint(checkpoint)
+    states = [UserState() for _ in range(3)]
+    events = [[ActionEvent("p1", T0, 40.7, -74.0), ActionEvent("p2", T0 + HOUR_MS)],
+              [ActionEvent("ü-ß", T0 + 5, None, None)], [ActionEvent("p3", T0, 0.0, 0.0)]]
+    predictor.predict_many(states, events, k=2)
+    for state in states:
+        assert state._encoded is not None and len(state._encoded) == len(state.window)
+        cached = state.to_bytes()
+        state._encoded = None
+        assert state.to_bytes() == cached
+
+
 def test_predict_many_checks_its_arguments(checkpoint: Path) -> None:
     predictor = GRUPredictor.from_checkpoint(checkpoint)
     assert predictor.predict_many([UserState()], [[]], k=2) == [[]]

@@ -1,10 +1,15 @@
 """User events -> per-user state -> next-action predictions (batched hot path).
 
-Each micro-batch is validated, split into rounds (a user's k-th event goes in round k), and each
-round is one batched model step over distinct users. A user's state is read once and written once
-per batch. Late events (older than the user's last event by more than the grace period) do not
-change state: they get the user's current prediction, marked ``late``. A re-delivered event (same
-event id as the user's latest) gets the identical prediction again.
+Each micro-batch is validated and grouped by user; one batched model call advances every user by
+all of their new events. Late events (older than the user's last event by more than the grace
+period) do not change state: they get the user's current prediction, marked ``late``. A
+re-delivered event (same event id as the user's latest) gets the identical prediction again.
+
+State is written behind: users changed since the last offset commit are kept decoded in memory
+and written to the changelogged table once, just before Faust commits the input offsets (and
+flushes the producer), as a Kafka Streams record cache does. The table and the committed offsets
+therefore always describe the same events, and a busy user costs one state write per commit
+interval instead of one per batch.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import faust
 import msgspec
 
 from models.serving import ActionEvent, EventPrediction, GRUPredictor, MarkovPredictor, UserState
@@ -28,7 +34,7 @@ from stream_app.state import RECENT_IDS, StoredUser, decode_user, encode_user
 from stream_app.agents.cells import cell_batches
 from stream_app.topics import cell_events, predictions, user_events
 
-__all__ = ["behavior", "user_table", "model", "action_token"]
+__all__ = ["behavior", "user_table", "model", "action_token", "flush_user_states"]
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +67,50 @@ class _User:
     stored: StoredUser
     state: UserState | None = None  # decoded on first use
     raw: bytes | None = None  # the table value it came from (None once changed)
+    last_top: list[str] | None = None  # the actions of stored.last_prediction, once known
 
     def model_state(self) -> UserState:
         if self.state is None:
             self.state = self.stored.user_state() or UserState()
         return self.state
 
+    def encode(self) -> bytes:
+        """The table value (the model state re-encoded when it was decoded, i.e. may have changed)."""
+        if self.state is not None:
+            self.stored.model = self.state.to_bytes()
+        self.raw = encode_user(self.stored)
+        return self.raw
+
 
 # Decoded states of recently active users: reused while the table still holds the very bytes they
 # were decoded from, so a hot user's window is not decoded and re-encoded on every batch.
 _hot: OrderedDict[str, _User] = OrderedDict()
+# Users changed since the last commit: the truth for them is here, not (yet) in the table.
+_dirty: dict[str, _User] = {}
+
+
+def flush_user_states() -> None:
+    """Write every user changed since the last flush to the table (one changelog record each)."""
+    for user_id, user in _dirty.items():
+        user_table[user_id.encode()] = user.encode()
+    _dirty.clear()
+
+
+class _FlushStatesBeforeCommit(faust.Sensor):
+    """Faust calls this when it starts an offset commit, before it works out which offsets are done
+    and flushes the producer: every acknowledged event's state change reaches the changelog first."""
+
+    def on_commit_initiated(self, consumer) -> None:
+        flush_user_states()
+
+
+app.sensors.add(_FlushStatesBeforeCommit())
+
+
+@app.on_before_shutdown.connect
+async def _flush_on_shutdown(app: faust.App, **kwargs) -> None:
+    # Runs before the app's last producer flush; the consumer's final commit follows it.
+    flush_user_states()
 
 
 @app.agent(user_events)
@@ -106,15 +146,16 @@ async def _process(valid: list) -> None:
         results = predictor.predict_many([plan.user.model_state() for plan in applying],
                                          [plan.actions() for plan in applying], settings.top_k)
         METRICS.inference_latency.labels(pipeline=PIPELINE).observe(time.perf_counter() - started)
-        processed_at = int(time.time() * 1000)
+        processed_at, quality = int(time.time() * 1000), _Quality()
         for plan, predicted in zip(applying, results):
-            plan.predicted(predicted, predictor.version, processed_at)
+            plan.predicted(predicted, predictor.version, processed_at, quality)
+        quality.export()
     outputs: list[tuple[bytes, bytes]] = []
     for user_id, plan in plans.items():
         outputs.extend(plan.outputs())
         if plan.applied:
-            plan.user.raw = encode_user(plan.stored_after())
-            user_table[user_id.encode()] = plan.user.raw
+            plan.update_stored()
+            _dirty[user_id] = plan.user
         _remember(user_id, plan.user)
     await send_records(predictions, outputs)
     await send_records(cell_events, cell_batches(event for _, event in valid))
@@ -126,6 +167,8 @@ async def _process(valid: list) -> None:
 
 
 def _load(user_id: str) -> _User:
+    if user_id in _dirty:
+        return _dirty[user_id]
     raw = user_table.get(user_id.encode())
     hot = _hot.get(user_id)
     if hot is not None and raw is not None and hot.raw is raw:
@@ -175,11 +218,12 @@ class _Plan:
     def actions(self) -> list[ActionEvent]:
         return [ActionEvent(token=action_token(e), ts_ms=e.ts, lat=e.lat, lon=e.lon) for e, _ in self.applied]
 
-    def predicted(self, predicted: list[EventPrediction], version: str, processed_at: int) -> None:
+    def predicted(self, predicted: list[EventPrediction], version: str, processed_at: int,
+                  quality: "_Quality") -> None:
         """Build and encode the prediction of every applied event; score the one before each."""
         previous = self._stored_top()
         for (event, ingested_at), result in zip(self.applied, predicted):
-            _score(previous, action_token(event))
+            quality.score(previous, action_token(event))
             prediction = NextActionPrediction(
                 event_id=event.event_id, user_id=event.user_id, as_of=event.ts,
                 top_k=[ActionScore(action=a, prob=p) for a, p in result.top], model_version=version,
@@ -188,6 +232,7 @@ class _Plan:
             self._structs.append(prediction)
             self._values.append(encode(prediction))
             previous = [a for a, _ in result.top]
+        self.user.last_top = previous
 
     def outputs(self) -> list[tuple[bytes, bytes]]:
         """(key, value) of every output, in the order of the user's events."""
@@ -203,27 +248,41 @@ class _Plan:
                 out.append((self.key, encode(late)))
         return out
 
-    def stored_after(self) -> StoredUser:
-        """The table value after the batch (call once the predictions are in)."""
+    def update_stored(self) -> None:
+        """Record the batch in the user's envelope (call once the predictions are in); the model
+        state itself is encoded when the user is written to the table."""
         stored = self.user.stored
-        stored.model = self.user.model_state().to_bytes()
         stored.last_prediction = self._values[-1]
         stored.recent_ids, stored.last_ts_ms = self.recent_ids, self.last_ts_ms
-        return stored
 
     def _stored_top(self) -> list[str] | None:
-        last = self.user.stored.last_prediction
-        return [score.action for score in _prediction_decoder.decode(last).top_k] if last else None
+        last, user = self.user.stored.last_prediction, self.user
+        if user.last_top is None and last:
+            user.last_top = [score.action for score in _prediction_decoder.decode(last).top_k]
+        return user.last_top
 
 
-def _score(previous: list[str] | None, actual: str) -> None:
-    """Online quality: did the user's previous prediction hold the action that just happened?"""
-    if previous is None:
-        return
-    METRICS.online_scored.inc()
-    for k in SCORED_K:
-        if actual in previous[:k]:
-            METRICS.online_hits.labels(k=str(k)).inc()
+class _Quality:
+    """Online quality of one batch: did each user's previous prediction hold the action that
+    just happened (counted here, exported once per batch)?"""
+
+    def __init__(self) -> None:
+        self.scored, self.hits = 0, dict.fromkeys(SCORED_K, 0)
+
+    def score(self, previous: list[str] | None, actual: str) -> None:
+        if previous is None:
+            return
+        self.scored += 1
+        for k in SCORED_K:
+            if actual in previous[:k]:
+                self.hits[k] += 1
+
+    def export(self) -> None:
+        if self.scored:
+            METRICS.online_scored.inc(self.scored)
+        for k, hits in self.hits.items():
+            if hits:
+                METRICS.online_hits.labels(k=str(k)).inc(hits)
 
 
 def _span_s(state: UserState) -> float:
@@ -241,6 +300,8 @@ async def expire_idle_users() -> None:
     horizon = _latest_event_ms - settings.state_ttl_s * 1000
     active = size = 0
     for key, raw in list(user_table.items()):
+        if key.decode() in _dirty:
+            continue  # active since the last commit
         if decode_user(raw).last_ts_ms < horizon:
             del user_table[key]
             METRICS.state_expired.labels(table="user-state").inc()
@@ -252,11 +313,15 @@ async def expire_idle_users() -> None:
 
 def user_summary(user_id: str) -> dict | None:
     """What the query API shows of one user on the worker that owns it (None when unknown)."""
-    raw = user_table.get(user_id.encode())
-    if not raw:
-        return None
-    stored = decode_user(raw)
-    state = stored.user_state()
+    dirty = _dirty.get(user_id)
+    if dirty is not None:
+        stored, state = dirty.stored, dirty.model_state()
+    else:
+        raw = user_table.get(user_id.encode())
+        if not raw:
+            return None
+        stored = decode_user(raw)
+        state = stored.user_state()
     latest = msgspec.json.decode(stored.last_prediction) if stored.last_prediction else None
     return {"user_id": user_id, "events_in_window": len(state.window) if state else 0,
             "window_span_s": _span_s(state) if state else 0.0, "event_count": state.event_count if state else 0,

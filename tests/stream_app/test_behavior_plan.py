@@ -8,7 +8,7 @@ import msgspec
 
 from models.serving import EventPrediction
 from schemas import NextActionPrediction
-from stream_app.agents.behavior import _Plan, _User
+from stream_app.agents.behavior import _Plan, _Quality, _User
 from stream_app.app import settings
 from stream_app.state import StoredUser
 
@@ -27,7 +27,7 @@ def _plan(batch: list[tuple[str, int]], stored: StoredUser | None = None) -> tup
     for event_id, ts in batch:
         plan.add(*_event(event_id, ts))
     plan.predicted([EventPrediction([(f"next-{e.event_id}", 0.5)], 1, 0.0) for e, _ in plan.applied],
-                   "v1", processed_at=T0)
+                   "v1", processed_at=T0, quality=_Quality())
     decoded = [msgspec.json.decode(value, type=NextActionPrediction) for _, value in plan.outputs()]
     return plan, decoded
 
@@ -41,7 +41,8 @@ def test_redelivery_late_and_duplicates_inside_one_batch() -> None:
                                                    ("c", False)]
     assert plan.outputs()[1] == plan.outputs()[2]
     assert out[3].top_k == out[1].top_k and out[3].as_of == T0 - GRACE_MS - 2000
-    stored = plan.stored_after()
+    plan.update_stored()
+    stored = plan.user.stored
     assert stored.recent_ids[-3:] == ["a", "b", "c"] and stored.last_ts_ms == T0 + 2000
     assert stored.last_prediction == plan.outputs()[-1][1]
 

@@ -201,7 +201,7 @@ class NextActionModel(nn.Module):
         ``x.mask.nonzero()``, and the hidden state after each new event [batch, k, hidden], garbage
         at padding). Equals ``step`` chained over the new events (each event's window being its
         last ``window_size`` predecessors within the span) when event times do not decrease."""
-        out = self._ragged_hidden_states(x, h)
+        out = self._fused_hidden_states(x, h)
         combined = EventTensors(**{f.name: torch.cat([getattr(window, f.name), getattr(x, f.name)], dim=1)
                                    for f in fields(EventTensors)})
         rows, cols = x.mask.nonzero(as_tuple=True)
@@ -242,24 +242,17 @@ class NextActionModel(nn.Module):
             outputs.append(h)
         return torch.stack(outputs, dim=1)
 
-    def _ragged_hidden_states(self, x: EventTensors, h0: Tensor | None) -> Tensor:
-        """``hidden_states`` for left-aligned rows of different lengths, computing real events only:
-        rows run longest first, and step t updates only the rows that still have an event there."""
-        n_batch, n_time = x.tokens.shape
+    def _fused_hidden_states(self, x: EventTensors, h0: Tensor | None) -> Tensor:
+        """``hidden_states`` in one fused call (the kernel behind ``nn.GRU``; same equations and
+        gate order, weights taken from ``input_gates``/``hidden_gates``): a loop of small ops per
+        time step costs more than the arithmetic at serving batch sizes. Padding comes last in
+        each row, so it only affects states after the row's last event."""
+        n_batch = x.tokens.shape[0]
         h = self.initial_hidden(n_batch, x.tokens.device) if h0 is None else h0
-        lengths = x.mask.sum(1)
-        order = torch.argsort(lengths, descending=True, stable=True)
-        x, h = x.map(lambda t: t[order]), h[order]
-        gates = h.new_zeros(n_batch, n_time, 3 * self.config.hidden_dim)
-        gates[x.mask] = self.input_gates(self._event_inputs(x)[x.mask])
-        active = (x.mask.sum(0)).tolist()  # rows with an event at each step (a prefix, as sorted)
-        out = h.new_zeros(n_batch, n_time, self.config.hidden_dim)
-        for t, n in enumerate(active):
-            if n == 0:
-                break
-            h = torch.cat([self._gru_cell(gates[:n, t], h[:n]), h[n:]])
-            out[:n, t] = h[:n]
-        return out[torch.argsort(order)]
+        weights = [self.input_gates.weight, self.hidden_gates.weight, self.input_gates.bias, self.hidden_gates.bias]
+        out, _ = torch._VF.gru(self._event_inputs(x), h.unsqueeze(0).contiguous(), weights, True, 1, 0.0,
+                               self.training, False, True)
+        return out
 
     def initial_hidden(self, batch_size: int, device: torch.device | str) -> Tensor:
         """Zero hidden state [batch, hidden] on ``device``."""

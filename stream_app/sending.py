@@ -22,7 +22,7 @@ from faust.types import TopicT
 
 from stream_app.app import app
 
-__all__ = ["send_records", "partition_of"]
+__all__ = ["send_records", "partition_of", "partition_count"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,11 @@ async def send_records(topic: TopicT, records: Iterable[tuple[bytes, bytes]]) ->
     for partition, batch in batches.items():
         await _queue(producer, batch, name, partition)
     return sent
+
+
+async def partition_count(topic: TopicT) -> int:
+    """How many partitions ``topic`` has (from the producer's metadata)."""
+    return len(await (await _aiokafka_producer()).partitions_for(topic.get_topic_name()))
 
 
 async def _aiokafka_producer() -> AIOKafkaProducer:

@@ -29,7 +29,7 @@ from stream_app.ingest import validate_batch
 from stream_app.metrics import METRICS
 from stream_app.models_holder import HotModel
 from stream_app.tables import ready_for_writes
-from stream_app.sending import send_records
+from stream_app.sending import partition_count, send_records
 from stream_app.state import RECENT_IDS, StoredUser, decode_user, encode_user
 from stream_app.agents.cells import cell_batches
 from stream_app.topics import cell_events, predictions, user_events
@@ -158,7 +158,7 @@ async def _process(valid: list) -> None:
             _dirty[user_id] = plan.user
         _remember(user_id, plan.user)
     await send_records(predictions, outputs)
-    await send_records(cell_events, cell_batches(event for _, event in valid))
+    await send_records(cell_events, cell_batches((event for _, event in valid), await partition_count(cell_events)))
     now_s, end_to_end = time.time(), METRICS.end_to_end_latency.labels(pipeline=PIPELINE)
     for event, _ in valid:
         end_to_end.observe(max(0.0, now_s - event.message.timestamp))

@@ -1,7 +1,7 @@
 """Cell activity: user events re-keyed by H3 cell, counted in event-time hopping windows.
 
-The behavior agent forwards each located event to the internal ``cell-events`` topic keyed by its
-cell, so one worker owns each cell (re-key before the table write). Windows close when the
+The behavior agent forwards the located events to the internal ``cell-events`` topic, partitioned
+by cell, so one worker owns each cell (re-key before the table write). Windows close when the
 watermark (the smallest of the partitions' latest event times, minus grace) passes their end; a
 record whose every window has closed is counted late.
 """
@@ -16,7 +16,7 @@ import msgspec
 from schemas import CellActivity, encode
 from stream_app.app import app, settings
 from stream_app.metrics import METRICS
-from stream_app.sending import send_records
+from stream_app.sending import partition_of, send_records
 from stream_app.topics import cell_activity, cell_events
 from stream_app.tables import ready_for_writes
 from stream_app.windows import ActivityWindow, EventTimeWindows, Watermark
@@ -55,16 +55,21 @@ def cell_of(lat: float, lon: float) -> str:
     return h3.latlng_to_cell(lat, lon, settings.h3_resolution)
 
 
-def cell_batches(events: Iterable) -> Iterator[tuple[bytes, bytes]]:
-    """(key, value) records for ``cell-events``: one per cell, holding that cell's located events
-    of the batch (one record per cell, not per event, keeps the producer's work small)."""
-    by_cell: dict[str, list[CellEvent]] = {}
+def cell_batches(events: Iterable, n_partitions: int) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) records for ``cell-events``: one per partition of that topic, holding the
+    batch's located events of the cells that partition owns (a cell belongs to the partition its
+    key hashes to, as in the cell table), keyed by one of those cells so it lands there. One record
+    per partition rather than per cell or event keeps both the producer's and the cell agent's
+    per-record work small."""
+    by_partition: dict[int, tuple[bytes, list[CellEvent]]] = {}
     for event in events:
         if event.lat is not None and event.lon is not None:
             cell = cell_of(event.lat, event.lon)
-            by_cell.setdefault(cell, []).append(CellEvent(cell, event.ts, event.user_id, event.action))
-    for cell, located in by_cell.items():
-        yield cell.encode(), _event_codec[0].encode(located)
+            key = cell.encode()
+            group = by_partition.setdefault(partition_of(key, n_partitions), (key, []))
+            group[1].append(CellEvent(cell, event.ts, event.user_id, event.action))
+    for key, located in by_partition.values():
+        yield key, _event_codec[0].encode(located)
 
 
 @app.agent(cell_events)

@@ -244,6 +244,7 @@ class GRUPredictor:
         self.version = loaded.version
         self.window_size = loaded.model.config.window_size
         self.window_span_s = loaded.model.config.window_span_s
+        self._span_ms = int(round(self.window_span_s * 1000.0))
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "GRUPredictor":
@@ -318,18 +319,22 @@ class GRUPredictor:
         """``update_window`` for events in time order at once: the window becomes the last
         ``window_size`` events within the span of the newest. Returns each event's window
         (events, span in seconds) as ``update_window`` would have left it."""
-        window = state.window + [WindowEvent(e.token, e.ts_ms, e.lat, e.lon) for e in events]
-        cache = _concat(state._encoded, encoded)
-        ts = cache.ts_ms
-        ends = np.arange(len(window) - len(events), len(window))
-        firsts = np.maximum(np.maximum(ends + 1 - self.window_size, 0),
-                            np.searchsorted(ts, ts[ends] - int(round(self.window_span_s * 1000.0)), side="right"))
+        old, n_old = state._encoded, len(state.window)
+        ts = np.concatenate([old.ts_ms, encoded.ts_ms])
+        ends = np.arange(n_old, len(ts))
+        firsts = np.searchsorted(ts, ts[n_old:] - self._span_ms, side="right")
+        np.maximum(firsts, ends + 1 - self.window_size, out=firsts)
         start, newest = int(firsts[-1]), events[-1]
-        state.window, state._encoded = window[start:], _select(cache, slice(start, None))
+        added = [WindowEvent(e.token, e.ts_ms, e.lat, e.lon) for e in events]
+        if start < n_old:
+            state.window = state.window[start:] + added
+            state._encoded = EncodedEvents(*(np.concatenate([a[start:], b]) for a, b in zip(_columns(old), _columns(encoded))))
+        else:
+            state.window, state._encoded = added[start - n_old:], _select(encoded, slice(start - n_old, None))
         state.last_ts_ms = newest.ts_ms if state.last_ts_ms is None else max(state.last_ts_ms, newest.ts_ms)
         state.last_lat, state.last_lon = newest.lat, newest.lon
         state.event_count += len(events)
-        return [(n, span / 1000) for n, span in zip((ends - firsts + 1).tolist(), (ts[ends] - ts[firsts]).tolist())]
+        return [(n, span / 1000) for n, span in zip((ends - firsts + 1).tolist(), (ts[n_old:] - ts[firsts]).tolist())]
 
     def _hidden_of(self, state: UserState) -> np.ndarray:
         size = self._model.config.hidden_dim

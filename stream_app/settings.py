@@ -44,7 +44,8 @@ class Settings:
     torch_threads: int = _setting(1, "STREAM_APP_TORCH_THREADS",
                                   "Threads torch may use per worker (scale out with partitions and workers)")
     batch_max: int = _setting(512, "STREAM_APP_BATCH_MAX", "Most events per micro-batch")
-    batch_within_s: float = _setting(0.05, "STREAM_APP_BATCH_WITHIN_S", "Longest wait to fill a micro-batch")
+    batch_within_s: float = _setting(0.1, "STREAM_APP_BATCH_WITHIN_S",
+                                     "Longest wait to fill a micro-batch (latency against per-batch work)")
     top_k: int = _setting(10, "STREAM_APP_TOP_K", "Actions per prediction")
     action_field: str = _setting("action", "STREAM_APP_ACTION_FIELD",
                                  "Event field the model predicts: action, item_id or category")

@@ -226,7 +226,8 @@ def _columns(a: EncodedEvents) -> tuple[np.ndarray, ...]:
 
 
 class GRUPredictor:
-    """NextActionModel behind the predictor protocol: one batched ``step`` per call.
+    """NextActionModel behind the predictor protocol: ``predict`` is one batched ``step`` (one event
+    per user), ``predict_many`` one ``steps`` call (all of each user's new events).
 
     Hot reload: a state last advanced by another model (its ``model_version`` differs) gets its
     hidden state rebuilt by replaying its stored window through this model, from a zero state

@@ -144,12 +144,17 @@ def test_one_prediction_per_event_equal_to_the_offline_model(deployment, tmp_pat
     assert user["event_count"] == 8 and user["latest_prediction"]["event_id"] == last["event_id"]
 
 
-def test_restart_recovers_state_exactly(deployment, tmp_path):
+def _halves(tmp_path: Path, seed: int) -> tuple[Path, list[dict], list[dict], list[dict], dict[str, str]]:
+    """A checkpoint, 20 users' events split into each user's first and last five, and the worker env."""
     checkpoint = _checkpoint(tmp_path / "model.pt")
-    events = _workload(users=20, per_user=10, seed=2)
+    events = _workload(users=20, per_user=10, seed=seed)
     first = [e for e in events if int(e["event_id"].split("-")[1]) < 5]
     second = [e for e in events if int(e["event_id"].split("-")[1]) >= 5]
-    env = {"STREAM_APP_CHECKPOINT": str(checkpoint), "STREAM_APP_TOP_K": str(TOP_K)}
+    return checkpoint, events, first, second, {"STREAM_APP_CHECKPOINT": str(checkpoint), "STREAM_APP_TOP_K": str(TOP_K)}
+
+
+def test_restart_recovers_state_exactly(deployment, tmp_path):
+    checkpoint, events, first, second, env = _halves(tmp_path, seed=2)
 
     deployment.worker("before", **env)
     deployment.produce(to_records(first))
@@ -173,11 +178,7 @@ def test_crash_reprocesses_from_the_last_commit_with_the_same_predictions(deploy
     """SIGKILL mid-stream: the changelog holds the state of the last offset commit, so the events
     after it are processed again from that state and predict exactly what they did before (only
     ``processed_at`` differs); nothing is lost and the rest equals the offline model."""
-    checkpoint = _checkpoint(tmp_path / "model.pt")
-    events = _workload(users=20, per_user=10, seed=3)
-    first = [e for e in events if int(e["event_id"].split("-")[1]) < 5]
-    second = [e for e in events if int(e["event_id"].split("-")[1]) >= 5]
-    env = {"STREAM_APP_CHECKPOINT": str(checkpoint), "STREAM_APP_TOP_K": str(TOP_K)}
+    checkpoint, events, first, second, env = _halves(tmp_path, seed=3)
 
     deployment.worker("crashing", **env)
     deployment.produce(to_records(first))

@@ -314,12 +314,20 @@ class NextActionModel(nn.Module):
         few positions, without the work for the others (``width``: the longest window there)."""
         offset = torch.arange(width, device=out.device)
         index = cols[:, None] - offset[None, :]
-        safe = index.clamp_min(0)
-        events = batch.map(lambda t: t[rows[:, None], safe].unsqueeze(1))
+        # Gathers on the flattened [batch * time] axis: index_select is several times faster than
+        # indexing with two index tensors on CPU.
+        n_time, n = batch.tokens.shape[1], len(rows)
+        flat = (rows[:, None] * n_time + index.clamp_min(0)).reshape(-1)
+        here = rows * n_time + cols
+
+        def take(t: Tensor, at: Tensor) -> Tensor:
+            return t.reshape(-1, *t.shape[2:]).index_select(0, at)
+
+        events = batch.map(lambda t: take(t, flat).reshape(n, 1, width, *t.shape[2:]))
         events = replace(events, mask=events.mask & (index >= 0).unsqueeze(1))
-        keys = self._keys(batch)[rows[:, None], safe]
+        keys = take(self._keys(batch), flat).reshape(n, width, -1)
         scores = torch.einsum("na,nwa->nw", self.query(out), keys).unsqueeze(1)
-        current = batch.map(lambda t: t[rows, cols][:, None, None])
+        current = batch.map(lambda t: take(t, here)[:, None, None])
         return self._window_view(current, events, scores, offset)
 
     def _given_window(self, current: EventTensors, window: EventTensors, out: Tensor) -> _WindowView:

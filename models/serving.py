@@ -8,7 +8,7 @@ import os
 import struct
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -35,24 +35,9 @@ _HAS_LOCATION_DENSE = DENSE_NAMES.index("has_location")
 _WINDOW_COLUMNS = (("ts_ms", "<i8"), ("located", "u1"), ("lat", "<f8"), ("lon", "<f8"), ("token_bytes", "<u2"))
 
 
-@dataclass(slots=True)
-class WindowEvent:
-    """An event kept in a user's window; the token stays a string so any model can reuse it."""
-
-    token: str
-    ts_ms: int
-    lat: float | None = None
-    lon: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ActionEvent:
-    """The input of one prediction: a user's new event."""
-
-    token: str
-    ts_ms: int
-    lat: float | None = None
-    lon: float | None = None
+# The serving API's names for the one event record of models.features: an event kept in a user's
+# window (its token stays a string so any model can reuse it), and a user's new event to predict from.
+WindowEvent = ActionEvent = EventRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +184,7 @@ def update_window(state: UserState, event: ActionEvent, *, window_size: int, win
     cache = state._encoded
     cache = _concat(cache, encoded) if encoded is not None and cache is not None and \
         len(cache) == len(state.window) else None
-    window = state.window + [WindowEvent(event.token, event.ts_ms, event.lat, event.lon)]
+    window = state.window + [event]
     start = max(0, len(window) - window_size)
     ts = cache.ts_ms[start:] if cache is not None else np.fromiter((w.ts_ms for w in window[start:]), np.int64)
     inside = ts > event.ts_ms - int(round(window_span_s * 1000.0))
@@ -258,7 +243,7 @@ class GRUPredictor:
         if not states:
             return []
         self._replay_stale([s for s in states if s.model_version != self.version])
-        current = encode_next_events([EventRecord(e.token, e.ts_ms, e.lat, e.lon) for e in events],
+        current = encode_next_events(events,
                                      [(s.last_ts_ms, s.last_lat, s.last_lon) for s in states],
                                      self._vocab, self._spec)
         hidden = torch.from_numpy(np.stack([self._hidden_of(s) for s in states])).to(self._device)
@@ -300,7 +285,7 @@ class GRUPredictor:
         for state, events in zip(states, sequences):
             previous.append((state.last_ts_ms, state.last_lat, state.last_lon))
             previous.extend((e.ts_ms, e.lat, e.lon) for e in events[:-1])
-        encoded = encode_next_events([EventRecord(e.token, e.ts_ms, e.lat, e.lon) for events in sequences for e in events],
+        encoded = encode_next_events([e for events in sequences for e in events],
                                      previous, self._vocab, self._spec)
         new = [_select(encoded, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
         hidden = torch.from_numpy(np.stack([self._hidden_of(s) for s in states])).to(self._device)
@@ -326,7 +311,7 @@ class GRUPredictor:
         firsts = np.searchsorted(ts, ts[n_old:] - self._span_ms, side="right")
         np.maximum(firsts, ends + 1 - self.window_size, out=firsts)
         start, newest = int(firsts[-1]), events[-1]
-        added = [WindowEvent(e.token, e.ts_ms, e.lat, e.lon) for e in events]
+        added = list(events)
         if start < n_old:
             state.window = state.window[start:] + added
             state._encoded = EncodedEvents(*(np.concatenate([a[start:], b]) for a, b in zip(_columns(old), _columns(encoded))))
@@ -349,7 +334,7 @@ class GRUPredictor:
     def _ensure_cache(self, state: UserState) -> None:
         """(Re)encode the stored window when its cache is missing or was made for another model."""
         if state._encoded is None or len(state._encoded) != len(state.window):
-            state._encoded = encode_events(_records(state.window), self._vocab, self._spec) if state.window \
+            state._encoded = encode_events(state.window, self._vocab, self._spec) if state.window \
                 else self._no_events
 
     @torch.no_grad()
@@ -363,7 +348,7 @@ class GRUPredictor:
             state.model_version = self.version
         if not replay:
             return
-        encoded = [encode_events(_records(s.window), self._vocab, self._spec) for s in replay]
+        encoded = [encode_events(s.window, self._vocab, self._spec) for s in replay]
         out = self._model.hidden_states(EventTensors.collate(encoded).to(self._device))
         last = torch.tensor([len(e) - 1 for e in encoded], device=self._device)
         finals = out[torch.arange(len(replay), device=self._device), last].cpu().numpy()
@@ -417,10 +402,6 @@ class MarkovPredictor:
             return []
         top = heapq.nsmallest(k, counts.items(), key=lambda kv: (-kv[1], -self._popularity[kv[0]], kv[0]))
         return [(token, count / total) for token, count in top]
-
-
-def _records(window: Sequence[WindowEvent]) -> list[EventRecord]:
-    return [EventRecord(w.token, w.ts_ms, w.lat, w.lon) for w in window]
 
 
 def _in_time_order(state: UserState, events: list[ActionEvent]) -> bool:

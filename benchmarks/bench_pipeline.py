@@ -47,8 +47,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream_app.app import settings as app_settings
 from stream_app.broker import EmbeddedBroker, free_port
-from stream_app.cli_io import to_records
-from stream_app.generator import BehaviorConfig, generate_user_events
+from stream_app.cli.io import to_records
+from simulation.users import BehaviorConfig, generate_user_events
 from stream_app.kafka_io import Record, client_options, consume, produce
 from stream_app.settings import Settings
 from stream_app.topics import ALL_TOPICS

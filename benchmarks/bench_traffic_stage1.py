@@ -16,7 +16,7 @@ import uuid
 
 from bench_pipeline import PROCESSED, Bench, events_records, measure_throughput, metric, parse_args
 
-from stream_app.cli_io import to_records
+from stream_app.cli.io import to_records
 from stream_app.replay import read_los_loop
 
 

@@ -18,9 +18,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from models.graph import SensorNetwork
+from models.traffic.graph import SensorNetwork
 from models.paths import shared_data_dir
-from models.traffic import N_TIME_FEATURES, STEP_MS, TrafficConfig, TrafficForecaster, TrafficGRU
+from models.traffic.forecaster import TrafficForecaster
+from models.traffic.model import N_TIME_FEATURES, STEP_MS, TrafficConfig, TrafficGRU
 
 __all__ = ["main"]
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from models.datasets import ActionDataset, Split, load_diginetica, load_foursquare, merge_validation
-from models.evaluation import (EvaluationResult, evaluate_next_action, markdown_table, paired_bootstrap,
+from models.next_action.datasets import ActionDataset, Split, load_diginetica, load_foursquare, merge_validation
+from models.next_action.evaluation import (EvaluationResult, evaluate_next_action, markdown_table, paired_bootstrap,
                                training_runs)
-from models.features import FeatureSpec, Vocabulary
-from models.next_action import NextActionConfig, NextActionModel
-from models.training import load_next_action, save_next_action, train_next_action
+from models.next_action.features import FeatureSpec, Vocabulary
+from models.next_action.model import NextActionConfig, NextActionModel
+from models.next_action.training import load_next_action, save_next_action, train_next_action
 
 __all__ = ["CONFIGS", "main"]
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from models.traffic import TrafficConfig
-from models.traffic_data import EVAL_HORIZONS, TrafficSeries, load_los_loop, strict_split, tgcn_split
-from models.traffic_evaluation import baseline_scores, format_validation, markdown_tables, model_scores
-from models.traffic_training import TrainConfig, TrainResult, save_traffic_checkpoint, train_traffic
+from models.traffic.model import TrafficConfig
+from models.traffic.data import EVAL_HORIZONS, TrafficSeries, load_los_loop, strict_split, tgcn_split
+from models.traffic.evaluation import baseline_scores, format_validation, markdown_tables, model_scores
+from models.traffic.training import TrainConfig, TrainResult, save_traffic_checkpoint, train_traffic
 
 __all__ = ["main"]
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from models.graph import SensorNetwork
+from models.traffic.graph import SensorNetwork
 from stream_app.exceptions import ConfigError
 
 __all__ = ["parse_network_spec", "load_networks", "network_from_sensors"]

@@ -1,6 +1,6 @@
 """Per-user state as stored in the changelogged table: the model state plus what serving needs.
 
-The envelope is msgpack (msgspec), versioned; the model part is ``models.serving.UserState``'s own
+The envelope is msgpack (msgspec), versioned; the model part is ``models.next_action.serving.UserState``'s own
 compact binary encoding (float32 hidden vector, window events), kept as opaque bytes.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from models.serving import UserState
+from models.next_action.serving import UserState
 
 __all__ = ["ENVELOPE_VERSION", "StoredUser", "encode_user", "decode_user", "RECENT_IDS"]
 

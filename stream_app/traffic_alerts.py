@@ -1,4 +1,4 @@
-"""Per-network anomaly alerts and online forecast error, around ``models.anomaly.AnomalyDetector``."""
+"""Per-network anomaly alerts and online forecast error, around ``models.traffic.anomaly.AnomalyDetector``."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from models.anomaly import AnomalyAlert as DetectedAlert
-from models.anomaly import AnomalyConfig, AnomalyDetector
-from models.graph import SensorNetwork
-from models.traffic import StepResult
+from models.traffic.anomaly import AnomalyAlert as DetectedAlert
+from models.traffic.anomaly import AnomalyConfig, AnomalyDetector
+from models.traffic.graph import SensorNetwork
+from models.traffic.forecaster import StepResult
 from schemas import AnomalyAlert, encode
 from stream_app.metrics import METRICS
 from stream_app.settings import Settings

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import faust
 import msgspec
 
-from models.serving import ActionEvent, EventPrediction, GRUPredictor, MarkovPredictor, UserState
+from models.next_action.serving import ActionEvent, EventPrediction, GRUPredictor, MarkovPredictor, UserState
 from schemas import ActionScore, NextActionPrediction, UserEvent, decode_user_event, encode
 from stream_app.app import app, settings
 from stream_app.ingest import validate_batch

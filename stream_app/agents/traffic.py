@@ -18,7 +18,7 @@ from functools import partial
 
 import msgspec
 
-from models.traffic import StepResult, TrafficForecaster
+from models.traffic.forecaster import StepResult, TrafficForecaster
 from schemas import (HorizonForecast, SensorAggregate, TrafficForecast, TrafficReading, decode,
                      decode_traffic_reading, encode)
 from stream_app.app import app, settings

@@ -15,11 +15,11 @@ import pytest
 import torch
 from aiokafka.partitioner import murmur2
 
-from models.features import EventRecord, FeatureSpec, Vocabulary, encode_events
-from models.next_action import EventTensors, NextActionConfig, NextActionModel
-from models.training import model_version, save_next_action
+from models.next_action.features import EventRecord, FeatureSpec, Vocabulary, encode_events
+from models.next_action.model import EventTensors, NextActionConfig, NextActionModel
+from models.next_action.training import model_version, save_next_action
 from schemas import CellActivity, NextActionPrediction, decode
-from stream_app.cli_io import to_records
+from stream_app.cli.io import to_records
 from stream_app.windows import window_starts
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,7 @@ def _workload(users: int, per_user: int, seed: int = 1) -> list[dict]:
 
 def _offline_predictions(checkpoint: Path, events: list[dict]) -> dict[str, list[tuple[str, float]]]:
     """event_id -> top-k from one full-sequence ``forward`` per user."""
-    from models.training import load_next_action
+    from models.next_action.training import load_next_action
 
     loaded = load_next_action(checkpoint)
     by_user = defaultdict(list)

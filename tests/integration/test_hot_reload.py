@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.features import FeatureSpec, Vocabulary
-from models.next_action import NextActionConfig, NextActionModel
-from models.training import model_version, save_next_action
-from stream_app.cli_io import to_records
+from models.next_action.features import FeatureSpec, Vocabulary
+from models.next_action.model import NextActionConfig, NextActionModel
+from models.next_action.training import model_version, save_next_action
+from stream_app.cli.io import to_records
 
 pytestmark = pytest.mark.integration
 

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.graph import SensorNetwork
-from models.traffic import CHECKPOINT_KIND, TrafficConfig, TrafficForecaster, TrafficGRU
+from models.traffic.graph import SensorNetwork
+from models.traffic.forecaster import TrafficForecaster
+from models.traffic.model import CHECKPOINT_KIND, TrafficConfig, TrafficGRU
 from schemas import TrafficForecast, decode
-from stream_app.cli_io import to_records
-from stream_app.demo import write_network_files
+from stream_app.cli.io import to_records
+from stream_app.cli.demo import write_network_files
 from stream_app.replay import read_los_loop
 
 pytestmark = pytest.mark.integration

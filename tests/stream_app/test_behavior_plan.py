@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import msgspec
 
-from models.serving import EventPrediction
+from models.next_action.serving import EventPrediction
 from schemas import NextActionPrediction
 from stream_app.agents.behavior import _Plan, _Quality, _User
 from stream_app.app import settings

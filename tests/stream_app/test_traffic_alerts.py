@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.graph import SensorNetwork
-from models.traffic import TrafficForecaster
-from stream_app.generator import Incident, TrafficConfig, generate_traffic
+from models.traffic.graph import SensorNetwork
+from models.traffic.forecaster import TrafficForecaster
+from simulation.city import Incident, TrafficConfig, generate_traffic
 from stream_app.settings import Settings
 from stream_app.traffic_alerts import NetworkAlerts
 from stream_app.windows import EventTimeWindows, SpeedWindow

@@ -1,1 +1,0 @@
-"""Baselines every model is measured against: next-action (actions) and traffic (traffic)."""

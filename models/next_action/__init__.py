@@ -1,0 +1,1 @@
+"""Next-action prediction: features, model, serving, training, evaluation, baselines."""

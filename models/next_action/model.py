@@ -1,0 +1,446 @@
+"""Next-action model: GRU, copy over the user's recent window, and training transitions, gated."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from models.exceptions import ModelError
+from models.next_action.features import (LOCATION_DENSE, N_DENSE, PAD_ID, STATIC_DENSE, TIME_DENSE,
+                             EncodedEvents)
+
+__all__ = ["NextActionConfig", "EventTensors", "NextActionModel"]
+
+logger = logging.getLogger(__name__)
+
+_MASKED = -1e9
+_MIN_PROB = 1e-12
+_MS_PER_HOUR = 3_600_000.0
+_EARTH_RADIUS_KM = 6371.0088
+_N_PAIR = 8
+
+
+@dataclass(frozen=True, kw_only=True)
+class NextActionConfig:
+    """Sizes and switches of a NextActionModel; the window is the last ``window_size`` events
+    whose time is within ``window_span_s`` seconds of the current event (which is included)."""
+
+    vocab_size: int
+    embed_dim: int = 64
+    hidden_dim: int = 128
+    n_cell_buckets: int = 4096
+    cell_dim: int = 16
+    attn_dim: int = 64
+    pair_dim: int = 16
+    use_time: bool = True
+    use_location: bool = True
+    use_transitions: bool = True
+    window_size: int = 200
+    window_span_s: float = 365 * 86_400.0
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "embed_dim", "hidden_dim", "n_cell_buckets", "cell_dim", "attn_dim",
+                     "pair_dim", "window_size"):
+            if getattr(self, name) < 1:
+                raise ModelError(f"NextActionConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.window_span_s <= 0:
+            raise ModelError(f"NextActionConfig.window_span_s must be > 0, got {self.window_span_s}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ModelError(f"NextActionConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "NextActionConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelError(f"unknown NextActionConfig fields {unknown}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class EventTensors:
+    """Encoded events as tensors with a common leading shape [*lead] ([batch, time] or [batch]).
+
+    tokens/cells/ts_ms int64 [*lead]; lat/lon float64 [*lead]; dense float32 [*lead, N_DENSE];
+    mask bool [*lead] (False = padding).
+    """
+
+    tokens: Tensor
+    cells: Tensor
+    ts_ms: Tensor
+    lat: Tensor
+    lon: Tensor
+    dense: Tensor
+    mask: Tensor
+
+    @classmethod
+    def collate(cls, sequences: Sequence[EncodedEvents], *, align: str = "left") -> "EventTensors":
+        """Pad sequences to [batch, time]; ``align="right"`` puts the padding first (windows)."""
+        if align not in ("left", "right"):
+            raise ModelError(f"align must be 'left' or 'right', got {align!r}")
+        width = max([len(s) for s in sequences] + [1])
+        arrays = {name: np.zeros((len(sequences), width) + shape, dtype=dtype)
+                  for name, shape, dtype in _COLUMNS}
+        mask = np.zeros((len(sequences), width), dtype=bool)
+        for row, seq in enumerate(sequences):
+            n = len(seq)
+            cols = slice(0, n) if align == "left" else slice(width - n, width)
+            for name, _, _ in _COLUMNS:
+                arrays[name][row, cols] = getattr(seq, name)
+            mask[row, cols] = True
+        return cls(mask=torch.from_numpy(mask), **{k: torch.from_numpy(v) for k, v in arrays.items()})
+
+    def to(self, device: torch.device | str) -> "EventTensors":
+        return EventTensors(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def map(self, fn: Any) -> "EventTensors":
+        """Apply ``fn`` to every field (e.g. an index or ``flip``)."""
+        return EventTensors(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+
+_COLUMNS = (("tokens", (), np.int64), ("cells", (), np.int64), ("ts_ms", (), np.int64),
+            ("lat", (), np.float64), ("lon", (), np.float64), ("dense", (N_DENSE,), np.float32))
+
+
+@dataclass(frozen=True)
+class _WindowView:
+    """Each position's window, newest first: tokens, attention logits and validity [batch, time, window]."""
+
+    tokens: Tensor
+    scores: Tensor
+    valid: Tensor
+
+    def select(self, rows: Tensor, cols: Tensor) -> "_WindowView":
+        """Positions (rows[i], cols[i]) as [n, 1, window]."""
+        return _WindowView(*(t[rows, cols].unsqueeze(1) for t in (self.tokens, self.scores, self.valid)))
+
+
+class NextActionModel(nn.Module):
+    """A learned gate mixes three next-action distributions:
+
+    - generate: a GRU over the user's events (token, cell, time and move features) -> logits;
+    - copy (NARM/RepeatNet style): attention of the GRU state over the user's window, scattered
+      onto the window's tokens; keys come from each stored window event alone (token, time of
+      day/week, place) plus pairwise terms (age, recency rank, distance, same/following token),
+      so streaming state is just the window's events and the hidden vector;
+    - transition: the global (token -> next token) frequencies counted on the training data.
+
+    ``forward`` runs padded sequences (each position's window emulated by a band mask);
+    ``step`` advances one event per user; chained steps equal ``forward``.
+    """
+
+    def __init__(self, config: NextActionConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        cell_dim = c.cell_dim if c.use_location else 0
+        self.token_embedding = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=PAD_ID)
+        self.cell_embedding = nn.Embedding(c.n_cell_buckets + 1, cell_dim, padding_idx=0) if cell_dim else None
+        self.input_gates = nn.Linear(c.embed_dim + cell_dim + N_DENSE, 3 * c.hidden_dim)
+        self.hidden_gates = nn.Linear(c.hidden_dim, 3 * c.hidden_dim)
+        self.generate_head = nn.Linear(c.hidden_dim, c.vocab_size)
+        self.query = nn.Linear(c.hidden_dim, c.attn_dim)
+        self.key = nn.Linear(c.embed_dim + cell_dim + len(STATIC_DENSE), c.attn_dim)
+        self.pair_bias = nn.Sequential(nn.Linear(_N_PAIR, c.pair_dim), nn.Tanh(), nn.Linear(c.pair_dim, 1))
+        self.gate_layer = nn.Linear(c.hidden_dim + 2, 3)
+        self.dropout = nn.Dropout(c.dropout)
+        self.register_buffer("dense_mask", _dense_mask(c), persistent=False)
+        # Global (token -> next token) counts from the training data, sorted by token * vocab + next.
+        self.register_buffer("transition_keys", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("transition_counts", torch.zeros(0))
+        self.register_buffer("transition_totals", torch.zeros(c.vocab_size))
+
+    def set_transitions(self, sequences: Iterable[np.ndarray]) -> None:
+        """Count the (token -> next token) pairs of training id sequences: the transition component."""
+        size = self.config.vocab_size
+        pairs = [np.asarray(s[:-1], dtype=np.int64) * size + np.asarray(s[1:], dtype=np.int64)
+                 for s in sequences if len(s) > 1]
+        keys, counts = np.unique(np.concatenate(pairs) if pairs else np.zeros(0, np.int64), return_counts=True)
+        totals = np.bincount(keys // size, weights=counts, minlength=size)
+        device = self.transition_totals.device
+        self.transition_keys = torch.from_numpy(keys).to(device)
+        self.transition_counts = torch.from_numpy(counts.astype(np.float32)).to(device)
+        self.transition_totals = torch.from_numpy(totals.astype(np.float32)).to(device)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Take the transition table's size from the checkpoint (it depends on the training data)."""
+        for name in ("transition_keys", "transition_counts"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.transition_totals.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # -- entry points -------------------------------------------------------------------------
+
+    def forward(self, batch: EventTensors, h0: Tensor | None = None) -> Tensor:
+        """Log-probs of the next action after each event: [batch, time] -> [batch, time, vocab]."""
+        out = self.hidden_states(batch, h0)
+        return self._log_probs(out, self._band_window(batch, out), batch.tokens)
+
+    def step(self, x: EventTensors, h: Tensor | None, window: EventTensors) -> tuple[Tensor, Tensor]:
+        """One new event per user: x [batch], h [batch, hidden] or None, window [batch, window]
+        right-aligned (oldest first, the new event last). Returns (log-probs [batch, vocab],
+        new hidden [batch, hidden])."""
+        current = x.map(lambda t: t.unsqueeze(1))
+        out = self.hidden_states(current, h)
+        return self._log_probs(out, self._given_window(current, window, out), current.tokens)[:, 0], out[:, 0]
+
+    def steps(self, x: EventTensors, h: Tensor | None, window: EventTensors) -> tuple[Tensor, Tensor]:
+        """Several new events per user in one call: x [batch, k] left-aligned (padding last), after
+        each user's window [batch, window] right-aligned (oldest first, without the new events).
+        Returns (log-probs [n, vocab] of the n real new events in row-major order, i.e. of
+        ``x.mask.nonzero()``, and the hidden state after each new event [batch, k, hidden], garbage
+        at padding). Equals ``step`` chained over the new events (each event's window being its
+        last ``window_size`` predecessors within the span) when event times do not decrease."""
+        out = self._fused_hidden_states(x, h)
+        combined = EventTensors(**{f.name: torch.cat([getattr(window, f.name), getattr(x, f.name)], dim=1)
+                                   for f in fields(EventTensors)})
+        rows, cols = x.mask.nonzero(as_tuple=True)
+        at, cols = out[rows, cols], cols + window.tokens.shape[1]
+        history = int(combined.mask.cumsum(1)[rows, cols].max()) if len(rows) else 1
+        view = self._windows_at(combined, at, rows, cols, width=min(history, self.config.window_size))
+        return self._log_probs(at.unsqueeze(1), view, combined.tokens[rows, cols].unsqueeze(1))[:, 0], out
+
+    def log_probs_at(self, batch: EventTensors, rows: Tensor, cols: Tensor) -> Tensor:
+        """``forward(batch)[rows, cols]`` without the vocabulary-sized work elsewhere: [n, vocab]."""
+        out = self.hidden_states(batch)
+        view = self._band_window(batch, out).select(rows, cols)
+        return self._log_probs(out[rows, cols].unsqueeze(1), view, batch.tokens[rows, cols].unsqueeze(1))[:, 0]
+
+    def target_log_probs(self, batch: EventTensors, rows: Tensor, cols: Tensor, targets: Tensor, *,
+                         leave_one_out: bool = False) -> Tensor:
+        """``forward(batch)[rows, cols, targets]`` computed for the targets only: [n].
+
+        ``leave_one_out`` (training) removes each target's own pair from the transition counts,
+        so the model does not learn to trust counts that contain the answer.
+        """
+        out = self.hidden_states(batch)
+        view = self._band_window(batch, out).select(rows, cols)
+        out, current = out[rows, cols].unsqueeze(1), batch.tokens[rows, cols].unsqueeze(1)
+        log_p_generate = torch.log_softmax(self._generate_logits(out), dim=-1).gather(2, targets[:, None, None])
+        p_copy = (self._copy_weights(view) * (view.tokens == targets[:, None, None])).sum(-1, keepdim=True)
+        p_transition, totals = self._transition_of(current, targets[:, None], leave_one_out)
+        gate = self._gate(out, view.valid, totals)
+        mixed = (gate * torch.cat([log_p_generate.exp(), p_copy, p_transition[..., None]], dim=-1)).sum(-1)
+        return torch.log(mixed.clamp_min(_MIN_PROB))[:, 0]
+
+    def hidden_states(self, batch: EventTensors, h0: Tensor | None = None) -> Tensor:
+        """GRU state after each event: [batch, time] -> [batch, time, hidden] (h0 [batch, hidden])."""
+        h = self.initial_hidden(batch.tokens.shape[0], batch.tokens.device) if h0 is None else h0
+        outputs = []
+        for gates_x in self.input_gates(self._event_inputs(batch)).unbind(1):
+            h = self._gru_cell(gates_x, h)
+            outputs.append(h)
+        return torch.stack(outputs, dim=1)
+
+    def _fused_hidden_states(self, x: EventTensors, h0: Tensor | None) -> Tensor:
+        """``hidden_states`` in one fused call (the kernel behind ``nn.GRU``; same equations and
+        gate order, weights taken from ``input_gates``/``hidden_gates``): a loop of small ops per
+        time step costs more than the arithmetic at serving batch sizes. Padding comes last in
+        each row, so it only affects states after the row's last event."""
+        n_batch = x.tokens.shape[0]
+        h = self.initial_hidden(n_batch, x.tokens.device) if h0 is None else h0
+        weights = [self.input_gates.weight, self.hidden_gates.weight, self.input_gates.bias, self.hidden_gates.bias]
+        out, _ = torch._VF.gru(self._event_inputs(x), h.unsqueeze(0).contiguous(), weights, True, 1, 0.0,
+                               self.training, False, True)
+        return out
+
+    def initial_hidden(self, batch_size: int, device: torch.device | str) -> Tensor:
+        """Zero hidden state [batch, hidden] on ``device``."""
+        return torch.zeros(batch_size, self.config.hidden_dim, device=device)
+
+    # -- recurrent cell (PyTorch's GRU equations) ----------------------------------------------
+
+    def _gru_cell(self, gates_x: Tensor, h: Tensor) -> Tensor:
+        """One GRU update from input gate pre-activations [batch, 3 * hidden] and h [batch, hidden]."""
+        x_r, x_z, x_n = gates_x.chunk(3, dim=-1)
+        h_r, h_z, h_n = self.hidden_gates(h).chunk(3, dim=-1)
+        reset = self._reset_gate(x_r, h_r)
+        update = self._update_gate(x_z, h_z)
+        return (1.0 - update) * self._candidate(x_n, h_n, reset) + update * h
+
+    def _reset_gate(self, x_r: Tensor, h_r: Tensor) -> Tensor:
+        return torch.sigmoid(x_r + h_r)
+
+    def _update_gate(self, x_z: Tensor, h_z: Tensor) -> Tensor:
+        return torch.sigmoid(x_z + h_z)
+
+    def _candidate(self, x_n: Tensor, h_n: Tensor, reset: Tensor) -> Tensor:
+        return torch.tanh(x_n + reset * h_n)
+
+    # -- inputs and windows -------------------------------------------------------------------
+
+    def _event_inputs(self, events: EventTensors) -> Tensor:
+        """GRU inputs [*lead, embed + cell + N_DENSE]."""
+        parts = [self.dropout(self.token_embedding(events.tokens))]
+        if self.cell_embedding is not None:
+            parts.append(self.dropout(self.cell_embedding(events.cells)))
+        parts.append(events.dense * self.dense_mask)
+        return torch.cat(parts, dim=-1)
+
+    def _keys(self, events: EventTensors) -> Tensor:
+        """Attention keys from each event alone (token, time of day/week, place): [*lead, attn]."""
+        parts = [self.token_embedding(events.tokens)]
+        if self.cell_embedding is not None:
+            parts.append(self.cell_embedding(events.cells))
+        parts.append((events.dense * self.dense_mask)[..., list(STATIC_DENSE)])
+        return self.key(torch.cat(parts, dim=-1))
+
+    def _band_window(self, batch: EventTensors, out: Tensor, first: int = 0) -> _WindowView:
+        """The window of each position from ``first`` on inside the padded sequence [batch, time]
+        (``out`` holds the GRU states of those positions) -> [batch, time - first, window]."""
+        n_batch, n_time = batch.tokens.shape
+        offset = torch.arange(min(self.config.window_size, n_time), device=out.device)
+        index = torch.arange(first, n_time, device=out.device)[:, None] - offset[None, :]
+        flat = index.clamp_min(0).reshape(-1)
+        events = batch.map(lambda t: t[:, flat].reshape(n_batch, n_time - first, len(offset), *t.shape[2:]))
+        events = replace(events, mask=events.mask & (index >= 0))
+        all_scores = self.query(out) @ self._keys(batch).transpose(1, 2)
+        scores = all_scores.gather(2, index.clamp_min(0).expand(n_batch, -1, -1))
+        return self._window_view(batch.map(lambda t: t[:, first:].unsqueeze(2)), events, scores, offset)
+
+    def _windows_at(self, batch: EventTensors, out: Tensor, rows: Tensor, cols: Tensor, width: int) -> _WindowView:
+        """The windows of positions (rows[i], cols[i]) of the padded sequence [batch, time] as
+        [n, 1, width], ``out`` [n, hidden] being the GRU state at each: ``_band_window`` for a
+        few positions, without the work for the others (``width``: the longest window there)."""
+        offset = torch.arange(width, device=out.device)
+        index = cols[:, None] - offset[None, :]
+        # Gathers on the flattened [batch * time] axis: index_select is several times faster than
+        # indexing with two index tensors on CPU.
+        n_time, n = batch.tokens.shape[1], len(rows)
+        flat = (rows[:, None] * n_time + index.clamp_min(0)).reshape(-1)
+        here = rows * n_time + cols
+
+        def take(t: Tensor, at: Tensor) -> Tensor:
+            return t.reshape(-1, *t.shape[2:]).index_select(0, at)
+
+        events = batch.map(lambda t: take(t, flat).reshape(n, 1, width, *t.shape[2:]))
+        events = replace(events, mask=events.mask & (index >= 0).unsqueeze(1))
+        keys = take(self._keys(batch), flat).reshape(n, width, -1)
+        scores = torch.einsum("na,nwa->nw", self.query(out), keys).unsqueeze(1)
+        current = batch.map(lambda t: take(t, here)[:, None, None])
+        return self._window_view(current, events, scores, offset)
+
+    def _given_window(self, current: EventTensors, window: EventTensors, out: Tensor) -> _WindowView:
+        """A streaming window [batch, window] (oldest first) as a newest-first [batch, 1, window] view."""
+        window = window.map(lambda t: t[:, -self.config.window_size:].flip(1).unsqueeze(1))
+        scores = torch.einsum("bta,btwa->btw", self.query(out), self._keys(window))
+        offset = torch.arange(window.tokens.shape[2], device=out.device)
+        return self._window_view(current.map(lambda t: t.unsqueeze(2)), window, scores, offset)
+
+    def _window_view(self, current: EventTensors, events: EventTensors, scores: Tensor,
+                     offset: Tensor) -> _WindowView:
+        """Current event [batch, time, 1] against its window events [batch, time, window]."""
+        span_ms = int(round(self.config.window_span_s * 1000.0))
+        valid = current.mask & events.mask & (events.ts_ms > current.ts_ms - span_ms)
+        scores = scores / math.sqrt(self.config.attn_dim)
+        scores = scores + self.pair_bias(self._pair_features(current, events, valid, offset)).squeeze(-1)
+        return _WindowView(tokens=events.tokens, scores=scores, valid=valid)
+
+    def _pair_features(self, current: EventTensors, events: EventTensors, valid: Tensor,
+                       offset: Tensor) -> Tensor:
+        """Per (position, window event): log age in hours, log offset, log km apart, both located,
+        same token as the current event, its predecessor in the window was the current token
+        (the user's own transition), hour-of-day and weekday similarity. [batch, time, window, 8]."""
+        age_h = (current.ts_ms - events.ts_ms).clamp_min(0).double() / _MS_PER_HOUR
+        age = torch.log1p(age_h).float() * float(self.config.use_time)
+        rank = torch.log1p(offset.float()).expand_as(age)
+        has = LOCATION_DENSE[-1]
+        located = current.dense[..., has] * events.dense[..., has] * float(self.config.use_location)
+        km = torch.log1p(_haversine_km(current.lat, current.lon, events.lat, events.lon)).float() * located
+        same = events.tokens == current.tokens
+        followed = torch.zeros_like(same)
+        followed[..., :-1] = same[..., 1:] & valid[..., 1:]
+        cur, ev = current.dense * self.dense_mask, events.dense * self.dense_mask
+        hour = cur[..., 0] * ev[..., 0] + cur[..., 1] * ev[..., 1]
+        weekday = cur[..., 2] * ev[..., 2] + cur[..., 3] * ev[..., 3]
+        return torch.stack([age, rank, km, located, same.float(), followed.float(), hour, weekday], dim=-1)
+
+    # -- distributions and gates --------------------------------------------------------------
+
+    def _log_probs(self, out: Tensor, view: _WindowView, current: Tensor) -> Tensor:
+        """Mix the generate, copy and transition distributions: out [batch, time, hidden] and
+        current tokens [batch, time] -> log-probs [batch, time, vocab]."""
+        gate = self._gate(out, view.valid, self.transition_totals[current])
+        mixed = gate[..., 0:1] * torch.softmax(self._generate_logits(out), dim=-1)
+        mixed = mixed + gate[..., 1:2] * self._copy_distribution(view)
+        if self.config.use_transitions:
+            mixed = mixed + gate[..., 2:3] * self._transition_rows(current)
+        return torch.log(mixed.clamp_min(_MIN_PROB))
+
+    def _generate_logits(self, out: Tensor) -> Tensor:
+        """Logits over the vocabulary from the GRU state [batch, time, vocab]; padding never wins."""
+        logits = self.generate_head(self.dropout(out))
+        return logits.index_fill(-1, torch.tensor([PAD_ID], device=out.device), _MASKED)
+
+    def _copy_weights(self, view: _WindowView) -> Tensor:
+        """Attention over each window: [batch, time, window], zero on invalid events."""
+        return torch.softmax(view.scores.masked_fill(~view.valid, _MASKED), dim=-1) * view.valid
+
+    def _copy_distribution(self, view: _WindowView) -> Tensor:
+        """Attention weights scattered onto the window's tokens: [batch, time, vocab]."""
+        weights = self._copy_weights(view)
+        copy = weights.new_zeros(*weights.shape[:2], self.config.vocab_size)
+        return copy.scatter_add(2, view.tokens, weights)
+
+    def _transition_rows(self, current: Tensor) -> Tensor:
+        """Transition probabilities from each current token [*lead] -> [*lead, vocab] (0 when unseen)."""
+        size, flat = self.config.vocab_size, current.reshape(-1)
+        start = torch.searchsorted(self.transition_keys, flat * size)
+        lengths = torch.searchsorted(self.transition_keys, (flat + 1) * size) - start
+        owner = torch.repeat_interleave(torch.arange(len(flat), device=flat.device), lengths)
+        first = torch.repeat_interleave(start - (lengths.cumsum(0) - lengths), lengths)
+        entry = first + torch.arange(len(owner), device=flat.device)
+        rows = torch.zeros(len(flat), size, device=flat.device)
+        rows[owner, self.transition_keys[entry] % size] = \
+            self.transition_counts[entry] / self.transition_totals[flat[owner]]
+        return rows.reshape(*current.shape, size)
+
+    def _transition_of(self, current: Tensor, targets: Tensor, leave_one_out: bool) -> tuple[Tensor, Tensor]:
+        """P(target | current token) from the counts, and the counts' row totals (both [*lead])."""
+        totals = self.transition_totals[current]
+        if len(self.transition_keys) == 0:
+            return torch.zeros_like(totals), totals
+        key = current * self.config.vocab_size + targets
+        index = torch.searchsorted(self.transition_keys, key).clamp_max(len(self.transition_keys) - 1)
+        found = self.transition_keys[index] == key
+        counts = torch.where(found, self.transition_counts[index], torch.zeros_like(totals))
+        if leave_one_out:
+            counts, totals = counts - found.float(), totals - found.float()
+        return torch.where(totals > 0, counts / totals.clamp_min(1.0), torch.zeros_like(totals)), totals
+
+    def _gate(self, out: Tensor, valid: Tensor, totals: Tensor) -> Tensor:
+        """Weights of the generate, copy and transition distributions from the state, the window's
+        size and how often the current token was followed in training: [batch, time, 3]."""
+        window_count = torch.log1p(valid.sum(-1, keepdim=True).float())
+        logits = self.gate_layer(torch.cat([out, window_count, torch.log1p(totals)[..., None]], dim=-1))
+        no_transitions = (totals <= 0) | (not self.config.use_transitions)
+        return torch.softmax(logits.masked_fill(torch.stack([torch.zeros_like(no_transitions)] * 2 +
+                                                            [no_transitions], dim=-1), _MASKED), dim=-1)
+
+
+def _dense_mask(config: NextActionConfig) -> Tensor:
+    """1 for the dense features the config uses, 0 for the others: [N_DENSE]."""
+    mask = torch.ones(N_DENSE)
+    if not config.use_time:
+        mask[list(TIME_DENSE)] = 0.0
+    if not config.use_location:
+        mask[list(LOCATION_DENSE)] = 0.0
+    return mask
+
+
+def _haversine_km(lat1: Tensor, lon1: Tensor, lat2: Tensor, lon2: Tensor) -> Tensor:
+    """Great-circle km between degree coordinates (float64, broadcasting)."""
+    p1, p2 = torch.deg2rad(lat1), torch.deg2rad(lat2)
+    dlmb = torch.deg2rad(lon2 - lon1)
+    a = torch.sin((p2 - p1) / 2) ** 2 + torch.cos(p1) * torch.cos(p2) * torch.sin(dlmb / 2) ** 2
+    return 2.0 * _EARTH_RADIUS_KM * torch.asin(a.clamp(0.0, 1.0).sqrt())

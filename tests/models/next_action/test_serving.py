@@ -1,0 +1,254 @@
+"""Serving: user-state bytes, window upkeep, GRU and Markov predictors, hot reload."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.next_action.datasets import ActionSequence, Split
+from models.exceptions import ModelError
+from models.next_action.features import EventRecord, encode_events
+from models.next_action.model import EventTensors, NextActionConfig
+from models.next_action.serving import (ActionEvent, GRUPredictor, MarkovPredictor, NextActionPredictor, UserState,
+                            WindowEvent, predict_in_rounds, update_window)
+from models.next_action.training import load_next_action, save_next_action, train_next_action
+
+HOUR_MS = 3_600_000
+T0 = 1_333_411_200_000
+
+
+def _same_state(a: UserState, b: UserState) -> bool:
+    hidden_equal = (a.hidden is None and b.hidden is None) or (
+        a.hidden is not None and b.hidden is not None and np.array_equal(a.hidden, b.hidden))
+    return hidden_equal and (a.window, a.last_ts_ms, a.last_lat, a.last_lon, a.event_count, a.model_version) == \
+        (b.window, b.last_ts_ms, b.last_lat, b.last_lon, b.event_count, b.model_version)
+
+
+@pytest.mark.parametrize("state", [
+    UserState(),
+    UserState(hidden=np.arange(5, dtype=np.float32) / 3, window=[WindowEvent("café ☕", T0, 40.7, -74.0),
+                                                                  WindowEvent("x", T0 + 5)],
+              last_ts_ms=T0 + 5, last_lat=None, last_lon=None, event_count=2, model_version="gru-abc"),
+    UserState(hidden=None, window=[WindowEvent("a" * 300, -5, -90.0, 180.0)], last_ts_ms=-5,
+              last_lat=-90.0, last_lon=180.0, event_count=2**40, model_version="markov-online"),
+], ids=["empty", "full", "edges"])
+def test_user_state_round_trip(state: UserState) -> None:
+    data = state.to_bytes()
+    assert data[:3] == b"NA\x01"
+    back = UserState.from_bytes(data)
+    assert _same_state(state, back)
+    assert back.hidden is None or back.hidden.dtype == np.float32
+
+
+def test_user_state_is_compact() -> None:
+    state = UserState(hidden=np.zeros(128, dtype=np.float32), window=[WindowEvent("poi-1", T0)] * 100,
+                      model_version="gru-0123456789ab")
+    as_json = json.dumps({"hidden": state.hidden.tolist(), "window": [dataclasses.asdict(w) for w in state.window]})
+    assert len(state.to_bytes()) <= 64 + 16 + 128 * 4 + 100 * (27 + len("poi-1")) < len(as_json)
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"garbage", b"\x00" * 64, b"NA\x02" + b"\x00" * 60,
+    UserState(window=[WindowEvent("abc", 1)]).to_bytes()[:-1],
+    UserState(window=[WindowEvent("abc", 1)]).to_bytes() + b"!",
+    UserState(hidden=np.ones(4, np.float32)).to_bytes()[:-3],
+    UserState(window=[WindowEvent("abc", 1)]).to_bytes()[:-3] + b"\xff\xfe\xfd",
+], ids=["empty", "text", "zeros", "future-version", "truncated", "trailing", "short-hidden", "bad-utf8"])
+def test_user_state_rejects_garbage(data: bytes) -> None:
+    with pytest.raises(ModelError):
+        UserState.from_bytes(data)
+
+
+def test_future_version_message() -> None:
+    data = bytearray(UserState().to_bytes())
+    data[2] = 9
+    with pytest.raises(ModelError, match="format 9"):
+        UserState.from_bytes(bytes(data))
+
+
+def test_update_window_trims_by_count_and_span() -> None:
+    state = UserState()
+    for i, hours in enumerate([0, 1, 2, 3, 30]):
+        update_window(state, ActionEvent(f"t{i}", T0 + hours * HOUR_MS), window_size=3, window_span_s=24 * 3600)
+    assert [w.token for w in state.window] == ["t4"]                   # span drops t1..t3
+    update_window(state, ActionEvent("late", T0 + 29 * HOUR_MS, 1.0, 2.0), window_size=3,
+                  window_span_s=24 * 3600)
+    assert [w.token for w in state.window] == ["t4", "late"]
+    assert state.last_ts_ms == T0 + 30 * HOUR_MS                      # a late event never moves it back
+    assert (state.last_lat, state.last_lon, state.event_count) == (1.0, 2.0, 6)
+    for i in range(3):
+        update_window(state, ActionEvent(f"n{i}", T0 + 31 * HOUR_MS), window_size=3, window_span_s=24 * 3600)
+    assert [w.token for w in state.window] == ["n0", "n1", "n2"]
+
+
+# -- GRU predictor -------------------------------------------------------------------------------
+
+def _toy_sequences() -> list[ActionSequence]:
+    rng = np.random.default_rng(1)
+    seqs = []
+    for u in range(12):
+        n = 8 + u % 5
+        ts = T0 + np.cumsum(rng.integers(HOUR_MS, 20 * HOUR_MS, n))
+        events = tuple(EventRecord(f"p{rng.integers(0, 9)}", int(t), 40.7 + 0.01 * (u % 3), -74.0) for t in ts)
+        seqs.append(ActionSequence(f"u{u}", events, (Split.TRAIN,) * (n - 2) + (Split.VALID, Split.TEST)))
+    return seqs
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = NextActionConfig(vocab_size=1, embed_dim=8, hidden_dim=10, n_cell_buckets=16, cell_dim=3,
+                              attn_dim=4, pair_dim=4, window_size=4, window_span_s=30 * 3600.0)
+    model, metadata = train_next_action(_toy_sequences(), config, epochs=1, seed=0, progress=False)
+    return save_next_action(tmp_path_factory.mktemp("ckpt") / "next.pt", model, metadata)
+
+
+def test_gru_predictor_stream_equals_forward(checkpoint: Path) -> None:
+    predictor = GRUPredictor.from_checkpoint(checkpoint)
+    loaded = load_next_action(checkpoint)
+    assert isinstance(predictor, NextActionPredictor) and predictor.version.startswith("gru-")
+    seqs = [s.events for s in _toy_sequences()[:3]]
+    states = [UserState() for _ in seqs]
+    for t in range(max(map(len, seqs))):
+        users = [u for u, s in enumerate(seqs) if len(s) > t]
+        round_states = [UserState.from_bytes(states[u].to_bytes()) for u in users]   # as from a table
+        events = [ActionEvent(seqs[u][t].token, seqs[u][t].ts_ms, seqs[u][t].lat, seqs[u][t].lon) for u in users]
+        top = predictor.predict(round_states, events, k=3)
+        for u, state, ranked in zip(users, round_states, top):
+            states[u] = state
+            with torch.no_grad():
+                full = loaded.model(EventTensors.collate([encode_events(seqs[u][:t + 1], loaded.vocab, loaded.spec)]))
+            best = full[0, t].index_fill(0, torch.tensor([0, 1]), -float("inf")).topk(3)
+            assert [tok for tok, _ in ranked] == [loaded.vocab.decode(int(i)) for i in best.indices]
+            np.testing.assert_allclose([p for _, p in ranked], best.values.exp().numpy(), atol=1e-5)
+    assert states[0].event_count == len(seqs[0]) and states[0].model_version == predictor.version
+    assert states[0].hidden.shape == (10,) and len(states[0].window) <= 4
+    assert states[0].last_ts_ms == seqs[0][-1].ts_ms
+
+
+@pytest.mark.parametrize("shuffle", [False, True], ids=["in-order", "some-out-of-order"])
+def test_predict_many_equals_round_by_round(checkpoint: Path, shuffle: bool) -> None:
+    """Batches of several events per user give the same predictions and states as one ``predict``
+    per round, whether the fast path (times in order) or the fallback (out of order) serves them."""
+    rng = np.random.default_rng(5)
+    seqs = [list(s.events) for s in _toy_sequences()]
+    if shuffle:
+        for s in seqs[::3]:
+            i = int(rng.integers(1, len(s) - 1))
+            s[i], s[i + 1] = s[i + 1], s[i]
+    predictor = GRUPredictor.from_checkpoint(checkpoint)
+    fast, slow = [UserState() for _ in seqs], [UserState() for _ in seqs]
+    position = [0] * len(seqs)
+    while any(p < len(s) for p, s in zip(position, seqs)):
+        chunks = []
+        for u, s in enumerate(seqs):
+            n = int(rng.integers(0, 4))
+            chunks.append([ActionEvent(e.token, e.ts_ms, e.lat, e.lon) for e in s[position[u]:position[u] + n]])
+            position[u] += len(chunks[-1])
+        fast = [UserState.from_bytes(state.to_bytes()) for state in fast]           # as from a table
+        got = predictor.predict_many(fast, chunks, k=3)
+        want = predict_in_rounds(predictor, slow, chunks, k=3)
+        for g, w in zip(got, want):
+            assert [[t for t, _ in r.top] for r in g] == [[t for t, _ in r.top] for r in w]
+            np.testing.assert_allclose([p for r in g for _, p in r.top], [p for r in w for _, p in r.top], atol=1e-5)
+            assert [(r.window_events, r.window_span_s) for r in g] == [(r.window_events, r.window_span_s) for r in w]
+        for a, b in zip(fast, slow):
+            assert (a.window, a.last_ts_ms, a.event_count) == (b.window, b.last_ts_ms, b.event_count)
+            assert (a.hidden is None) == (b.hidden is None)
+            if a.hidden is not None:
+                np.testing.assert_allclose(a.hidden, b.hidden, atol=1e-5)
+
+
+def test_state_bytes_are_the_same_with_or_without_the_model_cache(checkpoint: Path) -> None:
+    predictor = GRUPredictor.from_checkpoint(checkpoint)
+    states = [UserState() for _ in range(3)]
+    events = [[ActionEvent("p1", T0, 40.7, -74.0), ActionEvent("p2", T0 + HOUR_MS)],
+              [ActionEvent("ü-ß", T0 + 5, None, None)], [ActionEvent("p3", T0, 0.0, 0.0)]]
+    predictor.predict_many(states, events, k=2)
+    for state in states:
+        assert state._encoded is not None and len(state._encoded) == len(state.window)
+        cached = state.to_bytes()
+        state._encoded = None
+        assert state.to_bytes() == cached
+
+
+def test_predict_many_checks_its_arguments(checkpoint: Path) -> None:
+    predictor = GRUPredictor.from_checkpoint(checkpoint)
+    assert predictor.predict_many([UserState()], [[]], k=2) == [[]]
+    with pytest.raises(ModelError, match="one event list per state"):
+        predictor.predict_many([UserState()], [], k=2)
+    with pytest.raises(ModelError, match="k must be"):
+        predictor.predict_many([UserState()], [[ActionEvent("p1", T0)]], k=0)
+
+
+def test_gru_predictor_hot_reload_replays_window(checkpoint: Path) -> None:
+    predictor = GRUPredictor.from_checkpoint(checkpoint)
+    loaded = load_next_action(checkpoint)
+    seq = _toy_sequences()[0].events
+    window = [WindowEvent(e.token, e.ts_ms, e.lat, e.lon) for e in seq[2:5]]
+    stale = UserState(hidden=np.full(10, 9.0, np.float32), window=list(window), last_ts_ms=seq[4].ts_ms,
+                      last_lat=seq[4].lat, last_lon=seq[4].lon, event_count=5, model_version="gru-older")
+    fresh = UserState(hidden=None, window=list(window), last_ts_ms=seq[4].ts_ms, last_lat=seq[4].lat,
+                      last_lon=seq[4].lon, event_count=5, model_version="gru-older")
+    predictor._replay_stale([fresh])
+    with torch.no_grad():
+        replayed = loaded.model.hidden_states(EventTensors.collate(
+            [encode_events(seq[2:5], loaded.vocab, loaded.spec)]))[0, -1].numpy()
+    np.testing.assert_allclose(fresh.hidden, replayed, atol=1e-6)
+    event = ActionEvent(seq[5].token, seq[5].ts_ms, seq[5].lat, seq[5].lon)
+    assert predictor.predict([stale], [event], k=2) == predictor.predict(
+        [UserState(hidden=replayed.copy(), window=list(window), last_ts_ms=seq[4].ts_ms, last_lat=seq[4].lat,
+                   last_lon=seq[4].lon, event_count=5, model_version=predictor.version)], [event], k=2)
+
+
+def test_gru_predictor_late_event_and_checks(checkpoint: Path) -> None:
+    predictor = GRUPredictor.from_checkpoint(checkpoint)
+    state = UserState()
+    predictor.predict([state], [ActionEvent("p1", T0 + 10 * HOUR_MS)], k=2)
+    top = predictor.predict([state], [ActionEvent("never-seen", T0)], k=50)
+    assert state.last_ts_ms == T0 + 10 * HOUR_MS and state.event_count == 2
+    assert len(top[0]) == predictor.metadata["config"]["vocab_size"] - 2
+    assert all(tok not in ("<pad>", "<oov>") for tok, _ in top[0])
+    assert predictor.predict([], [], k=3) == []
+    with pytest.raises(ModelError):
+        predictor.predict([UserState()], [], k=1)
+    with pytest.raises(ModelError):
+        predictor.predict([UserState()], [ActionEvent("p1", T0)], k=0)
+    with pytest.raises(ModelError):
+        predictor.predict([UserState(hidden=np.zeros(3, np.float32), model_version=predictor.version)],
+                          [ActionEvent("p1", T0)], k=1)
+
+
+# -- Markov predictor ----------------------------------------------------------------------------
+
+def test_markov_predictor_hand_made_stream() -> None:
+    predictor = MarkovPredictor(window_size=2, window_span_s=3600)
+    assert isinstance(predictor, NextActionPredictor)
+    alice, bob = UserState(), UserState()
+    first = predictor.predict([alice, bob], [ActionEvent("home", T0), ActionEvent("home", T0)], k=2)
+    assert first == [[("home", 1.0)], [("home", 1.0)]]            # nothing followed "home" yet
+    predictor.predict([alice], [ActionEvent("work", T0 + 1)], k=2)  # home -> work
+    predictor.predict([bob], [ActionEvent("gym", T0 + 1)], k=2)     # home -> gym
+    predictor.predict([bob], [ActionEvent("home", T0 + 2)], k=2)    # gym -> home
+    top = predictor.predict([alice], [ActionEvent("home", T0 + 3)], k=3)  # work -> home
+    # from "home": work 1, gym 1; tie broken by popularity (home 4 > work 1 = gym 1) then token
+    assert top == [[("gym", 0.5), ("work", 0.5)]]
+    assert predictor.predict([bob], [ActionEvent("work", T0 + 4)], k=1) == [[("home", 1.0)]]
+    assert [w.token for w in alice.window] == ["work", "home"] and alice.event_count == 3
+    assert alice.model_version == "markov-online" and alice.hidden is None
+    later = predictor.predict([alice], [ActionEvent("cafe", T0 + 10 * HOUR_MS)], k=1)
+    assert later == [[("home", 4 / 8)]] and [w.token for w in alice.window] == ["cafe"]
+
+
+def test_switching_between_predictors(checkpoint: Path) -> None:
+    gru, markov = GRUPredictor.from_checkpoint(checkpoint), MarkovPredictor(window_size=4)
+    state = UserState()
+    gru.predict([state], [ActionEvent("p1", T0)], k=1)
+    markov.predict([state], [ActionEvent("p2", T0 + 1)], k=1)
+    assert state.hidden is None and state.model_version == "markov-online"
+    gru.predict([state], [ActionEvent("p3", T0 + 2)], k=1)
+    assert state.model_version == gru.version and state.hidden is not None and len(state.window) == 3

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 TORCH   = torch==2.13.0
 
-.PHONY: install test test-fast demo bench evaluate tools clean
+.PHONY: install test test-fast demo bench tools clean
 
 install: $(VENV)/.installed
 

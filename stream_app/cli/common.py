@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 
 import click
 from rich.console import Console
 
-__all__ = ["console", "broker_option", "broker_url"]
+__all__ = ["console", "broker_option", "broker_url", "env_help"]
 
 console = Console(stderr=True)
+
+
+def env_help(text: str, setting: str) -> str:
+    """Help text naming the environment variable behind a flag (``setting`` is the Settings field)."""
+    from stream_app.settings import Settings
+
+    env = {f.name: f.metadata["env"] for f in dataclasses.fields(Settings)}[setting]
+    return f"{text} [env: {env}]"
 
 broker_option = click.option(
     "--broker", default=None, envvar="STREAM_APP_BROKER", show_envvar=True,

@@ -16,8 +16,8 @@ import numpy as np
 from stream_app.broker import CACHE_ROOT, free_port
 from stream_app.cli.common import broker_option, broker_url, console
 from stream_app.cli.io import HISTORY_MS, corrupt, generated_events, to_records
-from stream_app.kafka_io import produce
 from stream_app.cli.live import LiveView, watch
+from stream_app.kafka_io import produce
 from stream_app.settings import Settings
 
 __all__ = ["demo", "write_network_files"]
@@ -102,6 +102,6 @@ async def _run(settings: Settings, users: int, sensors: int, rate: float, durati
 
 def _demo_model(seed: int) -> Path | None:
     """A small next-action checkpoint trained on generated data, cached after the first run."""
-    from stream_app.jobs import train_demo_model
+    from stream_app.jobs.next_action import train_demo_model
 
     return train_demo_model(DEMO_DIR / "next-action.pt", seed=seed)

@@ -13,7 +13,7 @@ from models.paths import shared_data_dir
 from models.next_action.training import load_next_action
 from stream_app.cli import cli
 from simulation.users import BehaviorConfig
-from stream_app.jobs import MODEL_NAME, evaluate_actions, load_action_data, load_checkpoint_for
+from stream_app.jobs.next_action import MODEL_NAME, evaluate_actions, load_action_data, load_checkpoint_for
 
 TINY_DATA = ["--data", "generated", "--users", "20", "--events", "1500", "--data-seed", "3"]
 TINY_TRAINING = ["--epochs", "1", "--hidden-dim", "8", "--threads", "1", "--device", "cpu", "--no-progress"]

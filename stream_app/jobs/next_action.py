@@ -25,31 +25,45 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from models.next_action.datasets import (ActionDataset, ActionSequence, Split, load_diginetica, load_event_file,
-                             load_foursquare, merge_validation)
-from models.next_action.evaluation import (EvaluationResult, evaluate_next_action, markdown_table, paired_bootstrap,
-                               target_ranks, training_counts)
 from models.exceptions import CheckpointError, ModelError
+from models.next_action.datasets import (
+    ActionDataset,
+    ActionSequence,
+    Split,
+    load_diginetica,
+    load_event_file,
+    load_foursquare,
+    merge_validation,
+)
+from models.next_action.evaluation import (
+    EvaluationResult,
+    evaluate_next_action,
+    markdown_table,
+    paired_bootstrap,
+    target_ranks,
+    training_counts,
+)
 from models.next_action.features import EventRecord, FeatureSpec, Vocabulary
 from models.next_action.model import NextActionConfig, NextActionModel
-from models.paths import shared_data_dir
-from models.traffic.forecaster import load_traffic_model
-from models.traffic.model import TrafficConfig, TrafficGRU
-from models.traffic.data import EVAL_HORIZONS, TrafficSeries, load_los_loop, strict_split, tgcn_split
-from models.traffic.training import (TrainConfig, TrainResult, model_version, save_traffic_checkpoint,
-                                     train_traffic)
-from models.next_action.training import load_next_action, save_next_action, train_next_action
-from stream_app.exceptions import StreamAppError
-from simulation.users import BehaviorConfig, BehaviorWorkload, generate_user_events, posterior_next
+from models.next_action.training import (
+    load_next_action,
+    save_next_action,
+    train_next_action,
+)
+from simulation.users import (
+    BehaviorConfig,
+    BehaviorWorkload,
+    generate_user_events,
+    posterior_next,
+)
+from stream_app.jobs import JobError, shared_folder
 
 __all__ = [
-    "JobError", "MODEL_NAME", "CEILING", "POSTERIOR", "NAMED_DATA", "COLUMNS", "Recipe", "RECIPES",
+    "MODEL_NAME", "CEILING", "POSTERIOR", "NAMED_DATA", "COLUMNS", "Recipe", "RECIPES",
     "GENERATED_DEFAULT", "DEMO_WORKLOAD", "GeneratedActions", "ActionData", "ActionReport", "generate_actions",
-    "generated_dataset", "true_next_probabilities", "load_action_data", "resolve_device", "train_actions",
-    "evaluate_actions", "load_checkpoint_for", "train_demo_model", "load_traffic_series", "train_traffic_models",
-    "load_traffic_checkpoint",
+    "generated_dataset", "true_next_probabilities", "load_action_data", "train_actions",
+    "evaluate_actions", "load_checkpoint_for", "train_demo_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,18 +76,6 @@ COLUMNS = ("acc@1", "acc@5", "acc@10", "acc@20", "mrr", "nll")
 EVENT_FILE_FORMAT = ("an event file is JSON lines (.jsonl) or CSV with a header row, one event per row with "
                      "the fields user_id, ts (epoch milliseconds or ISO-8601) and action (or the field named by "
                      "--action-field: item_id or category), optionally lat and lon")
-_SHARED = {  # name: (folder, files, title, where the originals are)
-    "foursquare": ("foursquare-nyc", ("NYC.npy", "NYC_POI.npy"), "Foursquare NYC",
-                   "the STAN repository, yingtaoluo/Spatial-Temporal-Attention-Network-for-POI-Recommendation, data/"),
-    "diginetica": ("diginetica-sample", ("sample_train-item-views.csv",), "Diginetica sample",
-                   "the SR-GNN repository, CRIPAC-DIG/SR-GNN, datasets/"),
-    "los-loop": ("los-loop", ("los_speed.csv", "los_adj.csv"), "Los-loop",
-                 "the T-GCN repository, lehaifeng/T-GCN, data/"),
-}
-
-
-class JobError(StreamAppError):
-    """A training or evaluation job cannot run; the message says what to change."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,7 +227,7 @@ def load_action_data(data: str, *, data_dir: Path | None = None, action_field: s
     if data in ("foursquare", "diginetica"):
         if action_field != "action":
             raise JobError(f"--action-field applies to event files; {data} predicts its own items")
-        folder = _shared_folder(data, data_dir)
+        folder = shared_folder(data, data_dir)
         if data == "foursquare":
             return ActionData("foursquare", _wrap(load_foursquare, folder))
         return ActionData("diginetica", _wrap(load_diginetica, folder), refit=True)
@@ -236,19 +238,6 @@ def load_action_data(data: str, *, data_dir: Path | None = None, action_field: s
         made = generate_actions(config)
         return ActionData("generated", made.dataset, generated=made, details={"generator": asdict(config)})
     return _event_file(Path(data), action_field)
-
-
-def _shared_folder(name: str, data_dir: Path | None) -> Path:
-    sub, files, title, origin = _SHARED[name]
-    root = Path(data_dir) if data_dir is not None else shared_data_dir()
-    folder = root / sub
-    missing = [f for f in files if not (folder / f).is_file()]
-    if missing:
-        how = "--data-dir" if data_dir is not None else "STREAM_APP_DATA_DIR (or --data-dir)"
-        raise JobError(f"{title} data not found: looked for {', '.join(files)} in {folder} "
-                       f"(missing: {', '.join(missing)}). Put the files there, or set {how} to the folder "
-                       f"that holds {sub}/ (originals: {origin}).")
-    return folder
 
 
 def _wrap(loader: Any, folder: Path) -> ActionDataset:
@@ -279,18 +268,6 @@ def _event_file(path: Path, action_field: str) -> ActionData:
 
 
 # --------------------------------------------------------------------------- next-action jobs
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> cuda when torch sees a GPU, else cpu; ``cuda`` without one is a JobError."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise JobError(f"--device cuda, but torch {torch.__version__} sees no CUDA device "
-                       f"(built for CUDA {torch.version.cuda or 'none'}); use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise JobError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return name
-
 
 def train_actions(data: ActionData, *, epochs: int | None = None, patience: int | None = None,
                   lr: float | None = None, hidden_dim: int | None = None, seed: int = 0, device: str = "cpu",
@@ -416,64 +393,3 @@ def train_demo_model(path: str | Path, *, seed: int = 0) -> Path:
     console.print(f"[green]model {metadata['version']}[/]: validation Acc@1 {valid.get('acc@1', math.nan):.3f}, "
                   f"MRR {valid.get('mrr', math.nan):.3f}")
     return saved
-
-
-# --------------------------------------------------------------------------- traffic jobs
-
-def load_traffic_series(data: str, data_dir: Path | None = None) -> TrafficSeries:
-    """The named traffic data set (only ``los-loop`` so far)."""
-    if data != "los-loop":
-        raise JobError(f"traffic data {data!r} is unknown; use los-loop")
-    folder = _shared_folder("los-loop", data_dir)
-    try:
-        return load_los_loop(folder)
-    except ModelError as exc:
-        raise JobError(str(exc)) from exc
-
-
-def train_traffic_models(series: TrafficSeries, *, protocols: tuple[str, ...] = ("strict", "tgcn"),
-                         epochs: int = 20, patience: int = 5, lr: float = 2e-3, hidden_dim: int = 64,
-                         embedding_dim: int = 8, seed: int = 0, progress: bool = True,
-                         out: dict[str, Path] | None = None) -> dict[str, tuple[TrainResult, dict[str, Any]]]:
-    """Train under each protocol in ``protocols`` (the benchmark's settings otherwise).
-
-    ``strict``: train on the first 64 % of steps, early stopping on the next 16 %. ``tgcn``: that
-    strict run picks the epoch count, then the model is refitted on the first 80 % for that many
-    epochs (the strict run is done once for both). Saves ``out[protocol]`` when given. Returns
-    {protocol: (result, summary with version, best epoch and the strict run's validation metrics)}.
-    """
-    unknown = sorted(set(protocols) - {"strict", "tgcn"})
-    if unknown or not protocols:
-        raise JobError(f"protocols must be strict and/or tgcn, got {list(protocols)}")
-    out = out or {}
-    train_part = series.speeds[strict_split(series.n_steps).train]
-    model_config = TrafficConfig(n_sensors=series.network.n_sensors, hidden_dim=hidden_dim,
-                                 horizons=tuple(range(1, max(EVAL_HORIZONS) + 1)),
-                                 speed_scale=float(train_part.max()), node_embedding_dim=embedding_dim,
-                                 use_time_features=False)
-    config = TrainConfig(epochs=epochs, patience=patience, learning_rate=lr, seed=seed, progress=progress)
-    split = strict_split(series.n_steps)
-    strict = train_traffic(series, split, model_config, config)
-    runs = {"strict": (strict, split, config, {"protocol": "strict"})}
-    if "tgcn" in protocols:
-        refit_config, refit_split = replace(config, stop_after=max(1, strict.best_epoch)), tgcn_split(series.n_steps)
-        refit = train_traffic(series, refit_split, model_config, refit_config)
-        runs["tgcn"] = (refit, refit_split, refit_config,
-                        {"protocol": "tgcn", "strict_val_metrics": strict.val_metrics})
-    trained = {}
-    for protocol in protocols:
-        result, part, used, extra = runs[protocol]
-        if protocol in out:
-            save_traffic_checkpoint(out[protocol], result, series, part, used, **extra)
-        trained[protocol] = (result, {"version": model_version(result.model), "protocol": protocol,
-                                      "best_epoch": result.best_epoch, "strict_best_epoch": strict.best_epoch,
-                                      "validation": strict.val_metrics or {}})
-    return trained
-
-
-def load_traffic_checkpoint(path: Path, series: TrafficSeries) -> tuple[TrafficGRU, dict[str, Any]]:
-    """A traffic checkpoint for ``series``' network; JobError with the reason when unusable."""
-    try:
-        return load_traffic_model(path, series.network)
-    except (CheckpointError, ModelError) as exc:
-        raise JobError(str(exc)) from exc

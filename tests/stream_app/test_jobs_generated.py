@@ -12,7 +12,7 @@ import torch
 from models.next_action.datasets import Split
 from models.next_action.features import Vocabulary
 from simulation.users import BehaviorConfig
-from stream_app.jobs import (CEILING, MODEL_NAME, POSTERIOR, ActionData, evaluate_actions,
+from stream_app.jobs.next_action import (CEILING, MODEL_NAME, POSTERIOR, ActionData, evaluate_actions,
                                       generate_actions, load_action_data, train_actions, true_next_probabilities)
 
 SMALL = BehaviorConfig(n_users=60, n_events=5_000, seed=0)

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from stream_app.exceptions import ConfigError
@@ -87,6 +88,11 @@ class Settings:
     rebalance_timeout_s: float = _setting(10.0, "STREAM_APP_REBALANCE_TIMEOUT_S",
                                           "Time members get to rejoin during a rebalance")
     log_level: str = _setting("info", "STREAM_APP_LOG_LEVEL", "crit, error, warn, info or debug")
+    cache_dir: str = _setting(str(Path.home() / ".cache" / "stream-app"), "STREAM_APP_CACHE",
+                              "Cache of downloaded parts: Kafka jars, data sets, the demo's trained models")
+    kafka_version: str = _setting("4.1.1", "STREAM_APP_KAFKA_VERSION", "Apache Kafka version of the embedded broker")
+    data_dir: str | None = _setting(None, "STREAM_APP_DATA_DIR",
+                                    "Folder of the named data sets, searched after the cache and before ../shared/data")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.events import TrafficReading, UserEvent
+from schemas.events import TRAFFIC_READING_RULES, TrafficReading, UserEvent
 from schemas.outputs import (
     AnomalyAlert, CellActivity, DeadLetter, NextActionPrediction, SensorAggregate, TrafficForecast,
 )
@@ -31,6 +31,10 @@ TOPIC_SCHEMAS: dict[str, type[msgspec.Struct]] = {
 }
 
 
+#: Record type -> rules across fields that msgspec cannot derive from the field types.
+EXTRA_RULES: dict[type[msgspec.Struct], dict[str, Any]] = {TrafficReading: TRAFFIC_READING_RULES}
+
+
 def json_schema(topic: str, cls: type[msgspec.Struct]) -> dict[str, Any]:
     """A self-contained JSON Schema for the values of ``topic``, with the record's own fields at the top."""
     generated = msgspec.json.schema(cls)
@@ -39,7 +43,7 @@ def json_schema(topic: str, cls: type[msgspec.Struct]) -> dict[str, Any]:
         if "description" in definition:
             definition["description"] = inspect.cleandoc(definition["description"])
     root = definitions.pop(cls.__name__)
-    schema = {"$schema": JSON_SCHEMA_DIALECT, "$id": f"{topic}.schema.json", **root}
+    schema = {"$schema": JSON_SCHEMA_DIALECT, "$id": f"{topic}.schema.json", **root, **EXTRA_RULES.get(cls, {})}
     if definitions:
         schema["$defs"] = definitions
     return schema

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from typing import Literal
 
+from msgspec.structs import force_setattr
+
 from schemas.base import Count, EpochMillis, Probability, Record
+from schemas.events import ReadingKind
+from schemas.exceptions import FieldError
 
 __all__ = [
     "ActionScore", "NextActionPrediction", "HorizonForecast", "TrafficForecast", "SensorAggregate",
-    "CellActivity", "AnomalyKind", "Severity", "AnomalyAlert", "DeadLetter", "MAX_PAYLOAD_CHARS",
+    "CellActivity", "AnomalyKind", "IncidentStatus", "Severity", "AnomalyAlert", "DeadLetter", "MAX_PAYLOAD_CHARS",
 ]
 
-AnomalyKind = Literal["forecast_residual", "profile_drop", "behavior"]
+AnomalyKind = Literal["forecast_residual", "profile_drop", "behavior", "incident"]
+IncidentStatus = Literal["raised", "resolved"]
 Severity = Literal["warning", "critical"]
 
 #: Dead letters carry at most this many characters of the rejected payload.
@@ -50,20 +55,34 @@ class NextActionPrediction(Record, kw_only=True):
 
 
 class HorizonForecast(Record, kw_only=True):
-    """Forecast ``speed`` (same unit as the readings) ``minutes`` after the window end."""
+    """The forecast ``value`` ``minutes`` after the window end, in the readings' kind and unit.
+
+    ``speed`` repeats the value for speed forecasts (the original field; null for other kinds).
+    ``source`` says what made it: ``model``, or the baseline served at this horizon because it
+    beat the model on validation (``persistence``, ``hour-of-day``, ``hour-of-week``,
+    ``window-mean``); null when the producer does not say.
+    """
 
     minutes: Count
-    speed: float
+    speed: float | None = None
+    value: float | None = None
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.value is None:
+            if self.speed is None:
+                raise FieldError("value", "invalid_field", "missing; a horizon needs value (or speed)")
+            force_setattr(self, "value", self.speed)
 
 
 class TrafficForecast(Record, kw_only=True):
-    """Speed forecasts of one sensor, emitted once per closed aggregation window.
+    """Forecasts of one sensor, emitted once per closed aggregation window.
 
     Sensor: ``sensor_id`` within ``network``.
     Window: ``window_end`` (epoch ms) of the window that triggered the step; ``observed`` is its
-    aggregate speed, or null with ``imputed`` true when the sensor sent nothing and a value was filled in.
+    aggregate value, or null with ``imputed`` true when the sensor sent nothing and a value was filled in.
     Forecast: ``horizons`` in ascending minutes, made by ``model_version``; ``processed_at`` is the
-    wall clock at emit (epoch ms).
+    wall clock at emit (epoch ms). What is forecast: ``kind`` (speed by default) in ``unit``.
     """
 
     sensor_id: str
@@ -74,6 +93,8 @@ class TrafficForecast(Record, kw_only=True):
     horizons: list[HorizonForecast]
     model_version: str
     processed_at: EpochMillis
+    kind: ReadingKind = "speed"
+    unit: str | None = None
 
 
 class SensorAggregate(Record, kw_only=True):
@@ -121,6 +142,9 @@ class AnomalyAlert(Record, kw_only=True):
     When: ``ts`` is the event time of the observation (epoch ms).
     How far: ``observed`` against ``expected``, ``score`` from the detector (higher is stranger),
     ``severity`` warning or critical; ``detail`` is free text for people.
+    Incidents (``kind`` incident): one record when ``status`` is raised (the first sensor to depart)
+    and one when resolved (every member is back); ``incident_id`` ties them, ``sensors`` lists the
+    neighbouring sensors grouped into it.
     """
 
     alert_id: str
@@ -133,6 +157,9 @@ class AnomalyAlert(Record, kw_only=True):
     score: float
     severity: Severity
     detail: str = ""
+    incident_id: str | None = None
+    status: IncidentStatus | None = None
+    sensors: list[str] = []
 
 
 class DeadLetter(Record, kw_only=True):

@@ -6,6 +6,7 @@ import functools
 import logging
 import re
 import time
+import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ _ENCODER = msgspec.json.Encoder()
 _ERROR_AT = re.compile(r"^(?P<message>.*?) - at `(?:(?P<key>key)` in `)?(?P<path>[^`]*)`$", re.DOTALL)
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]*)`")
 _RANGE_WORDS = (" >= ", " <= ", " > ", " < ", "out of range")
+_ENUM_ERROR = "Invalid enum value"
 
 
 class Rejection(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,7 +66,7 @@ def decode(raw: bytes | None, cls: type[T], *, max_bytes: int = DEFAULT_MAX_BYTE
         if hasattr(record, "ts"):
             check_time_window(record.ts, int(clock() * 1000))
     except msgspec.ValidationError as exc:
-        return _from_validation_error(exc, raw)
+        return _from_validation_error(exc, raw, cls)
     except FieldError as exc:
         return Rejection(reason=exc.reason, detail=str(exc))
     except msgspec.DecodeError as exc:
@@ -107,7 +109,7 @@ def _decoder(cls: type[T]) -> msgspec.json.Decoder[T]:
         raise SchemaError(f"cannot decode into {cls!r}: {exc}") from exc
 
 
-def _from_validation_error(exc: msgspec.ValidationError, raw: bytes) -> Rejection:
+def _from_validation_error(exc: msgspec.ValidationError, raw: bytes, cls: type) -> Rejection:
     cause = exc.__cause__
     if isinstance(cause, FieldError):
         return Rejection(reason=cause.reason, detail=str(cause))
@@ -122,7 +124,20 @@ def _from_validation_error(exc: msgspec.ValidationError, raw: bytes) -> Rejectio
         message += _got(raw, field)
     else:
         reason = "invalid_field"
+        message += _choices(cls, field) if message.startswith(_ENUM_ERROR) else ""
     return Rejection(reason=reason, detail=f"{field}: {_lower_first(message)}")
+
+
+def _choices(cls: type, field: str) -> str:
+    """``"; expected one of a, b"`` for a top-level Literal field of ``cls``, else ``""``."""
+    try:
+        annotation = typing.get_type_hints(cls).get(field)
+    except Exception:  # a courtesy only: never let it turn a rejection into a crash
+        return ""
+    options = [a for a in typing.get_args(annotation) if isinstance(a, str)]
+    if typing.get_origin(annotation) is not typing.Literal or not options:
+        return ""
+    return "; expected one of " + ", ".join(options)
 
 
 def _split_message(text: str) -> tuple[str, str]:

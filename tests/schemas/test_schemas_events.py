@@ -88,14 +88,23 @@ VALID_READINGS = [
     pytest.param(reading(network="la", flow=12.0, occupancy=0.3, lat=34.0, lon=-118.2), id="full"),
     pytest.param(reading(speed=0.0, occupancy=0.0, flow=0.0), id="zeros"),
     pytest.param(reading(speed=300, occupancy=1), id="upper bounds as ints"),
-    pytest.param(reading(ts="2026-11-28T08:00:00+01:00", unit="kmh"), id="iso ts, unknown field"),
+    pytest.param(reading(ts="2026-11-28T08:00:00+01:00", unit="kmh", lanes=3), id="iso ts, unknown field"),
     pytest.param(reading(ts="2000-01-01"), id="first accepted instant"),
+    pytest.param(reading(speed=DROP, value=61.5, kind="speed", unit="km/h"), id="speed as value"),
+    pytest.param(reading(speed=61.5, value=61.5), id="speed and equal value"),
+    pytest.param(reading(speed=DROP, value=412, kind="count", unit="passengers/h"), id="count over 300"),
+    pytest.param(reading(speed=DROP, value=10**30, kind="count"), id="huge count"),
+    pytest.param(reading(speed=DROP, value=7.0, kind="count"), id="whole float count"),
+    pytest.param(reading(speed=DROP, value=0, kind="count"), id="zero count"),
+    pytest.param(reading(speed=DROP, value=1850.5, kind="flow", unit="veh/h"), id="flow"),
+    pytest.param(reading(speed=DROP, value=0.42, kind="occupancy"), id="occupancy fraction"),
+    pytest.param(reading(speed=DROP, value=42, kind="occupancy", unit="%"), id="occupancy percent"),
 ]
 
 INVALID_READINGS = [
     pytest.param(reading(sensor_id=DROP), "invalid_field", "sensor_id", id="missing sensor"),
     pytest.param(reading(network=""), "out_of_range", "network", id="empty network"),
-    pytest.param(reading(speed=DROP), "invalid_field", "speed", id="missing speed"),
+    pytest.param(reading(speed=DROP), "invalid_field", "value", id="missing speed and value"),
     pytest.param(reading(speed="fast"), "invalid_field", "speed", id="string speed"),
     pytest.param(reading(speed=-0.1), "out_of_range", "speed", id="negative speed"),
     pytest.param(reading(speed=300.5), "out_of_range", "speed", id="speed above 300"),
@@ -106,6 +115,19 @@ INVALID_READINGS = [
     pytest.param(reading(lat=10.0), "invalid_field", "lon", id="lat without lon"),
     pytest.param(reading(ts="1999-12-31T23:59:59.999Z"), "bad_timestamp", "ts", id="just before 2000"),
     pytest.param(reading(ts=None), "bad_timestamp", "ts", id="null ts"),
+    pytest.param(reading(speed=DROP, value=-3, kind="count"), "out_of_range", "value", id="negative count"),
+    pytest.param(reading(speed=DROP, value=2.5, kind="count"), "out_of_range", "value", id="fractional count"),
+    pytest.param(reading(speed=DROP, value=1, kind="bicycles"), "invalid_field", "kind", id="unknown kind"),
+    pytest.param(reading(speed=DROP, value=301, kind="speed"), "out_of_range", "value", id="speed value above 300"),
+    pytest.param(reading(speed=DROP, value=-1.0, kind="flow"), "out_of_range", "value", id="negative flow value"),
+    pytest.param(reading(speed=DROP, value=42, kind="occupancy"), "out_of_range", "value",
+                 id="occupancy above 1 without %"),
+    pytest.param(reading(speed=DROP, value=101, kind="occupancy", unit="%"), "out_of_range", "value",
+                 id="occupancy above 100 %"),
+    pytest.param(reading(value=12, kind="count"), "invalid_field", "speed", id="speed with a count"),
+    pytest.param(reading(value=50.0), "invalid_field", "value", id="speed and value disagree"),
+    pytest.param(reading(speed=DROP, value="12", kind="count"), "invalid_field", "value", id="string value"),
+    pytest.param(reading(speed=DROP, value=1, kind="count", unit="u" * 33), "out_of_range", "unit", id="long unit"),
 ]
 
 
@@ -137,6 +159,31 @@ def test_invalid_readings_are_rejected(payload, reason, field):
     assert isinstance(result, Rejection), result
     assert result.reason == reason, result
     assert result.detail.startswith(field), result
+
+
+@pytest.mark.parametrize(("payload", "kind", "value", "speed"), [
+    (reading(), "speed", 52.5, 52.5),
+    (reading(speed=DROP, value=52.5), "speed", 52.5, 52.5),
+    (reading(speed=DROP, value=412, kind="count"), "count", 412, None),
+    (reading(speed=DROP, value=7.0, kind="count"), "count", 7, None),
+    (reading(speed=DROP, value=0.4, kind="occupancy"), "occupancy", 0.4, None),
+])
+def test_every_reading_has_a_value_and_speed_readings_keep_speed(payload, kind, value, speed):
+    result = decode_traffic_reading(as_bytes(payload), clock=clock)
+    assert (result.kind, result.value, result.speed) == (kind, value, speed)
+    assert result.measured == float(value) and type(result.value) is type(value)
+    assert decode_traffic_reading(encode(result), clock=clock) == result
+
+
+def test_rejections_say_what_to_send():
+    unknown = decode_traffic_reading(as_bytes(reading(speed=DROP, value=1, kind="bicycles")), clock=clock)
+    assert unknown.detail == "kind: invalid enum value 'bicycles'; expected one of speed, flow, count, occupancy"
+    negative = decode_traffic_reading(as_bytes(reading(speed=DROP, value=-3, kind="count")), clock=clock)
+    assert negative == Rejection(reason="out_of_range", detail="value: count must be non-negative, got -3")
+    missing = decode_traffic_reading(as_bytes(reading(speed=DROP)), clock=clock)
+    assert "send value (with kind and unit) or speed" in missing.detail
+    percent = decode_traffic_reading(as_bytes(reading(speed=DROP, value=42, kind="occupancy")), clock=clock)
+    assert "send unit % for 0..100" in percent.detail
 
 
 def test_out_of_range_detail_names_the_value():

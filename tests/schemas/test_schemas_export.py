@@ -12,7 +12,7 @@ TOPICS = ["user-events", "traffic-readings", "next-action-predictions", "traffic
 
 REQUIRED = {
     "user-events": {"event_id", "user_id", "ts", "action"},
-    "traffic-readings": {"sensor_id", "ts", "speed"},
+    "traffic-readings": {"sensor_id", "ts"},
     "next-action-predictions": {"event_id", "user_id", "as_of", "top_k", "model_version", "window_events",
                                 "window_span_s", "event_ts", "ingested_at", "processed_at"},
     "traffic-forecasts": {"sensor_id", "network", "window_end", "observed", "imputed", "horizons",
@@ -78,11 +78,23 @@ def test_constraints_are_exported(schemas, topic, field, json_type, constraint, 
 
 def test_nested_and_enum_constraints(schemas):
     alert = schemas["anomaly-alerts"]["properties"]
-    assert alert["kind"]["enum"] == ["behavior", "forecast_residual", "profile_drop"]
+    assert alert["kind"]["enum"] == ["behavior", "forecast_residual", "incident", "profile_drop"]
+    assert alert["status"]["anyOf"][0]["enum"] == ["raised", "resolved"]
     assert alert["severity"]["enum"] == ["critical", "warning"]
     score = schemas["next-action-predictions"]["$defs"]["ActionScore"]["properties"]["prob"]
     assert (score["minimum"], score["maximum"]) == (0, 1)
     assert schemas["traffic-readings"]["properties"]["network"]["default"] == "default"
+
+
+def test_reading_rules_across_fields(schemas):
+    reading = schemas["traffic-readings"]
+    assert reading["anyOf"] == [{"required": ["speed"]}, {"required": ["value"]}]
+    count_rule = next(rule for rule in reading["allOf"] if rule["if"]["properties"]["kind"].get("const") == "count")
+    assert count_rule["then"]["properties"]["value"] == {"type": "integer", "minimum": 0}
+    assert reading["properties"]["kind"]["enum"] == ["count", "flow", "occupancy", "speed"]
+    forecast = schemas["traffic-forecasts"]
+    assert forecast["properties"]["kind"]["default"] == "speed"
+    assert set(forecast["$defs"]["HorizonForecast"]["properties"]) == {"minutes", "speed", "value", "source"}
 
 
 def test_write_schemas(tmp_path, schemas):

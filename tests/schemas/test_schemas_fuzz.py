@@ -20,7 +20,8 @@ USER_EVENT = {"event_id": "e-1", "user_id": "u-1", "ts": "2026-11-28T07:00:00Z",
               "properties": {"price": 9.5, "qty": 2, "gift": True, "coupon": "X"}}
 READING = {"sensor_id": "s-1", "network": "la", "ts": NOW_MS, "speed": 52.5, "flow": 3.0, "occupancy": 0.5,
            "lat": 34.0, "lon": -118.2}
-DECODERS = [(decode_user_event, USER_EVENT), (decode_traffic_reading, READING)]
+COUNT_READING = {"sensor_id": "s-2", "ts": NOW_MS, "value": 412, "kind": "count", "unit": "passengers/h"}
+DECODERS = [(decode_user_event, USER_EVENT), (decode_traffic_reading, READING), (decode_traffic_reading, COUNT_READING)]
 
 
 def clock() -> float:
@@ -32,7 +33,7 @@ numbers = st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.
 scalars = st.none() | st.booleans() | numbers | st.text(max_size=300)
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5)
                            | st.dictionaries(st.text(max_size=70), inner, max_size=40), max_leaves=60)
-field_names = st.sampled_from(sorted(set(USER_EVENT) | set(READING))) | st.text(max_size=10)
+field_names = st.sampled_from(sorted(set(USER_EVENT) | set(READING) | set(COUNT_READING))) | st.text(max_size=10)
 
 
 def check_common(record, now_ms: int) -> None:
@@ -55,7 +56,15 @@ def check_user_event(event: UserEvent) -> None:
 
 def check_reading(reading: TrafficReading) -> None:
     assert 1 <= len(reading.sensor_id) <= 128 and 1 <= len(reading.network) <= 128
-    assert 0 <= reading.speed <= 300 and math.isfinite(reading.speed)
+    assert reading.kind in ("speed", "flow", "count", "occupancy") and reading.value >= 0
+    if reading.kind == "speed":
+        assert reading.speed == reading.value and 0 <= reading.speed <= 300 and math.isfinite(reading.speed)
+    else:
+        assert reading.speed is None
+    if reading.kind == "count":
+        assert isinstance(reading.value, int)
+    else:
+        assert isinstance(reading.value, float) and math.isfinite(reading.value)
     assert reading.flow is None or 0 <= reading.flow < math.inf
     assert reading.occupancy is None or 0 <= reading.occupancy <= 1
 

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from models.paths import shared_data_dir
+from stream_app import datasets
 from stream_app.exceptions import ConfigError
 
 __all__ = ["read_foursquare", "read_diginetica", "read_los_loop", "replay_schedule"]
@@ -25,9 +25,9 @@ _LOS_LOOP_STEP_MS = 5 * 60_000
 
 
 def _dataset_dir(data_dir: Path | str | None, name: str) -> Path:
-    """``data_dir`` may be the shared data folder (holding ``name``) or ``name`` itself."""
-    base = shared_data_dir() if data_dir is None else Path(data_dir)
-    return base / name if (base / name).is_dir() else base
+    """The named set's folder: ``data_dir`` first when given (a folder holding the set, or the set's folder
+    itself), then the cache, STREAM_APP_DATA_DIR and ../shared/data; missing: a DatasetError naming the fix."""
+    return datasets.locate(name, first=None if data_dir is None else Path(data_dir))
 
 
 def _epoch_ms(day: str) -> int:
@@ -46,8 +46,12 @@ def read_foursquare(data_dir: Path | str | None = None) -> Iterator[dict]:
     """Foursquare NYC check-ins; action ``poi:<id>`` so a next-action model predicts POIs.
 
     ts = 2012-04-03T00:00Z + the file's minutes; ties keep file order; event_id ``fsq-<row>``.
+    The folder is looked up now (a missing set fails here); events are read as they are iterated.
     """
-    folder = _dataset_dir(data_dir, "foursquare-nyc")
+    return _foursquare_events(_dataset_dir(data_dir, "foursquare"))
+
+
+def _foursquare_events(folder: Path) -> Iterator[dict]:
     checkins = np.load(folder / "NYC.npy")
     pois = np.load(folder / "NYC_POI.npy")
     where = {int(poi): (lat, lon) for poi, lat, lon in pois.tolist()}
@@ -63,7 +67,10 @@ def read_diginetica(data_dir: Path | str | None = None) -> Iterator[dict]:
 
     ts = eventdate (UTC midnight) + timeframe ms; ties keep file order; event_id ``dgn-<row>``.
     """
-    path = _dataset_dir(data_dir, "diginetica-sample") / "sample_train-item-views.csv"
+    return _diginetica_events(_dataset_dir(data_dir, "diginetica") / "sample_train-item-views.csv")
+
+
+def _diginetica_events(path: Path) -> Iterator[dict]:
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter=";"))
     stamps = [_epoch_ms(row["eventdate"]) + int(row["timeframe"]) for row in rows]
@@ -77,7 +84,10 @@ def read_diginetica(data_dir: Path | str | None = None) -> Iterator[dict]:
 
 def read_los_loop(data_dir: Path | str | None = None, network: str = "los-loop") -> Iterator[dict]:
     """Los Angeles loop speeds (mph): one reading per sensor per 5-minute step from 2012-03-01T00:00Z."""
-    path = _dataset_dir(data_dir, "los-loop") / "los_speed.csv"
+    return _los_loop_readings(_dataset_dir(data_dir, "los-loop") / "los_speed.csv", network)
+
+
+def _los_loop_readings(path: Path, network: str) -> Iterator[dict]:
     with path.open(newline="") as handle:
         reader = csv.reader(handle)
         sensors = [name.strip() for name in next(reader)]

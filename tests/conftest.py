@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from models.paths import shared_data_dir
+from models import paths
 from stream_app.broker import BrokerInfo, EmbeddedBroker
+from stream_app.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -28,9 +28,24 @@ def kafka() -> Iterator[BrokerInfo]:
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """The shared real data; tests that need it skip only when the folder is truly absent."""
-    folder = shared_data_dir()
+def shared_data() -> Path:
+    """The folder of real data sets (los-loop/, foursquare-nyc/, diginetica-sample/): $STREAM_APP_DATA_DIR,
+    else ../shared/data. The one place that decides the skip: only when that folder is truly absent; a set
+    missing from a folder that exists fails its tests instead."""
+    configured = Settings.from_env().data_dir
+    folder = Path(configured).expanduser() if configured else paths.SHARED_DATA_DIR
     if not folder.is_dir():
-        pytest.skip(f"shared data folder {folder} is absent (set STREAM_APP_DATA_DIR to its location)")
+        pytest.skip(f"shared data folder absent: {folder} (set STREAM_APP_DATA_DIR to a folder holding the sets, "
+                    f"or see docs/datasets.md)")
     return folder
+
+
+@pytest.fixture
+def no_local_data(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make every data-set lookup come back empty: cache, STREAM_APP_DATA_DIR and ../shared/data point at
+    empty folders. Returns the empty cache folder (STREAM_APP_CACHE)."""
+    root = tmp_path_factory.mktemp("no-local-data")
+    monkeypatch.setenv("STREAM_APP_CACHE", str(root / "cache"))
+    monkeypatch.setenv("STREAM_APP_DATA_DIR", str(root / "data-dir"))
+    monkeypatch.setattr(paths, "SHARED_DATA_DIR", root / "shared-data")
+    return root / "cache"

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from stream_app.cli import broker, demo, info, io, models, worker
+from stream_app.cli import broker, datasets, demo, info, io, models, worker
 from stream_app.cli import next_action, traffic  # noqa: F401  (attach their subcommands to train and evaluate)
 
 __all__ = ["main", "cli"]
@@ -37,5 +37,5 @@ def main() -> None:
 
 
 for _command in (broker.broker, worker.worker, demo.demo, io.generate, io.replay, io.tail, info.settings, info.schemas,
-                 models.train, models.evaluate):
+                 models.train, models.evaluate, datasets.datasets):
     cli.add_command(_command)

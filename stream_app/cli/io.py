@@ -96,21 +96,25 @@ def generate(broker: str | None, users: int, sensors: int, rate: float, count: i
               help="Event-time speed-up factor (3600 = one hour of data per second; 0 = as fast as possible).")
 @click.option("--limit", type=int, default=None, help="Stop after this many records.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder with the data sets [default: $STREAM_APP_DATA_DIR or ../shared/data].")
+              help="Folder holding the named set (or the set's folder itself), searched first; then the cache, "
+                   "$STREAM_APP_DATA_DIR and ../shared/data (see `stream-app datasets`).")
 def replay(broker: str | None, source: str, speedup: float, limit: int | None, data_dir: Path | None) -> None:
     """Replay real data onto the input topics in event-time order.
 
     SOURCE is foursquare (NYC check-ins), diginetica (click sessions), los-loop (road speeds),
-    or a JSON-lines file of events in the wire format.
+    or a JSON-lines file of events in the wire format. A named set that is not found locally can be
+    fetched with `stream-app datasets fetch SOURCE`.
     """
-    from models.paths import shared_data_dir
     from stream_app import replay as readers
+    from stream_app.datasets import DatasetError
 
-    folder = data_dir or shared_data_dir()
     named = {"foursquare": readers.read_foursquare, "diginetica": readers.read_diginetica,
              "los-loop": readers.read_los_loop}
     if source in named:
-        events = named[source](folder)
+        try:
+            events = named[source](data_dir)  # looks the set up now, before any broker is started
+        except DatasetError as exc:
+            raise click.ClickException(str(exc)) from exc
     elif Path(source).is_file():
         events = (json.loads(line) for line in Path(source).open() if line.strip())
     else:

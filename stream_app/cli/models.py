@@ -46,7 +46,8 @@ def options(*decorators: Callable) -> Callable:
 
 
 data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                         help="Folder holding the shared data sets [default: $STREAM_APP_DATA_DIR, else ../shared/data].")
+                         help="Folder holding the named sets, searched first; then the cache, $STREAM_APP_DATA_DIR "
+                              "and ../shared/data (see `stream-app datasets`).")
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                         help="torch CPU threads [default: torch's own choice].")
 progress_option = click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")

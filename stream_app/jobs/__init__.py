@@ -6,36 +6,24 @@ from pathlib import Path
 
 import torch
 
-from models.paths import shared_data_dir
+from stream_app import datasets
 from stream_app.exceptions import StreamAppError
+from stream_app.settings import Settings
 
 __all__ = ["JobError", "shared_folder", "resolve_device"]
-
-_SHARED = {  # name: (folder, files, title, where the originals are)
-    "foursquare": ("foursquare-nyc", ("NYC.npy", "NYC_POI.npy"), "Foursquare NYC",
-                   "the STAN repository, yingtaoluo/Spatial-Temporal-Attention-Network-for-POI-Recommendation, data/"),
-    "diginetica": ("diginetica-sample", ("sample_train-item-views.csv",), "Diginetica sample",
-                   "the SR-GNN repository, CRIPAC-DIG/SR-GNN, datasets/"),
-    "los-loop": ("los-loop", ("los_speed.csv", "los_adj.csv"), "Los-loop",
-                 "the T-GCN repository, lehaifeng/T-GCN, data/"),
-}
 
 
 class JobError(StreamAppError):
     """A training or evaluation job cannot run; the message says what to change."""
 
 
-def shared_folder(name: str, data_dir: Path | None) -> Path:
-    sub, files, title, origin = _SHARED[name]
-    root = Path(data_dir) if data_dir is not None else shared_data_dir()
-    folder = root / sub
-    missing = [f for f in files if not (folder / f).is_file()]
-    if missing:
-        how = "--data-dir" if data_dir is not None else "STREAM_APP_DATA_DIR (or --data-dir)"
-        raise JobError(f"{title} data not found: looked for {', '.join(files)} in {folder} "
-                       f"(missing: {', '.join(missing)}). Put the files there, or set {how} to the folder "
-                       f"that holds {sub}/ (originals: {origin}).")
-    return folder
+def shared_folder(name: str, data_dir: Path | None, settings: Settings | None = None) -> Path:
+    """The folder of the named set (foursquare, diginetica, los-loop): ``data_dir`` first when given, then the
+    cache, STREAM_APP_DATA_DIR and ../shared/data; a missing set is a JobError naming the fetch command."""
+    try:
+        return datasets.locate(name, settings, first=data_dir)
+    except datasets.DatasetError as exc:
+        raise JobError(str(exc)) from exc
 
 
 def resolve_device(name: str) -> str:

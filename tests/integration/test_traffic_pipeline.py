@@ -44,11 +44,11 @@ def _by_window(records) -> dict[int, dict[str, TrafficForecast]]:
     return windows
 
 
-def test_los_loop_replay_forecasts_every_sensor_and_equals_the_offline_model(deployment, data_dir, tmp_path):
-    folder = data_dir / "los-loop"
+def test_los_loop_replay_forecasts_every_sensor_and_equals_the_offline_model(deployment, shared_data, tmp_path):
+    folder = shared_data / "los-loop"
     network = SensorNetwork.from_files("los-loop", folder / "los_adj.csv", folder / "los_speed.csv")
     checkpoint = _random_traffic_checkpoint(tmp_path / "traffic.pt", network)
-    readings = list(itertools.islice(read_los_loop(data_dir), LOS_STEPS * network.n_sensors))
+    readings = list(itertools.islice(read_los_loop(shared_data), LOS_STEPS * network.n_sensors))
     # A long idle time: windows close because every partition passed them, not because one went quiet.
     deployment.worker(STREAM_APP_NETWORKS=f"los-loop={folder / 'los_adj.csv'}:{folder / 'los_speed.csv'}",
                       STREAM_APP_TRAFFIC_CHECKPOINT=str(checkpoint), STREAM_APP_WATERMARK_IDLE_S="60")

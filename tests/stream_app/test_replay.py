@@ -9,21 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.paths import shared_data_dir
+from stream_app.datasets import DatasetError
 from stream_app.exceptions import ConfigError
 from stream_app.replay import read_diginetica, read_foursquare, read_los_loop, replay_schedule
 
 USER_KEYS = {"event_id", "user_id", "ts", "action", "item_id", "category", "lat", "lon",
              "session_id", "properties"}
 READING_KEYS = {"sensor_id", "network", "ts", "speed", "flow", "occupancy", "lat", "lon"}
-DATA = shared_data_dir()
-
-
-
-def needs_data(test):
-    """Mark a test as reading ../shared/data; skip it only when that folder is absent."""
-    absent = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data folder {DATA} is absent")
-    return pytest.mark.data(absent(test))
 
 
 def _sorted_by_ts(events: list[dict]) -> bool:
@@ -31,11 +23,11 @@ def _sorted_by_ts(events: list[dict]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def foursquare() -> list[dict]:
-    return list(read_foursquare(DATA))
+def foursquare(shared_data) -> list[dict]:
+    return list(read_foursquare(shared_data))
 
 
-@needs_data
+@pytest.mark.data
 def test_foursquare_checkins(foursquare):
     assert len(foursquare) == 147_938
     assert _sorted_by_ts(foursquare)
@@ -50,9 +42,9 @@ def test_foursquare_checkins(foursquare):
     assert 300 < days < 330
 
 
-@needs_data
-def test_diginetica_views():
-    events = list(read_diginetica(DATA))
+@pytest.mark.data
+def test_diginetica_views(shared_data):
+    events = list(read_diginetica(shared_data))
     assert len(events) == 12_391  # data rows in the file (the README's 12,390 is one short)
     assert _sorted_by_ts(events)
     assert all(set(e) == USER_KEYS for e in events)
@@ -63,9 +55,9 @@ def test_diginetica_views():
     assert events[0]["ts"] >= 1_451_606_400_000 and events[-1]["ts"] < 1_467_331_200_000  # 2016 H1
 
 
-@needs_data
-def test_los_loop_readings():
-    readings = list(read_los_loop(DATA))
+@pytest.mark.data
+def test_los_loop_readings(shared_data):
+    readings = list(read_los_loop(shared_data))
     assert len(readings) == 2_016 * 207
     assert _sorted_by_ts(readings)
     assert all(set(r) == READING_KEYS and r["network"] == "los-loop" for r in readings[:207])
@@ -75,10 +67,15 @@ def test_los_loop_readings():
     assert all(1.0 <= r["speed"] <= 70.0 for r in readings[::101])
 
 
-@needs_data
-def test_readers_accept_the_dataset_folder_itself(foursquare):
-    direct = list(itertools.islice(read_foursquare(DATA / "foursquare-nyc"), 10))
+@pytest.mark.data
+def test_readers_accept_the_dataset_folder_itself(foursquare, shared_data):
+    direct = list(itertools.islice(read_foursquare(shared_data / "foursquare-nyc"), 10))
     assert direct == foursquare[:10]
+
+
+def test_a_missing_set_fails_when_the_reader_is_called_and_names_the_fetch_command(no_local_data):
+    with pytest.raises(DatasetError, match="stream-app datasets fetch los-loop"):
+        read_los_loop()  # not iterated: the lookup happens at the call, before any broker is started
 
 
 class FakeClock:

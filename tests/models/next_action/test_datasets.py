@@ -12,10 +12,6 @@ from models.next_action.datasets import (FOURSQUARE_EPOCH_MS, ActionDataset, Spl
                              load_diginetica, load_event_file, load_foursquare, merge_validation)
 from models.exceptions import ModelError
 from models.next_action.features import EventRecord
-from models.paths import shared_data_dir
-
-FOURSQUARE = shared_data_dir() / "foursquare-nyc"
-DIGINETICA = shared_data_dir() / "diginetica-sample"
 
 ROWS = [
     {"user_id": "u1", "ts": 3000, "action": "view", "item_id": "i3", "category": "c1", "lat": 40.7, "lon": -74.0},
@@ -89,13 +85,13 @@ def test_data_fingerprint_follows_bytes(tmp_path: Path) -> None:
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not FOURSQUARE.is_dir(), reason=f"{FOURSQUARE} is absent (see shared data README)")
-def test_foursquare_protocol() -> None:
-    data = load_foursquare()
+def test_foursquare_protocol(shared_data: Path) -> None:
+    folder = shared_data / "foursquare-nyc"
+    data = load_foursquare(folder)
     assert len(data.sequences) == 1083
     assert data.n_targets(Split.TEST) == data.n_targets(Split.VALID) == 1083
     assert data.n_targets(Split.TRAIN) == 147_938 - 3 * 1083
-    raw = np.load(FOURSQUARE / "NYC.npy")
+    raw = np.load(folder / "NYC.npy")
     user1 = raw[raw[:, 0] == 1]
     seq = next(s for s in data.sequences if s.key == "1")
     assert seq.events[0].ts_ms == FOURSQUARE_EPOCH_MS + int(user1[:, 2].min()) * 60_000
@@ -104,9 +100,8 @@ def test_foursquare_protocol() -> None:
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not DIGINETICA.is_dir(), reason=f"{DIGINETICA} is absent (see shared data README)")
-def test_diginetica_srgnn_protocol() -> None:
-    data = load_diginetica()
+def test_diginetica_srgnn_protocol(shared_data: Path) -> None:
+    data = load_diginetica(shared_data / "diginetica-sample")
     merged: ActionDataset = merge_validation(data)
     sessions = {split: sum(1 for s in merged.sequences if s.splits[0] == split) for split in Split}
     assert sessions[Split.TRAIN] == 469 and sessions[Split.TEST] == 39

@@ -16,21 +16,17 @@ from models.next_action.evaluation import evaluate_next_action, markdown_table, 
 from models.exceptions import CheckpointError
 from models.next_action.features import EventRecord, FeatureSpec, Vocabulary, encode_events
 from models.next_action.model import EventTensors, NextActionConfig
-from models.paths import shared_data_dir
 from models.next_action.serving import ActionEvent, GRUPredictor, UserState
 from models.next_action.training import load_next_action, save_next_action, train_next_action
 
-FOURSQUARE = shared_data_dir() / "foursquare-nyc"
 TINY = NextActionConfig(vocab_size=1, embed_dim=16, hidden_dim=24, n_cell_buckets=256, cell_dim=4, attn_dim=8,
                         pair_dim=8, window_size=30, window_span_s=120 * 86_400.0, dropout=0.1)
 
 
 @pytest.fixture(scope="module")
-def foursquare_slice() -> ActionDataset:
+def foursquare_slice(shared_data: Path) -> ActionDataset:
     """120 users, each cut to its last 100 check-ins (splits kept: last = test, one before = valid)."""
-    if not FOURSQUARE.is_dir():
-        pytest.skip(f"{FOURSQUARE} is absent (see the shared data README)")
-    data = load_foursquare()
+    data = load_foursquare(shared_data / "foursquare-nyc")
     cut = tuple(ActionSequence(s.key, s.events[-100:], s.splits[-100:]) for s in data.sequences[:120])
     return ActionDataset("foursquare-slice", cut, data.fingerprint)
 

@@ -7,13 +7,9 @@ import pytest
 
 from models.traffic.baselines import persistence_forecast
 from models.exceptions import ModelError
-from models.paths import shared_data_dir
 from models.traffic.data import (INPUT_STEPS, forecast_metrics, forecast_windows, load_los_loop,
                                  strict_split, tgcn_split)
 
-LOS_LOOP = shared_data_dir() / "los-loop"
-needs_los_loop = pytest.mark.skipif(not LOS_LOOP.is_dir(),
-                                    reason=f"Los-loop data folder {LOS_LOOP} is absent")
 
 
 def test_forecast_windows_follow_tgcn_loop_bound() -> None:
@@ -44,10 +40,9 @@ def test_splits() -> None:
                                                        slice(1612, 2016))
 
 
-@needs_los_loop
 @pytest.mark.data
-def test_los_loop_loads_with_local_time_index() -> None:
-    series = load_los_loop(LOS_LOOP)
+def test_los_loop_loads_with_local_time_index(shared_data) -> None:
+    series = load_los_loop(shared_data / "los-loop")
     assert series.speeds.shape == (2016, 207) and series.network.n_sensors == 207
     assert series.network.sensor_ids[0] == "773869"
     assert series.slot_of_day()[:3].tolist() == [0, 1, 2] and series.slot_of_day()[288] == 0
@@ -57,10 +52,9 @@ def test_los_loop_loads_with_local_time_index() -> None:
     assert later.start_ms == series.start_ms + 100 * series.step_ms
 
 
-@needs_los_loop
 @pytest.mark.data
-def test_persistence_reproduces_the_published_reference() -> None:
-    series = load_los_loop(LOS_LOOP)
+def test_persistence_reproduces_the_published_reference(shared_data) -> None:
+    series = load_los_loop(shared_data / "los-loop")
     test = series.speeds[tgcn_split(series.n_steps).test]
     for horizon, rmse, mae in ((3, 5.5428, 3.1561), (12, 8.4555, 4.4332)):
         starts, targets = forecast_windows(test, horizon)

@@ -7,25 +7,21 @@ import pytest
 import torch
 
 from models.traffic.graph import SensorNetwork
-from models.paths import shared_data_dir
 from models.traffic.forecaster import TrafficForecaster, load_traffic_model
 from models.traffic.model import TrafficConfig
 from models.traffic.data import TrafficSeries, load_los_loop, strict_split
 from models.traffic.training import (TrainConfig, model_version, save_traffic_checkpoint,
                                      stream_predictions, train_traffic, window_predictions)
 
-LOS_LOOP = shared_data_dir() / "los-loop"
-pytestmark = [pytest.mark.data,
-              pytest.mark.skipif(not LOS_LOOP.is_dir(),
-                                 reason=f"Los-loop data folder {LOS_LOOP} is absent")]
+pytestmark = pytest.mark.data
 SENSORS, STEPS = 24, 700
 FAST = TrainConfig(epochs=3, batch_size=16, chunk_steps=16, chunk_stride=3, learning_rate=3e-3,
                    progress=False)
 
 
 @pytest.fixture(scope="module")
-def series() -> TrafficSeries:
-    full = load_los_loop(LOS_LOOP)
+def series(shared_data) -> TrafficSeries:
+    full = load_los_loop(shared_data / "los-loop")
     network = SensorNetwork(name="los-loop-slice", sensor_ids=full.network.sensor_ids[:SENSORS],
                             coords=None, adjacency=full.network.adjacency[:SENSORS, :SENSORS])
     return TrafficSeries(network=network, speeds=full.speeds[:STEPS, :SENSORS].copy(),

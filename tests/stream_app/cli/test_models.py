@@ -9,7 +9,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from models.paths import shared_data_dir
 from models.next_action.training import load_next_action
 from stream_app.cli import cli
 from simulation.users import BehaviorConfig
@@ -17,7 +16,6 @@ from stream_app.jobs.next_action import MODEL_NAME, evaluate_actions, load_actio
 
 TINY_DATA = ["--data", "generated", "--users", "20", "--events", "1500", "--data-seed", "3"]
 TINY_TRAINING = ["--epochs", "1", "--hidden-dim", "8", "--threads", "1", "--device", "cpu", "--no-progress"]
-LOS_LOOP = shared_data_dir() / "los-loop"
 
 
 def invoke(*args: str | Path):
@@ -62,7 +60,8 @@ def test_evaluate_files_hold_the_evaluation_numbers(checkpoint: Path, tmp_path: 
     assert "true distribution (ceiling)" in written["metrics"] and "first-order Markov" in result.output
 
 
-def test_missing_data_folder_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_data_folder_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  no_local_data: Path) -> None:
     monkeypatch.setenv("STREAM_APP_DATA_DIR", str(tmp_path / "nowhere"))
     result = invoke("train", "next-action", "--data", "foursquare", "--out", tmp_path / "x.pt")
     assert result.exit_code == 1
@@ -120,9 +119,7 @@ def test_unreadable_checkpoint_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.data
-def test_traffic_train_then_evaluate(tmp_path: Path) -> None:
-    if not LOS_LOOP.is_dir():
-        pytest.skip(f"{LOS_LOOP} is absent (see the shared data README)")
+def test_traffic_train_then_evaluate(tmp_path: Path, shared_data: Path) -> None:
     path = tmp_path / "traffic.pt"
     result = invoke("train", "traffic", "--epochs", "1", "--hidden-dim", "4", "--embedding-dim", "0",
                     "--threads", "1", "--no-progress", "--out", path)

@@ -227,6 +227,7 @@ def _store(url: str, target: Path, expected: DataFile, progress: Progress | None
         if size != expected.size or digest != expected.sha256:
             raise DatasetError(f"{expected.name} from {url} failed its checksum: sha256 {digest} ({size} bytes), "
                                f"expected {expected.sha256} ({expected.size} bytes); nothing was kept. {retry}.")
+        partial.chmod(0o644)  # mkstemp makes it private; the data sets are public
         os.replace(partial, target)
     except BaseException:
         partial.unlink(missing_ok=True)

@@ -57,7 +57,7 @@ def fetch(name: str, from_dir: Path | None, base_url: str | None, cache_dir: str
     A file that fails its checksum is deleted and the command fails; a file already cached with the
     right checksum is kept. Without internet access, copy the files from another machine and use --from.
     """
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
     if from_dir is not None and base_url is not None:
         raise click.UsageError("--from and --base-url are alternatives: give one")
@@ -65,7 +65,7 @@ def fetch(name: str, from_dir: Path | None, base_url: str | None, cache_dir: str
     entry = catalogue.dataset(name)
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=console) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def show(data_file: catalogue.DataFile, done: int) -> None:
             if data_file.name not in tasks:

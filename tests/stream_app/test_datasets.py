@@ -63,6 +63,7 @@ def test_fetch_from_a_file_url_verifies_and_the_loader_finds_the_set(tiny: Datas
                                     progress=lambda f, done: seen.setdefault(f.name, []).append(done))
     assert folder == no_local_data / "data" / "tiny-set"
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == CONTENTS  # no temporary file left beside them
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in folder.iterdir())
     assert seen["b.bin"][0] == 0 and seen["b.bin"][-1] == len(CONTENTS["b.bin"]) and len(seen["b.bin"]) > 3
     assert datasets.locate("tiny") == folder
 

@@ -1,0 +1,117 @@
+"""A tiny stateful pipeline on user events, for the transport's fault tests and its benchmark.
+
+Per user: how many events so far and the sum of their event times. One output per event, keyed by
+user, with those running values: a replay after a crash must give byte-identical outputs, and the
+final state must equal an uninterrupted run's. ``python -m stream_app.transport.testing`` runs it
+as a worker process (what the crash tests kill).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import struct
+from pathlib import Path
+
+import msgspec
+
+from schemas import UserEvent, decode_user_event
+from stream_app.transport.batch import Batch, Outputs, per_record
+from stream_app.transport.config import GUARANTEES, TransportConfig
+from stream_app.transport.transport import Transport
+
+__all__ = ["CountOutput", "count_processor", "passthrough_processor", "decode_count_state", "decode_events",
+           "count_transport", "main"]
+
+_STATE = struct.Struct("<qq")  # count, sum of ts
+
+
+class CountOutput(msgspec.Struct, frozen=True):
+    """One output per input event: the user's running count and sum of event times after it."""
+
+    event_id: str
+    user_id: str
+    count: int
+    ts_sum: int
+
+
+_encode = msgspec.json.Encoder().encode
+decode_events = per_record(decode_user_event)
+
+
+def decode_count_state(raw: bytes) -> tuple[int, int]:
+    """(count, sum of ts) from a stored value."""
+    return _STATE.unpack(raw)
+
+
+def count_processor(output_topic: str):
+    """A processor: per-user running count and ts sum in the default store, one output per event."""
+
+    def process(batch: Batch[UserEvent]) -> Outputs:
+        out = []
+        for partition, events in batch.records.items():
+            store = batch.state.store(partition)
+            for event in events:
+                key = event.user_id.encode()
+                raw = store.get(key)
+                count, total = _STATE.unpack(raw) if raw is not None else (0, 0)
+                count, total = count + 1, total + event.ts
+                store[key] = _STATE.pack(count, total)
+                out.append((key, _encode(CountOutput(event.event_id, event.user_id, count, total))))
+        return {output_topic: out}
+
+    return process
+
+
+def passthrough_processor(batch: Batch[UserEvent]) -> Outputs:
+    """No state, no outputs: the transport's own cost."""
+    return {}
+
+
+def count_transport(config: TransportConfig, output_topic: str, *, check_keys: bool = True) -> Transport:
+    """A transport running ``count_processor`` on decoded user events, keys checked against user_id."""
+    return Transport(config, decode=decode_events, process=count_processor(output_topic),
+                     id_of=(lambda event: event.user_id) if check_keys else None, id_name="user_id")
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    config = TransportConfig(
+        name=args.name, app_id=args.app_id, input_topic=args.input, dead_letter_topic=args.dead_letters,
+        state_dir=Path(args.state_dir), client_options={"bootstrap_servers": args.bootstrap},
+        guarantee=args.guarantee, commit_interval_s=args.commit_interval_s,
+        snapshot_interval_s=args.snapshot_interval_s, advertised_url=args.url, session_timeout_ms=6000,
+        heartbeat_interval_ms=1000, rebalance_timeout_ms=3000, transaction_timeout_ms=10_000)
+    transport = count_transport(config, args.output)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, transport.stop)
+    loop.add_signal_handler(signal.SIGINT, transport.stop)
+    await transport.start()
+    status = Path(args.state_dir) / "started.json"
+    status.write_text(json.dumps({"group": config.group}))
+    await transport.run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the transport's count pipeline as a worker (for tests).")
+    parser.add_argument("--bootstrap", required=True, help="host:port of the broker")
+    parser.add_argument("--input", required=True, help="input topic (user events keyed by user_id)")
+    parser.add_argument("--output", required=True, help="output topic (one CountOutput per event)")
+    parser.add_argument("--dead-letters", required=True, help="dead-letter topic")
+    parser.add_argument("--app-id", required=True, help="app id: names the changelog topics and the group")
+    parser.add_argument("--name", default="count", help="pipeline name (default: count)")
+    parser.add_argument("--state-dir", required=True, help="folder for local snapshots")
+    parser.add_argument("--guarantee", choices=GUARANTEES, default="at_least_once")
+    parser.add_argument("--commit-interval-s", type=float, default=0.5)
+    parser.add_argument("--snapshot-interval-s", type=float, default=60.0)
+    parser.add_argument("--url", default="", help="URL broadcast to the group for query routing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()

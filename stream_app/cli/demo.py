@@ -13,16 +13,17 @@ from pathlib import Path
 import click
 import numpy as np
 
-from stream_app.broker import CACHE_ROOT, free_port
+from stream_app.broker import free_port
 from stream_app.cli.common import broker_option, broker_url, console
 from stream_app.cli.io import HISTORY_MS, corrupt, generated_events, to_records
 from stream_app.cli.live import LiveView, watch
 from stream_app.kafka_io import produce
+from stream_app.lifecycle import remove_folder, spawn_child, stop_child, stop_on_signals, temporary_folder
 from stream_app.settings import Settings
 
 __all__ = ["demo", "write_network_files"]
 
-DEMO_DIR = CACHE_ROOT / "demo"
+WORKER_STOP_S = 30.0  # time the worker gets to commit and leave its group before SIGKILL
 
 
 def write_network_files(name: str, sensors: list[tuple[str, float, float]], folder: Path) -> str:
@@ -42,10 +43,10 @@ def write_network_files(name: str, sensors: list[tuple[str, float, float]], fold
     return f"{name}={adjacency}:{listing}"
 
 
-def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    log = log_path.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "stream_app", "worker"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return spawn_child([sys.executable, "-m", "stream_app", "worker"], grace_s=WORKER_STOP_S, env=env,
+                           stdout=log, stderr=subprocess.STDOUT)
 
 
 @click.command()
@@ -60,30 +61,41 @@ def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
 @click.option("--seed", default=0, show_default=True)
 def demo(broker: str | None, users: int, sensors: int, rate: float, duration: float | None, bad_fraction: float,
          train: bool, seed: int) -> None:
-    """Everything in one command: broker, worker, workload generator, and a live view of the outputs."""
+    """Everything in one command: broker, worker, workload generator, and a live view of the outputs.
+
+    Ctrl-C, SIGTERM or SIGHUP stop the worker and the broker and remove their temporary folders;
+    if the demo is killed outright (SIGKILL), its guardian process does the same.
+    """
     from simulation.city import TrafficConfig, generate_traffic
 
-    start_ms = int(time.time() * 1000) - HISTORY_MS
-    checkpoint = _demo_model(seed) if train else None
-    roads = TrafficConfig(n_sensors=sensors, seed=seed, start_ms=start_ms, duration_hours=0)
-    network = write_network_files(roads.network, generate_traffic(roads).sensors, DEMO_DIR)
-    with broker_url(broker) as url:
-        settings = Settings.from_env(broker=url)
-        env = {**os.environ, **settings.as_env(), "STREAM_APP_WEB_PORT": str(free_port()),
-               "STREAM_APP_STATE_DIR": str(DEMO_DIR / f"state-{os.getpid()}"), "STREAM_APP_NETWORKS": network,
-               "STREAM_APP_LOG_LEVEL": "warn"}
-        if checkpoint is not None:
-            env["STREAM_APP_CHECKPOINT"] = str(checkpoint)
-        log_path = DEMO_DIR / "worker.log"
-        worker = _start_worker(env, log_path)
-        console.print(f"worker: metrics at http://127.0.0.1:{env['STREAM_APP_WEB_PORT']}/metrics, log {log_path}")
-        try:
-            asyncio.run(_run(settings, users, sensors, rate, duration, bad_fraction, seed, start_ms))
-        except KeyboardInterrupt:
-            pass
-        finally:
-            worker.terminate()
-            worker.wait(timeout=30)
+    demo_dir = Path(Settings.from_env().cache_dir) / "demo"
+    with stop_on_signals():
+        start_ms = int(time.time() * 1000) - HISTORY_MS
+        checkpoint = _demo_model(seed, demo_dir) if train else None
+        roads = TrafficConfig(n_sensors=sensors, seed=seed, start_ms=start_ms, duration_hours=0)
+        network = write_network_files(roads.network, generate_traffic(roads).sensors, demo_dir)
+        with broker_url(broker) as endpoint:
+            settings = Settings.from_env(broker=endpoint.url, producer_max_batch=endpoint.producer_max_batch)
+            state_dir = temporary_folder(prefix="stream-app-demo-state-")
+            env = {**os.environ, **settings.as_env(), "STREAM_APP_WEB_PORT": str(free_port()),
+                   "STREAM_APP_STATE_DIR": str(state_dir), "STREAM_APP_NETWORKS": network,
+                   "STREAM_APP_LOG_LEVEL": "warn"}
+            if checkpoint is not None:
+                env["STREAM_APP_CHECKPOINT"] = str(checkpoint)
+            log_path = demo_dir / "worker.log"
+            try:
+                worker = _start_worker(env, log_path)
+                console.print(f"worker: pid {worker.pid}, metrics at "
+                              f"http://127.0.0.1:{env['STREAM_APP_WEB_PORT']}/metrics, log {log_path}")
+                try:
+                    asyncio.run(_run(settings, users, sensors, rate, duration, bad_fraction, seed, start_ms))
+                except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: a normal way to end the demo
+                    pass
+                finally:
+                    console.print("stopping the worker...")
+                    stop_child(worker, WORKER_STOP_S)
+            finally:
+                remove_folder(state_dir)
 
 
 async def _run(settings: Settings, users: int, sensors: int, rate: float, duration: float | None,
@@ -100,8 +112,8 @@ async def _run(settings: Settings, users: int, sensors: int, rate: float, durati
         producer.cancel()
 
 
-def _demo_model(seed: int) -> Path | None:
+def _demo_model(seed: int, demo_dir: Path) -> Path | None:
     """A small next-action checkpoint trained on generated data, cached after the first run."""
     from stream_app.jobs.next_action import train_demo_model
 
-    return train_demo_model(DEMO_DIR / "next-action.pt", seed=seed)
+    return train_demo_model(demo_dir / "next-action.pt", seed=seed)

@@ -128,9 +128,9 @@ def replay(broker: str | None, source: str, speedup: float, limit: int | None, d
 def _send(broker: str | None, records: Iterable[Record], rate: float, total: int | None) -> None:
     from rich.progress import Progress
 
-    with broker_url(broker) as url, Progress(console=console, transient=False) as progress:
+    with broker_url(broker) as endpoint, Progress(console=console, transient=False) as progress:
         task = progress.add_task("sending", total=total)
-        sent = asyncio.run(produce(Settings.from_env(broker=url), records, rate=rate,
+        sent = asyncio.run(produce(Settings.from_env(broker=endpoint.url), records, rate=rate,
                                    on_sent=lambda n: progress.update(task, completed=n)))
     console.print(f"sent {sent} records")
 

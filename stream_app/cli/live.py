@@ -8,6 +8,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Group
 from rich.live import Live
@@ -28,14 +29,14 @@ class LiveView:
 
     produced: Callable[[], int] = lambda: 0
     started: float = field(default_factory=time.monotonic)
-    counts: Counter = field(default_factory=Counter)
-    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=5000))
-    predictions: deque = field(default_factory=lambda: deque(maxlen=8))
-    forecasts: dict = field(default_factory=dict)
-    alerts: deque = field(default_factory=lambda: deque(maxlen=6))
+    counts: Counter[str] = field(default_factory=Counter)
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
+    predictions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=8))
+    forecasts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alerts: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=6))
     model_version: str = "-"
 
-    def add(self, topic: str, value: dict) -> None:
+    def add(self, topic: str, value: dict[str, Any]) -> None:
         self.counts[topic] += 1
         if topic == "next-action-predictions":
             self.latencies_ms.append(value["processed_at"] - value["ingested_at"])

@@ -21,9 +21,9 @@ from models.next_action.features import EventRecord
 from models.paths import shared_data_dir
 
 __all__ = [
-    "Split", "ActionSequence", "ActionDataset", "FOURSQUARE_EPOCH_MS",
-    "load_foursquare", "load_diginetica", "load_event_file", "leave_last_out", "merge_validation",
-    "data_fingerprint",
+    "Split", "ActionSequence", "ActionDataset", "FOURSQUARE_EPOCH_MS", "SPLITS",
+    "load_foursquare", "load_diginetica", "load_event_file", "leave_last_out", "split_by_time", "split_events",
+    "merge_validation", "data_fingerprint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 # Foursquare NYC minutes count from this instant (2012-04-03T00:00Z).
 FOURSQUARE_EPOCH_MS = int(dt.datetime(2012, 4, 3, tzinfo=dt.timezone.utc).timestamp() * 1000)
 _ACTION_FIELDS = ("action", "item_id", "category")
+# How an event log is split: "time" cuts every user's stream at the same instants (train on the
+# past, validate, test on the future, as a worker serves it); "last" holds out each user's last
+# event for test and the one before for validation.
+SPLITS = ("time", "last")
+VALID_FRACTION, TEST_FRACTION = 0.1, 0.2
 
 
 class Split(IntEnum):
@@ -108,8 +113,42 @@ def leave_last_out(name: str, by_key: dict[str, list[EventRecord]], fingerprint:
     return ActionDataset(name, tuple(sequences), fingerprint)
 
 
-def load_foursquare(root: str | os.PathLike | None = None) -> ActionDataset:
-    """Foursquare NYC check-ins: action = POI id, location = the POI's coordinates.
+def split_by_time(name: str, by_key: dict[str, list[EventRecord]], fingerprint: str, *,
+                  valid_fraction: float = VALID_FRACTION, test_fraction: float = TEST_FRACTION) -> ActionDataset:
+    """Cut every key's events at the same two instants: the events before the first cut train,
+    those before the second validate, the rest test (the cuts leave ``valid_fraction`` and
+    ``test_fraction`` of all events after them). Each target is predicted from the key's whole
+    earlier stream, whatever its split, as a worker serves it."""
+    if not (0 <= valid_fraction and 0 < test_fraction and valid_fraction + test_fraction < 1):
+        raise ModelError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must leave "
+                         "some training events")
+    times = np.sort(np.fromiter((e.ts_ms for events in by_key.values() for e in events), dtype=np.int64))
+    if times.size == 0:
+        return ActionDataset(name, (), fingerprint)
+    n = len(times)
+    valid_from = int(times[min(n - 1, int(n * (1 - valid_fraction - test_fraction)))])
+    test_from = int(times[min(n - 1, int(n * (1 - test_fraction)))])
+    sequences = []
+    for key in sorted(by_key):
+        events = sorted(by_key[key], key=lambda e: e.ts_ms)
+        splits = tuple(Split.TEST if e.ts_ms >= test_from else Split.VALID if e.ts_ms >= valid_from
+                       else Split.TRAIN for e in events)
+        sequences.append(ActionSequence(key, tuple(events), splits))
+    return ActionDataset(name, tuple(sequences), fingerprint)
+
+
+def split_events(name: str, by_key: dict[str, list[EventRecord]], fingerprint: str, split: str) -> ActionDataset:
+    """``split_by_time`` or ``leave_last_out`` by name (see SPLITS)."""
+    if split == "time":
+        return split_by_time(name, by_key, fingerprint)
+    if split == "last":
+        return leave_last_out(name, by_key, fingerprint)
+    raise ModelError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def load_foursquare(root: str | os.PathLike | None = None, *, split: str = "last") -> ActionDataset:
+    """Foursquare NYC check-ins: action = POI id, location = the POI's coordinates; ``split``:
+    see SPLITS.
 
     ``root`` defaults to shared_data_dir()/"foursquare-nyc".
     """
@@ -123,7 +162,7 @@ def load_foursquare(root: str | os.PathLike | None = None) -> ActionDataset:
     for user, poi, minutes in checkins.tolist():
         lat, lon = where.get(poi, (None, None))
         by_user[str(user)].append(EventRecord(str(poi), FOURSQUARE_EPOCH_MS + minutes * 60_000, lat, lon))
-    return leave_last_out("foursquare-nyc", by_user, data_fingerprint(checkins_path, pois_path))
+    return split_events("foursquare-nyc", by_user, data_fingerprint(checkins_path, pois_path), split)
 
 
 def load_diginetica(root: str | os.PathLike | None = None, *, valid_fraction: float = 0.1) -> ActionDataset:
@@ -189,12 +228,14 @@ def _session(session: str, clicks: list[tuple[str, int]], day: dt.date, split: S
 
 
 def load_event_file(path: str | os.PathLike, *, action_field: str = "action",
-                    key_field: str = "user_id") -> ActionDataset:
-    """A JSONL (``.jsonl``/``.json``) or CSV event file, split leave-last-out per key.
+                    key_field: str = "user_id", split: str = "last") -> ActionDataset:
+    """A JSONL (``.jsonl``/``.json``) or CSV event file, split per ``split`` (see SPLITS).
 
     Fields: user_id, ts (epoch ms as a number, or an ISO-8601 string), action, and optionally
     lat, lon, item_id, category. ``action_field`` picks the token: action, item_id or category.
-    Rows without that field are skipped; a malformed row raises ModelError naming its line.
+    Rows without a value in that field are skipped; a row without a field the file needs raises
+    ModelError naming every missing field and the line; a malformed value raises ModelError naming
+    its line.
     """
     if action_field not in _ACTION_FIELDS:
         raise ModelError(f"action_field must be one of {_ACTION_FIELDS}, got {action_field!r}")
@@ -202,7 +243,14 @@ def load_event_file(path: str | os.PathLike, *, action_field: str = "action",
     _require(path)
     by_key: dict[str, list[EventRecord]] = defaultdict(list)
     skipped = 0
-    for line, row in _rows(path):
+    wanted = (key_field, "ts", action_field)
+    for line, row, header in _rows(path):
+        missing = [name for name in wanted if name not in row]
+        if missing and (key_field in missing or "ts" in missing or header):
+            raise ModelError(f"{path}:{line}: missing field{'s' if len(missing) > 1 else ''} "
+                             f"{', '.join(repr(m) for m in missing)} (has {', '.join(repr(k) for k in row) or 'none'})")
+        if header:
+            continue
         try:
             event = _event_from_row(row, action_field)
         except (KeyError, TypeError, ValueError) as exc:
@@ -213,20 +261,28 @@ def load_event_file(path: str | os.PathLike, *, action_field: str = "action",
         by_key[str(row[key_field])].append(event)
     if skipped:
         logger.warning("%s: skipped %d events without %r", path, skipped, action_field)
-    return leave_last_out(path.stem, by_key, data_fingerprint(path))
+    return split_events(path.stem, by_key, data_fingerprint(path), split)
 
 
-def _rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+def _rows(path: Path) -> Iterable[tuple[int, dict[str, Any], bool]]:
+    """(line, row, is_header) of each event; a CSV file yields its header first (line 1, every
+    field present with value None) so that a missing column is reported once, before any row."""
     with path.open(newline="") as handle:
         if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
             for line, text in enumerate(handle, start=1):
                 if text.strip():
                     try:
-                        yield line, json.loads(text)
+                        row = json.loads(text)
                     except json.JSONDecodeError as exc:
                         raise ModelError(f"{path}:{line}: not JSON ({exc})") from exc
+                    if not isinstance(row, dict):
+                        raise ModelError(f"{path}:{line}: not a JSON object (one event per line)")
+                    yield line, row, False
         else:
-            yield from enumerate(csv.DictReader(handle), start=2)
+            reader = csv.DictReader(handle)
+            yield 1, dict.fromkeys(reader.fieldnames or ()), True
+            for line, row in enumerate(reader, start=2):
+                yield line, row, False
 
 
 def _event_from_row(row: dict[str, Any], action_field: str) -> EventRecord | None:

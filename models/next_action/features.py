@@ -13,11 +13,13 @@ import h3
 import numpy as np
 
 from models.exceptions import ModelError
+from models.next_action.history import Profile, ProfileSnapshots, consumed_bits, profile_decay, profile_snapshots
 
 __all__ = [
     "PAD_ID", "OOV_ID", "N_DENSE", "DENSE_NAMES", "STATIC_DENSE", "TIME_DENSE", "LOCATION_DENSE",
     "EventRecord", "Vocabulary", "FeatureSpec", "EncodedEvents",
-    "encode_events", "encode_next_events", "haversine_km", "time_features", "cell_bucket",
+    "encode_events", "encode_next_events", "haversine_km", "time_features", "cell_bucket", "consumed_columns", "consumed_index",
+    "encode_profiles",
 ]
 
 logger = logging.getLogger(__name__)
@@ -94,6 +96,11 @@ class Vocabulary:
             raise ModelError(f"token id {token_id} is outside the vocabulary (size {len(self._tokens)})")
         return self._tokens[token_id]
 
+    @property
+    def ids(self) -> dict[str, int]:
+        """Token -> id (read-only by convention; the specials are not in it)."""
+        return self._ids
+
     def to_list(self) -> list[str]:
         """The known tokens in id order, specials left out: what a checkpoint stores."""
         return self._tokens[len(_SPECIALS):]
@@ -114,6 +121,13 @@ class FeatureSpec:
     lon_std: float = 1.0
     h3_resolution: int = 8
     n_cell_buckets: int = 4096
+    # The user's long-term profile (models.next_action.history.Profile): slots kept, half-life in
+    # events (inf: no decay); 0 slots = no profile (checkpoints from before it existed).
+    profile_size: int = 0
+    profile_half_life: float = math.inf
+    # The filter of consumed actions (a Bloom filter): bits and hashes; 0 hashes = no filter.
+    consumed_bits: int = 0
+    consumed_hashes: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.h3_resolution <= 15:
@@ -122,6 +136,17 @@ class FeatureSpec:
             raise ModelError(f"n_cell_buckets must be >= 1, got {self.n_cell_buckets}")
         if self.lat_std <= 0 or self.lon_std <= 0:
             raise ModelError("lat_std and lon_std must be positive")
+        if self.profile_size < 0:
+            raise ModelError(f"profile_size must be >= 0, got {self.profile_size}")
+        profile_decay(self.profile_half_life)  # raises for a half-life <= 0
+        if self.consumed_hashes < 0 or (self.consumed_hashes and self.consumed_bits < 8):
+            raise ModelError(f"a consumed-action filter needs >= 8 bits and >= 0 hashes, got "
+                             f"{self.consumed_bits} bits and {self.consumed_hashes} hashes")
+
+    @property
+    def profile_decay(self) -> float:
+        """Per-event decay factor of the profile's counts."""
+        return profile_decay(self.profile_half_life)
 
     @classmethod
     def fit(cls, events: Iterable[EventRecord], **kwargs: Any) -> "FeatureSpec":
@@ -140,7 +165,9 @@ class FeatureSpec:
     def to_dict(self) -> dict[str, float | int]:
         return {"lat_mean": self.lat_mean, "lat_std": self.lat_std, "lon_mean": self.lon_mean,
                 "lon_std": self.lon_std, "h3_resolution": self.h3_resolution,
-                "n_cell_buckets": self.n_cell_buckets}
+                "n_cell_buckets": self.n_cell_buckets, "profile_size": self.profile_size,
+                "profile_half_life": self.profile_half_life, "consumed_bits": self.consumed_bits,
+                "consumed_hashes": self.consumed_hashes}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FeatureSpec":
@@ -153,7 +180,8 @@ class EncodedEvents:
 
     tokens int64 [time]; cells int64 [time] (0 = no location, else 1..n_cell_buckets);
     ts_ms int64 [time]; lat/lon float64 [time] in degrees (0 where absent);
-    dense float32 [time, N_DENSE] laid out as DENSE_NAMES.
+    dense float32 [time, N_DENSE] laid out as DENSE_NAMES; consumed int64 [time, hashes]: the
+    event's bits in the consumed-action filter (no columns without a filter).
     """
 
     tokens: np.ndarray
@@ -162,6 +190,7 @@ class EncodedEvents:
     lat: np.ndarray
     lon: np.ndarray
     dense: np.ndarray
+    consumed: np.ndarray
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -262,4 +291,26 @@ def _encode(events: Sequence[EventRecord], now: _Columns, before: _Columns, voca
     dense[:, 7] = np.log1p(km)
     dense[:, 8] = now.has
     return EncodedEvents(tokens=vocab.encode_many(e.token for e in events), cells=cells, ts_ms=now.ts,
-                         lat=now.lat, lon=now.lon, dense=dense.astype(np.float32))
+                         lat=now.lat, lon=now.lon, dense=dense.astype(np.float32),
+                         consumed=consumed_columns([e.token for e in events], spec))
+
+
+def consumed_columns(tokens: Sequence[str], spec: FeatureSpec) -> np.ndarray:
+    """Each token's bits in the consumed-action filter of ``spec``: int64 [n, hashes]."""
+    n_bits, n_hashes = spec.consumed_bits, spec.consumed_hashes
+    if not n_hashes:
+        return np.zeros((len(tokens), 0), dtype=np.int64)
+    return np.array([consumed_bits(t, n_bits, n_hashes) for t in tokens], dtype=np.int64).reshape(-1, n_hashes)
+
+
+def consumed_index(vocab: Vocabulary, spec: FeatureSpec) -> np.ndarray:
+    """The consumed-action filter bits of every vocabulary id (specials included): int64 [vocab, hashes]."""
+    return consumed_columns([vocab.decode(i) for i in range(len(vocab))], spec)
+
+
+def encode_profiles(events: Sequence[EventRecord], vocab: Vocabulary, spec: FeatureSpec,
+                    profile: Profile | None = None) -> ProfileSnapshots:
+    """The user's profile after each of ``events``, starting from ``profile`` (updated in place;
+    default an empty one of ``spec.profile_size`` slots)."""
+    start = Profile(spec.profile_size) if profile is None else profile
+    return profile_snapshots((e.token for e in events), vocab.ids, start, spec.profile_decay, oov_id=OOV_ID)

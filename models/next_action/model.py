@@ -1,21 +1,22 @@
-"""Next-action model: GRU, copy over the user's recent window, and training transitions, gated."""
+"""Next-action model: GRU, copy over the user's recent window, training transitions and the user's
+long-term profile, mixed by a learned gate."""
 
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from models.exceptions import ModelError
-from models.next_action.features import (LOCATION_DENSE, N_DENSE, PAD_ID, STATIC_DENSE, TIME_DENSE,
-                             EncodedEvents)
+from models.next_action.features import LOCATION_DENSE, N_DENSE, PAD_ID, STATIC_DENSE, TIME_DENSE
+from models.next_action.tensors import EventTensors, ProfileTensors
 
-__all__ = ["NextActionConfig", "EventTensors", "NextActionModel"]
+__all__ = ["NextActionConfig", "EventTensors", "ProfileTensors", "NextActionModel", "COMPONENTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ _MIN_PROB = 1e-12
 _MS_PER_HOUR = 3_600_000.0
 _EARTH_RADIUS_KM = 6371.0088
 _N_PAIR = 8
+COMPONENTS = ("generate", "copy", "transition", "profile")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +43,10 @@ class NextActionConfig:
     use_time: bool = True
     use_location: bool = True
     use_transitions: bool = True
+    use_profile: bool = True
+    # Never rank an action the user already did (the data show no repeats): needs the filter of
+    # consumed actions (FeatureSpec.consumed_hashes > 0).
+    exclude_consumed: bool = False
     window_size: int = 200
     window_span_s: float = 365 * 86_400.0
     dropout: float = 0.2
@@ -68,51 +74,6 @@ class NextActionConfig:
 
 
 @dataclass(frozen=True)
-class EventTensors:
-    """Encoded events as tensors with a common leading shape [*lead] ([batch, time] or [batch]).
-
-    tokens/cells/ts_ms int64 [*lead]; lat/lon float64 [*lead]; dense float32 [*lead, N_DENSE];
-    mask bool [*lead] (False = padding).
-    """
-
-    tokens: Tensor
-    cells: Tensor
-    ts_ms: Tensor
-    lat: Tensor
-    lon: Tensor
-    dense: Tensor
-    mask: Tensor
-
-    @classmethod
-    def collate(cls, sequences: Sequence[EncodedEvents], *, align: str = "left") -> "EventTensors":
-        """Pad sequences to [batch, time]; ``align="right"`` puts the padding first (windows)."""
-        if align not in ("left", "right"):
-            raise ModelError(f"align must be 'left' or 'right', got {align!r}")
-        width = max([len(s) for s in sequences] + [1])
-        arrays = {name: np.zeros((len(sequences), width) + shape, dtype=dtype)
-                  for name, shape, dtype in _COLUMNS}
-        mask = np.zeros((len(sequences), width), dtype=bool)
-        for row, seq in enumerate(sequences):
-            n = len(seq)
-            cols = slice(0, n) if align == "left" else slice(width - n, width)
-            for name, _, _ in _COLUMNS:
-                arrays[name][row, cols] = getattr(seq, name)
-            mask[row, cols] = True
-        return cls(mask=torch.from_numpy(mask), **{k: torch.from_numpy(v) for k, v in arrays.items()})
-
-    def to(self, device: torch.device | str) -> "EventTensors":
-        return EventTensors(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
-
-    def map(self, fn: Any) -> "EventTensors":
-        """Apply ``fn`` to every field (e.g. an index or ``flip``)."""
-        return EventTensors(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
-
-
-_COLUMNS = (("tokens", (), np.int64), ("cells", (), np.int64), ("ts_ms", (), np.int64),
-            ("lat", (), np.float64), ("lon", (), np.float64), ("dense", (N_DENSE,), np.float32))
-
-
-@dataclass(frozen=True)
 class _WindowView:
     """Each position's window, newest first: tokens, attention logits and validity [batch, time, window]."""
 
@@ -125,15 +86,37 @@ class _WindowView:
         return _WindowView(*(t[rows, cols].unsqueeze(1) for t in (self.tokens, self.scores, self.valid)))
 
 
-class NextActionModel(nn.Module):
-    """A learned gate mixes three next-action distributions:
+@dataclass(frozen=True)
+class _Context:
+    """What the output reads at each position besides the GRU state and the window: the profile
+    snapshot [*lead, slots] and the consumed-action bits [*lead, bits] (None when unused)."""
 
-    - generate: a GRU over the user's events (token, cell, time and move features) -> logits;
+    profile: ProfileTensors | None
+    consumed: Tensor | None
+
+    def select(self, rows: Tensor, cols: Tensor) -> "_Context":
+        """Positions (rows[i], cols[i]) of [batch, time, ...] as [n, 1, ...]."""
+        return _Context(None if self.profile is None else self.profile.map(lambda t: t[rows, cols].unsqueeze(1)),
+                        None if self.consumed is None else self.consumed[rows, cols].unsqueeze(1))
+
+
+class NextActionModel(nn.Module):
+    """A learned gate mixes four next-action distributions:
+
+    - generate: a GRU over the user's events (token, cell, time and move features), read with the
+      user's profile summary -> logits (a learned bias moves the user's known actions up or down:
+      the repeat-versus-explore propensity of the data);
     - copy (NARM/RepeatNet style): attention of the GRU state over the user's window, scattered
       onto the window's tokens; keys come from each stored window event alone (token, time of
       day/week, place) plus pairwise terms (age, recency rank, distance, same/following token),
       so streaming state is just the window's events and the hidden vector;
-    - transition: the global (token -> next token) frequencies counted on the training data.
+    - transition: the global (token -> next token) frequencies counted on the training data;
+    - profile: the user's decayed action counts over their whole history (a bounded top-N,
+      ``models.next_action.history``), re-weighted by attention of the GRU state.
+
+    The gate sees the GRU state, the profile summary, the window's size, how often the current
+    token was followed in training and the profile's total count. With ``exclude_consumed`` the
+    mixture is restricted to the actions the user never did (a Bloom filter over the history).
 
     ``forward`` runs padded sequences (each position's window emulated by a band mask);
     ``step`` advances one event per user; chained steps equal ``forward``.
@@ -148,20 +131,39 @@ class NextActionModel(nn.Module):
         self.cell_embedding = nn.Embedding(c.n_cell_buckets + 1, cell_dim, padding_idx=0) if cell_dim else None
         self.input_gates = nn.Linear(c.embed_dim + cell_dim + N_DENSE, 3 * c.hidden_dim)
         self.hidden_gates = nn.Linear(c.hidden_dim, 3 * c.hidden_dim)
-        self.generate_head = nn.Linear(c.hidden_dim, c.vocab_size)
         self.query = nn.Linear(c.hidden_dim, c.attn_dim)
         self.key = nn.Linear(c.embed_dim + cell_dim + len(STATIC_DENSE), c.attn_dim)
         self.pair_bias = nn.Sequential(nn.Linear(_N_PAIR, c.pair_dim), nn.Tanh(), nn.Linear(c.pair_dim, 1))
-        self.gate_layer = nn.Linear(c.hidden_dim + 2, 3)
+        self.profile_query = nn.Linear(c.hidden_dim, c.attn_dim)
+        self.profile_key = nn.Linear(c.embed_dim, c.attn_dim)
+        self.profile_sharpness = nn.Parameter(torch.ones(()))
+        self.repeat_bias = nn.Parameter(torch.zeros(()))
+        self.generate_head = nn.Linear(c.hidden_dim + c.embed_dim, c.vocab_size)
+        self.gate_layer = nn.Linear(c.hidden_dim + c.embed_dim + 3, len(COMPONENTS))
         self.dropout = nn.Dropout(c.dropout)
         self.register_buffer("dense_mask", _dense_mask(c), persistent=False)
         # Global (token -> next token) counts from the training data, sorted by token * vocab + next.
         self.register_buffer("transition_keys", torch.zeros(0, dtype=torch.long))
         self.register_buffer("transition_counts", torch.zeros(0))
         self.register_buffer("transition_totals", torch.zeros(c.vocab_size))
+        # How often each token occurred in training (the popularity baseline and its tie-break).
+        self.register_buffer("popularity", torch.zeros(c.vocab_size))
+        # Each vocabulary id's bits in the consumed-action filter [vocab, hashes] (set_consumed_index;
+        # derived from the vocabulary and the feature spec, so not saved).
+        self.register_buffer("consumed_index", torch.zeros(c.vocab_size, 0, dtype=torch.long), persistent=False)
+        self.filter_bits = 0
 
-    def set_transitions(self, sequences: Iterable[np.ndarray]) -> None:
-        """Count the (token -> next token) pairs of training id sequences: the transition component."""
+    def set_consumed_index(self, index: np.ndarray, n_bits: int) -> None:
+        """The consumed-action filter: its size in bits and the bits of every vocabulary id, int64
+        [vocab, hashes] (``features.consumed_index``)."""
+        if index.shape[0] != self.config.vocab_size:
+            raise ModelError(f"consumed index has {index.shape[0]} rows, the vocabulary {self.config.vocab_size}")
+        self.consumed_index = torch.from_numpy(np.asarray(index, dtype=np.int64)).to(self.transition_totals.device)
+        self.filter_bits = n_bits
+
+    def set_transitions(self, sequences: Sequence[np.ndarray]) -> None:
+        """Count the (token -> next token) pairs and the tokens of training id sequences: the
+        transition component and the popularity a served baseline needs."""
         size = self.config.vocab_size
         pairs = [np.asarray(s[:-1], dtype=np.int64) * size + np.asarray(s[1:], dtype=np.int64)
                  for s in sequences if len(s) > 1]
@@ -171,6 +173,9 @@ class NextActionModel(nn.Module):
         self.transition_keys = torch.from_numpy(keys).to(device)
         self.transition_counts = torch.from_numpy(counts.astype(np.float32)).to(device)
         self.transition_totals = torch.from_numpy(totals.astype(np.float32)).to(device)
+        seen = [np.asarray(s, dtype=np.int64) for s in sequences if len(s)]
+        popularity = np.bincount(np.concatenate(seen), minlength=size) if seen else np.zeros(size)
+        self.popularity = torch.from_numpy(popularity.astype(np.float32)).to(device)
 
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Take the transition table's size from the checkpoint (it depends on the training data)."""
@@ -181,56 +186,92 @@ class NextActionModel(nn.Module):
 
     # -- entry points -------------------------------------------------------------------------
 
-    def forward(self, batch: EventTensors, h0: Tensor | None = None) -> Tensor:
-        """Log-probs of the next action after each event: [batch, time] -> [batch, time, vocab]."""
+    def forward(self, batch: EventTensors, h0: Tensor | None = None,
+                profile: ProfileTensors | None = None) -> Tensor:
+        """Log-probs of the next action after each event: [batch, time] -> [batch, time, vocab].
+        ``profile`` [batch, time, slots]: the profile after each event (None: no profile)."""
         out = self.hidden_states(batch, h0)
-        return self._log_probs(out, self._band_window(batch, out), batch.tokens)
+        context = _Context(profile, self._consumed_after(batch))
+        return self._log_probs(out, self._band_window(batch, out), batch.tokens, context)
 
-    def step(self, x: EventTensors, h: Tensor | None, window: EventTensors) -> tuple[Tensor, Tensor]:
+    def step(self, x: EventTensors, h: Tensor | None, window: EventTensors, profile: ProfileTensors | None = None,
+             consumed: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One new event per user: x [batch], h [batch, hidden] or None, window [batch, window]
-        right-aligned (oldest first, the new event last). Returns (log-probs [batch, vocab],
-        new hidden [batch, hidden])."""
+        right-aligned (oldest first, the new event last), profile [batch, slots] after the new
+        event, consumed bool [batch, bits]: the filter before it. Returns (log-probs
+        [batch, vocab], new hidden [batch, hidden])."""
         current = x.map(lambda t: t.unsqueeze(1))
         out = self.hidden_states(current, h)
-        return self._log_probs(out, self._given_window(current, window, out), current.tokens)[:, 0], out[:, 0]
+        context = _Context(None if profile is None else profile.map(lambda t: t.unsqueeze(1)),
+                           self._consumed_after(current, consumed))
+        return self._log_probs(out, self._given_window(current, window, out), current.tokens, context)[:, 0], out[:, 0]
 
-    def steps(self, x: EventTensors, h: Tensor | None, window: EventTensors) -> tuple[Tensor, Tensor]:
+    def steps(self, x: EventTensors, h: Tensor | None, window: EventTensors, profile: ProfileTensors | None = None,
+              consumed: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Several new events per user in one call: x [batch, k] left-aligned (padding last), after
-        each user's window [batch, window] right-aligned (oldest first, without the new events).
+        each user's window [batch, window] right-aligned (oldest first, without the new events);
+        profile [batch, k, slots] after each new event; consumed bool [batch, bits] before them.
         Returns (log-probs [n, vocab] of the n real new events in row-major order, i.e. of
         ``x.mask.nonzero()``, and the hidden state after each new event [batch, k, hidden], garbage
         at padding). Equals ``step`` chained over the new events (each event's window being its
         last ``window_size`` predecessors within the span) when event times do not decrease."""
         out = self._fused_hidden_states(x, h)
-        combined = EventTensors(**{f.name: torch.cat([getattr(window, f.name), getattr(x, f.name)], dim=1)
-                                   for f in fields(EventTensors)})
+        combined = EventTensors.cat([window, x])
         rows, cols = x.mask.nonzero(as_tuple=True)
+        context = _Context(profile, self._consumed_after(x, consumed)).select(rows, cols)
         at, cols = out[rows, cols], cols + window.tokens.shape[1]
         history = int(combined.mask.cumsum(1)[rows, cols].max()) if len(rows) else 1
         view = self._windows_at(combined, at, rows, cols, width=min(history, self.config.window_size))
-        return self._log_probs(at.unsqueeze(1), view, combined.tokens[rows, cols].unsqueeze(1))[:, 0], out
+        return self._log_probs(at.unsqueeze(1), view, combined.tokens[rows, cols].unsqueeze(1), context)[:, 0], out
 
-    def log_probs_at(self, batch: EventTensors, rows: Tensor, cols: Tensor) -> Tensor:
-        """``forward(batch)[rows, cols]`` without the vocabulary-sized work elsewhere: [n, vocab]."""
+    def log_probs_after(self, h: Tensor, window: EventTensors, profile: ProfileTensors | None = None,
+                        consumed: Tensor | None = None) -> Tensor:
+        """The prediction made after the last event of each window, again: h [batch, hidden] the
+        state after it, window [batch, window] right-aligned (ending with that event), profile
+        [batch, slots] and consumed bool [batch, bits] after it -> log-probs [batch, vocab], equal to
+        what ``step``/``steps`` returned for that event."""
+        current = window.map(lambda t: t[:, -1:])
+        out = h.unsqueeze(1)
+        context = _Context(None if profile is None else profile.map(lambda t: t.unsqueeze(1)),
+                           None if consumed is None or self._consumed_after(current) is None
+                           else consumed.bool().unsqueeze(1))
+        return self._log_probs(out, self._given_window(current, window, out), current.tokens, context)[:, 0]
+
+    def log_probs_at(self, batch: EventTensors, rows: Tensor, cols: Tensor,
+                     profile: ProfileTensors | None = None) -> Tensor:
+        """``forward(batch, profile=profile)[rows, cols]`` without the vocabulary-sized work
+        elsewhere: [n, vocab]."""
         out = self.hidden_states(batch)
         view = self._band_window(batch, out).select(rows, cols)
-        return self._log_probs(out[rows, cols].unsqueeze(1), view, batch.tokens[rows, cols].unsqueeze(1))[:, 0]
+        context = _Context(profile, self._consumed_after(batch)).select(rows, cols)
+        return self._log_probs(out[rows, cols].unsqueeze(1), view, batch.tokens[rows, cols].unsqueeze(1), context)[:, 0]
 
     def target_log_probs(self, batch: EventTensors, rows: Tensor, cols: Tensor, targets: Tensor, *,
-                         leave_one_out: bool = False) -> Tensor:
-        """``forward(batch)[rows, cols, targets]`` computed for the targets only: [n].
+                         profile: ProfileTensors | None = None, leave_one_out: bool = False) -> Tensor:
+        """``forward(batch, profile=profile)[rows, cols, targets]`` computed for the targets only: [n].
 
         ``leave_one_out`` (training) removes each target's own pair from the transition counts,
         so the model does not learn to trust counts that contain the answer.
         """
         out = self.hidden_states(batch)
         view = self._band_window(batch, out).select(rows, cols)
+        context = _Context(profile, self._consumed_after(batch)).select(rows, cols)
         out, current = out[rows, cols].unsqueeze(1), batch.tokens[rows, cols].unsqueeze(1)
-        log_p_generate = torch.log_softmax(self._generate_logits(out), dim=-1).gather(2, targets[:, None, None])
+        if context.consumed is not None:  # the exclusion renormalizes over the whole vocabulary
+            leave_out = targets[:, None] if leave_one_out else None
+            mixed = self._mixture(out, view, current, context, leave_out=leave_out)
+            return torch.log(mixed.gather(2, targets[:, None, None]).clamp_min(_MIN_PROB))[:, 0, 0]
+        state = self._output_state(out, context.profile)
+        logits = self._generate_logits(state, context.profile)
+        p_generate = torch.softmax(logits, dim=-1).gather(2, targets[:, None, None])
         p_copy = (self._copy_weights(view) * (view.tokens == targets[:, None, None])).sum(-1, keepdim=True)
         p_transition, totals = self._transition_of(current, targets[:, None], leave_one_out)
-        gate = self._gate(out, view.valid, totals)
-        mixed = (gate * torch.cat([log_p_generate.exp(), p_copy, p_transition[..., None]], dim=-1)).sum(-1)
+        parts = [p_generate, p_copy, p_transition[..., None]]
+        if context.profile is not None:
+            weights = self._profile_weights(out, context.profile)
+            parts.append((weights * (context.profile.ids == targets[:, None, None])).sum(-1, keepdim=True))
+        gate = self._gate(state, view.valid, totals, context.profile)
+        mixed = (gate[..., :len(parts)] * torch.cat(parts, dim=-1)).sum(-1)
         return torch.log(mixed.clamp_min(_MIN_PROB))[:, 0]
 
     def hidden_states(self, batch: EventTensors, h0: Tensor | None = None) -> Tensor:
@@ -321,7 +362,7 @@ class NextActionModel(nn.Module):
         here = rows * n_time + cols
 
         def take(t: Tensor, at: Tensor) -> Tensor:
-            return t.reshape(-1, *t.shape[2:]).index_select(0, at)
+            return t.flatten(0, 1).index_select(0, at)
 
         events = batch.map(lambda t: take(t, flat).reshape(n, 1, width, *t.shape[2:]))
         events = replace(events, mask=events.mask & (index >= 0).unsqueeze(1))
@@ -367,20 +408,46 @@ class NextActionModel(nn.Module):
 
     # -- distributions and gates --------------------------------------------------------------
 
-    def _log_probs(self, out: Tensor, view: _WindowView, current: Tensor) -> Tensor:
-        """Mix the generate, copy and transition distributions: out [batch, time, hidden] and
-        current tokens [batch, time] -> log-probs [batch, time, vocab]."""
-        gate = self._gate(out, view.valid, self.transition_totals[current])
-        mixed = gate[..., 0:1] * torch.softmax(self._generate_logits(out), dim=-1)
+    def _log_probs(self, out: Tensor, view: _WindowView, current: Tensor, context: _Context) -> Tensor:
+        """out [batch, time, hidden] and current tokens [batch, time] -> log-probs [batch, time, vocab]."""
+        return torch.log(self._mixture(out, view, current, context).clamp_min(_MIN_PROB))
+
+    def _mixture(self, out: Tensor, view: _WindowView, current: Tensor, context: _Context,
+                 leave_out: Tensor | None = None) -> Tensor:
+        """The gated mixture of the four distributions [batch, time, vocab] (probabilities);
+        ``leave_out`` [batch, time]: target ids whose own pair leaves the transition counts."""
+        state = self._output_state(out, context.profile)
+        totals = self.transition_totals[current]
+        if leave_out is not None:
+            totals = totals - (self._transition_count(current, leave_out) > 0).to(totals.dtype)
+        gate = self._gate(state, view.valid, totals, context.profile)
+        mixed = gate[..., 0:1] * torch.softmax(self._generate_logits(state, context.profile), dim=-1)
         mixed = mixed + gate[..., 1:2] * self._copy_distribution(view)
         if self.config.use_transitions:
-            mixed = mixed + gate[..., 2:3] * self._transition_rows(current)
-        return torch.log(mixed.clamp_min(_MIN_PROB))
+            mixed = mixed + gate[..., 2:3] * self._transition_rows(current, leave_out)
+        if context.profile is not None:
+            mixed = mixed + gate[..., 3:4] * self._profile_distribution(out, context.profile)
+        if context.consumed is not None:
+            mixed = mixed * ~self._consumed_mask(context.consumed)
+            mixed = mixed / mixed.sum(-1, keepdim=True).clamp_min(_MIN_PROB)
+        return mixed
 
-    def _generate_logits(self, out: Tensor) -> Tensor:
-        """Logits over the vocabulary from the GRU state [batch, time, vocab]; padding never wins."""
-        logits = self.generate_head(self.dropout(out))
-        return logits.index_fill(-1, torch.tensor([PAD_ID], device=out.device), _MASKED)
+    def _output_state(self, out: Tensor, profile: ProfileTensors | None) -> Tensor:
+        """The GRU state with the profile's summary (its probability-weighted token embedding):
+        [*lead, hidden + embed]."""
+        if profile is None:
+            return torch.cat([out, out.new_zeros(*out.shape[:-1], self.config.embed_dim)], dim=-1)
+        summary = (profile.probs.unsqueeze(-1) * self.token_embedding(profile.ids)).sum(-2)
+        return torch.cat([out, summary], dim=-1)
+
+    def _generate_logits(self, state: Tensor, profile: ProfileTensors | None) -> Tensor:
+        """Logits over the vocabulary from the output state [*lead, vocab]; the user's known
+        actions get the learned repeat bias; padding never wins."""
+        logits = self.generate_head(self.dropout(state))
+        if profile is not None:
+            known = torch.zeros_like(logits).scatter(-1, profile.ids, (profile.probs > 0).to(logits.dtype))
+            logits = logits + self.repeat_bias * known
+        return logits.index_fill(-1, torch.tensor([PAD_ID], device=state.device), _MASKED)
 
     def _copy_weights(self, view: _WindowView) -> Tensor:
         """Attention over each window: [batch, time, window], zero on invalid events."""
@@ -392,40 +459,94 @@ class NextActionModel(nn.Module):
         copy = weights.new_zeros(*weights.shape[:2], self.config.vocab_size)
         return copy.scatter_add(2, view.tokens, weights)
 
-    def _transition_rows(self, current: Tensor) -> Tensor:
-        """Transition probabilities from each current token [*lead] -> [*lead, vocab] (0 when unseen)."""
+    def _profile_weights(self, out: Tensor, profile: ProfileTensors) -> Tensor:
+        """Attention of the GRU state over the profile's slots, starting from the counts:
+        softmax(sharpness * log p + query . key) over the occupied slots [*lead, slots]."""
+        valid = profile.probs > 0
+        keys = self.profile_key(self.token_embedding(profile.ids))
+        scores = (self.profile_query(out).unsqueeze(-2) * keys).sum(-1) / math.sqrt(self.config.attn_dim)
+        scores = scores + self.profile_sharpness * torch.log(profile.probs.clamp_min(_MIN_PROB))
+        return torch.softmax(scores.masked_fill(~valid, _MASKED), dim=-1) * valid
+
+    def _profile_distribution(self, out: Tensor, profile: ProfileTensors) -> Tensor:
+        """The profile attention scattered onto its tokens: [*lead, vocab]."""
+        weights = self._profile_weights(out, profile)
+        return weights.new_zeros(*weights.shape[:-1], self.config.vocab_size).scatter_add(-1, profile.ids, weights)
+
+    def _consumed_after(self, events: EventTensors, before: Tensor | None = None) -> Tensor | None:
+        """The consumed-action filter after each event, bool [*lead, bits] ([batch, time] events:
+        accumulated along time from ``before`` [batch, bits]); None unless the model excludes."""
+        hashes = events.consumed.shape[-1]
+        if not self.config.exclude_consumed or hashes == 0 or self.consumed_index.shape[1] == 0:
+            return None
+        n_bits = self.filter_bits
+        if before is not None and before.shape[-1] != n_bits:
+            raise ModelError(f"consumed filter has {before.shape[-1]} bits, the model reads {n_bits}")
+        bits = torch.zeros(*events.consumed.shape[:-1], n_bits, dtype=torch.uint8, device=events.consumed.device)
+        bits.scatter_(-1, events.consumed, events.mask.unsqueeze(-1).to(torch.uint8).expand_as(events.consumed))
+        if events.tokens.dim() == 1:  # one event per row (step)
+            return bits.bool() if before is None else bits.bool() | before.bool()
+        if before is not None:
+            bits = torch.cat([before.to(torch.uint8).unsqueeze(1), bits], dim=1)
+        bits = bits.cummax(dim=1).values.bool()
+        return bits[:, 1:] if before is not None else bits
+
+    def _consumed_mask(self, consumed: Tensor) -> Tensor:
+        """Which vocabulary ids the filter holds: bool [*lead, vocab] from bits [*lead, bits]."""
+        index = self.consumed_index
+        hit = consumed.index_select(-1, index.reshape(-1))
+        return hit.reshape(*consumed.shape[:-1], *index.shape).all(-1)
+
+    def _transition_rows(self, current: Tensor, leave_out: Tensor | None = None) -> Tensor:
+        """Transition probabilities from each current token [*lead] -> [*lead, vocab] (0 when
+        unseen); ``leave_out`` [*lead] removes one (current -> leave_out) pair from the counts."""
         size, flat = self.config.vocab_size, current.reshape(-1)
         start = torch.searchsorted(self.transition_keys, flat * size)
         lengths = torch.searchsorted(self.transition_keys, (flat + 1) * size) - start
         owner = torch.repeat_interleave(torch.arange(len(flat), device=flat.device), lengths)
         first = torch.repeat_interleave(start - (lengths.cumsum(0) - lengths), lengths)
         entry = first + torch.arange(len(owner), device=flat.device)
-        rows = torch.zeros(len(flat), size, device=flat.device)
-        rows[owner, self.transition_keys[entry] % size] = \
-            self.transition_counts[entry] / self.transition_totals[flat[owner]]
+        counts = torch.zeros(len(flat), size, device=flat.device)
+        counts[owner, self.transition_keys[entry] % size] = self.transition_counts[entry]
+        totals = self.transition_totals[flat]
+        if leave_out is not None:
+            out_ids = leave_out.reshape(-1)
+            found = counts.gather(1, out_ids[:, None]) > 0
+            counts = counts.scatter_add(1, out_ids[:, None], -found.to(counts.dtype))
+            totals = totals - found[:, 0].to(totals.dtype)
+        rows = torch.where(totals[:, None] > 0, counts / totals.clamp_min(1.0)[:, None], torch.zeros_like(counts))
         return rows.reshape(*current.shape, size)
+
+    def _transition_count(self, current: Tensor, targets: Tensor) -> Tensor:
+        """How often (current -> target) occurred in training: [*lead]."""
+        if len(self.transition_keys) == 0:
+            return torch.zeros_like(self.transition_totals[current])
+        key = current * self.config.vocab_size + targets
+        index = torch.searchsorted(self.transition_keys, key).clamp_max(len(self.transition_keys) - 1)
+        found = self.transition_keys[index] == key
+        return torch.where(found, self.transition_counts[index], torch.zeros_like(self.transition_totals[current]))
 
     def _transition_of(self, current: Tensor, targets: Tensor, leave_one_out: bool) -> tuple[Tensor, Tensor]:
         """P(target | current token) from the counts, and the counts' row totals (both [*lead])."""
         totals = self.transition_totals[current]
-        if len(self.transition_keys) == 0:
-            return torch.zeros_like(totals), totals
-        key = current * self.config.vocab_size + targets
-        index = torch.searchsorted(self.transition_keys, key).clamp_max(len(self.transition_keys) - 1)
-        found = self.transition_keys[index] == key
-        counts = torch.where(found, self.transition_counts[index], torch.zeros_like(totals))
+        counts = self._transition_count(current, targets)
         if leave_one_out:
-            counts, totals = counts - found.float(), totals - found.float()
+            found = (counts > 0).to(totals.dtype)
+            counts, totals = counts - found, totals - found
         return torch.where(totals > 0, counts / totals.clamp_min(1.0), torch.zeros_like(totals)), totals
 
-    def _gate(self, out: Tensor, valid: Tensor, totals: Tensor) -> Tensor:
-        """Weights of the generate, copy and transition distributions from the state, the window's
-        size and how often the current token was followed in training: [batch, time, 3]."""
-        window_count = torch.log1p(valid.sum(-1, keepdim=True).float())
-        logits = self.gate_layer(torch.cat([out, window_count, torch.log1p(totals)[..., None]], dim=-1))
-        no_transitions = (totals <= 0) | (not self.config.use_transitions)
-        return torch.softmax(logits.masked_fill(torch.stack([torch.zeros_like(no_transitions)] * 2 +
-                                                            [no_transitions], dim=-1), _MASKED), dim=-1)
+    def _gate(self, state: Tensor, valid: Tensor, totals: Tensor, profile: ProfileTensors | None) -> Tensor:
+        """Weights of the generate, copy, transition and profile distributions from the output
+        state, the window's size, how often the current token was followed in training and the
+        profile's total count: [*lead, 4]."""
+        window_count = torch.log1p(valid.sum(-1, keepdim=True).to(state.dtype))
+        mass = profile.mass if profile is not None else torch.zeros_like(totals)
+        features = [state, window_count, torch.log1p(totals)[..., None], torch.log1p(mass)[..., None]]
+        logits = self.gate_layer(torch.cat(features, dim=-1))
+        off = torch.stack([torch.zeros_like(totals, dtype=torch.bool)] * 2 +
+                          [(totals <= 0) | (not self.config.use_transitions),
+                           (mass <= 0) | (not self.config.use_profile)], dim=-1)
+        return torch.softmax(logits.masked_fill(off, _MASKED), dim=-1)
 
 
 def _dense_mask(config: NextActionConfig) -> Tensor:

@@ -1,4 +1,5 @@
-"""Training of the next-action model (Adam, early stopping on validation) and its checkpoints."""
+"""Training of the next-action model (Adam, early stopping on all validation targets), the choice
+between the model and the baselines it must beat, and checkpoints."""
 
 from __future__ import annotations
 
@@ -17,22 +18,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.next_action.baselines import TrainingCounts
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.next_action.datasets import ActionDataset, ActionSequence, Split
-from models.next_action.evaluation import (TargetSet, batch_target_log_probs, build_targets, length_batches,
-                               model_log_probs, summarize, target_ranks, training_runs)
 from models.exceptions import CheckpointError, ModelError
-from models.next_action.features import FeatureSpec, Vocabulary
+from models.next_action.baselines import SERVABLE, TrainingCounts, servable_baselines
+from models.next_action.datasets import ActionDataset, ActionSequence, Split
+from models.next_action.defaults import DataShape, Recipe, choose_half_life, recipe_for
+from models.next_action.evaluation import (TargetSet, batch_target_log_probs, build_targets, length_batches,
+                                           model_ranks, scorer_ranks, summarize, training_runs)
+from models.next_action.features import FeatureSpec, Vocabulary, consumed_index
 from models.next_action.model import NextActionConfig, NextActionModel
 
-__all__ = ["CHECKPOINT_KIND", "LoadedNextAction", "train_next_action", "model_version",
-           "save_next_action", "load_next_action"]
+__all__ = ["CHECKPOINT_KIND", "STOP_METRICS", "LoadedNextAction", "train_next_action", "model_version",
+           "save_next_action", "load_next_action", "prepare_model"]
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "next-action"
-_STOP_METRIC = "mrr"
+# Early-stopping criteria: higher MRR or lower NLL over all validation targets.
+STOP_METRICS = ("mrr", "nll")
+_MIN_LOG_PROB = math.log(1e-11)  # below: a target the exclusion of consumed actions makes impossible
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,11 @@ class LoadedNextAction:
     def version(self) -> str:
         return str(self.metadata["version"])
 
+    @property
+    def serves(self) -> str:
+        """"model", or the SERVABLE baseline that beat the model on validation."""
+        return str(self.metadata.get("serve", "model"))
+
 
 @dataclass(frozen=True)
 class _Prepared:
@@ -58,77 +67,112 @@ class _Prepared:
     config: NextActionConfig
     train: TargetSet
     valid: TargetSet
-    popularity: np.ndarray
+    counts: TrainingCounts
     runs: list[np.ndarray]
+    shape: DataShape
+    recipe: Recipe
 
 
-def train_next_action(sequences: ActionDataset | Sequence[ActionSequence], config: NextActionConfig, *,
-                      epochs: int = 10, lr: float = 2e-3, lr_decay: float = 1.0, patience: int = 2, seed: int = 0,
-                      device: torch.device | str = "cpu", progress: bool = True,
-                      max_batch_events: int = 4096, weight_decay: float = 0.0, grad_clip: float = 5.0,
-                      h3_resolution: int = 8, min_count: int = 1,
-                      fingerprint: str | None = None) -> tuple[NextActionModel, dict[str, Any]]:
+def train_next_action(sequences: ActionDataset | Sequence[ActionSequence], config: NextActionConfig | None = None, *,
+                      epochs: int | None = None, lr: float | None = None, lr_decay: float = 1.0,
+                      patience: int | None = None, seed: int = 0, device: torch.device | str = "cpu",
+                      progress: bool = True, max_batch_events: int | None = None, weight_decay: float = 0.0,
+                      grad_clip: float = 5.0, h3_resolution: int = 8, min_count: int = 1,
+                      fingerprint: str | None = None, stop_metric: str = "mrr",
+                      features: dict[str, Any] | None = None) -> tuple[NextActionModel, dict[str, Any]]:
     """Fit a NextActionModel on the TRAIN targets with Adam (learning rate multiplied by
-    ``lr_decay`` after each epoch), keep the epoch with the best validation MRR.
+    ``lr_decay`` after each epoch) and keep the epoch with the best ``stop_metric`` over all
+    validation targets; then score the servable baselines on the same targets and record which of
+    them (or the model) a worker should serve.
 
-    The vocabulary (tokens seen ``min_count`` times in training), the location normalization and
-    the transition counts come from the training events only; ``config.vocab_size`` is replaced
-    by the vocabulary's size. Early stopping after ``patience`` epochs without a better validation
-    MRR; without validation targets every epoch runs and the last is kept. Returns the model
-    (eval mode, on ``device``) and the metadata a checkpoint stores (history entry 0 is the
-    untrained model).
+    Anything not given comes from ``models.next_action.defaults.recipe_for`` the data's shape:
+    ``config`` (its ``vocab_size`` is replaced by the vocabulary's size), ``features`` (profile and
+    consumed-filter settings of the FeatureSpec), ``epochs``, ``patience``, ``lr`` and
+    ``max_batch_events``. The vocabulary (tokens seen ``min_count`` times), the location
+    normalization, the transition counts and the data shape come from the training events only.
+    Early stopping after ``patience`` epochs without a better validation score; without
+    validation targets every epoch runs and the last is kept. Returns the model (eval mode, on
+    ``device``) and the metadata a checkpoint stores (history entry 0 is the untrained model).
     """
-    if epochs < 1:
+    if epochs is not None and epochs < 1:
         raise ModelError(f"epochs must be >= 1, got {epochs}")
+    if stop_metric not in STOP_METRICS:
+        raise ModelError(f"stop_metric must be one of {STOP_METRICS}, got {stop_metric!r}")
     dataset = sequences if isinstance(sequences, ActionDataset) else None
-    prepared = _prepare(tuple(dataset.sequences if dataset else sequences), config,
+    prepared = _prepare(tuple(dataset.sequences if dataset else sequences), config, features,
                         h3_resolution=h3_resolution, min_count=min_count)
+    plan = {**prepared.recipe.training, **{k: v for k, v in dict(epochs=epochs, lr=lr, patience=patience,
+                                                                  max_batch_events=max_batch_events).items()
+                                           if v is not None}}
     torch.manual_seed(seed)
-    model = NextActionModel(prepared.config)
-    model.set_transitions(prepared.runs)
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model = prepare_model(prepared.config, prepared.vocab, prepared.spec, prepared.runs).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=plan["lr"], weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_decay)
     started = time.monotonic()
     history, best_epoch = _fit(model, optimizer, scheduler, prepared, np.random.default_rng(seed),
-                               epochs=epochs, patience=patience, device=device, progress=progress,
-                               max_batch_events=max_batch_events, grad_clip=grad_clip)
-    metadata = _metadata(model, prepared, history, best_epoch, seed=seed, lr=lr, lr_decay=lr_decay,
-                         fingerprint=fingerprint or (dataset.fingerprint if dataset else None),
-                         dataset=dataset.name if dataset else None, seconds=time.monotonic() - started)
+                               epochs=plan["epochs"], patience=plan["patience"], device=device, progress=progress,
+                               max_batch_events=plan["max_batch_events"], grad_clip=grad_clip, stop_metric=stop_metric)
+    seconds = time.monotonic() - started
+    choice = _choose_server(model, prepared, device, stop_metric)
+    metadata = _metadata(model, prepared, history, best_epoch, seed=seed, lr=plan["lr"], lr_decay=lr_decay,
+                         epochs=plan["epochs"], patience=plan["patience"], max_batch_events=plan["max_batch_events"],
+                         stop_metric=stop_metric, fingerprint=fingerprint or (dataset.fingerprint if dataset else None),
+                         dataset=dataset.name if dataset else None, seconds=seconds, **choice)
     return model, metadata
 
 
-def _prepare(seqs: Sequence[ActionSequence], config: NextActionConfig, *, h3_resolution: int,
-             min_count: int) -> _Prepared:
+def prepare_model(config: NextActionConfig, vocab: Vocabulary, spec: FeatureSpec,
+                  runs: Sequence[np.ndarray] = ()) -> NextActionModel:
+    """A fresh model with its non-learned parts: transition counts from ``runs`` (training id
+    sequences) and the consumed-action filter index of ``vocab`` under ``spec``."""
+    model = NextActionModel(config)
+    model.set_transitions(runs)
+    model.set_consumed_index(consumed_index(vocab, spec), spec.consumed_bits)
+    return model
+
+
+def _prepare(seqs: Sequence[ActionSequence], config: NextActionConfig | None, features: dict[str, Any] | None, *,
+             h3_resolution: int, min_count: int) -> _Prepared:
     training = [e for s in seqs for e, x in zip(s.events, s.splits) if x == Split.TRAIN]
     vocab = Vocabulary.build((e.token for e in training), min_count=min_count)
-    spec = FeatureSpec.fit(training, h3_resolution=h3_resolution, n_cell_buckets=config.n_cell_buckets)
+    runs = training_runs(seqs, vocab)
+    shape = DataShape.of(seqs, len(vocab))
+    recipe = recipe_for(shape)
+    config = NextActionConfig(vocab_size=len(vocab), **recipe.model) if config is None \
+        else replace(config, vocab_size=len(vocab))
+    chosen = dict(recipe.features, profile_half_life=choose_half_life(runs, config.window_size))
+    if not config.exclude_consumed:
+        chosen.update(consumed_bits=0, consumed_hashes=0)
+    chosen.update(features or {})
+    recipe = Recipe(config.to_dict(), chosen, recipe.training)
+    spec = FeatureSpec.fit(training, h3_resolution=h3_resolution, n_cell_buckets=config.n_cell_buckets, **chosen)
     train = build_targets(seqs, vocab, spec, Split.TRAIN)
     if len(train) == 0:
-        raise ModelError("no training targets: a sequence needs 2+ consecutive events marked TRAIN")
-    runs = training_runs(seqs, vocab)
-    return _Prepared(vocab, spec, replace(config, vocab_size=len(vocab)), train,
-                     build_targets(seqs, vocab, spec, Split.VALID),
-                     TrainingCounts.fit(runs, len(vocab)).popularity, runs)
+        raise ModelError("no training targets: a training target is an event whose user has an earlier event, "
+                         "both before the validation part; every user has fewer than 2 training events")
+    return _Prepared(vocab, spec, config, train, build_targets(seqs, vocab, spec, Split.VALID),
+                     TrainingCounts.fit(runs, len(vocab)), runs, shape, recipe)
 
 
 def _fit(model: NextActionModel, optimizer: torch.optim.Optimizer,
          scheduler: torch.optim.lr_scheduler.LRScheduler, prepared: _Prepared, rng: np.random.Generator, *,
          epochs: int, patience: int, device: torch.device | str, progress: bool, max_batch_events: int,
-         grad_clip: float) -> tuple[list[dict[str, float]], int]:
+         grad_clip: float, stop_metric: str) -> tuple[list[dict[str, float]], int]:
     """Epoch loop with early stopping; leaves the best epoch's weights in ``model`` (eval mode)."""
     has_valid = len(prepared.valid) > 0
+    sign = 1.0 if stop_metric == "mrr" else -1.0
     history = [{"epoch": 0.0, **_validate(model, prepared, device)}] if has_valid else []
     best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
     for epoch in range(1, epochs + 1):
+        started = time.monotonic()
         loss = _train_epoch(model, optimizer, prepared.train, rng, device=device, grad_clip=grad_clip,
                             max_batch_events=max_batch_events, progress=progress, label=f"{epoch}/{epochs}")
         scheduler.step()
-        record = {"epoch": float(epoch), "train_loss": loss, **(_validate(model, prepared, device) if has_valid else {})}
+        record = {"epoch": float(epoch), "train_loss": loss, "seconds": time.monotonic() - started,
+                  **(_validate(model, prepared, device) if has_valid else {})}
         history.append(record)
         _report(record, progress)
-        score = record.get(f"valid_{_STOP_METRIC}", float(epoch))
+        score = sign * record[f"valid_{stop_metric}"] if has_valid else float(epoch)
         if score > best_score:
             best_score, best_epoch, best_state = score, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= patience and has_valid:
@@ -142,21 +186,28 @@ def _fit(model: NextActionModel, optimizer: torch.optim.Optimizer,
 def _report(record: dict[str, float], progress: bool) -> None:
     logger.info("epoch %d: %s", record["epoch"], {k: round(v, 4) for k, v in record.items()})
     if progress:
-        valid = "".join(f" valid {k} {record[f'valid_{k}']:.4f}" for k in (_STOP_METRIC, "acc@1", "acc@10", "nll")
+        valid = "".join(f" valid {k} {record[f'valid_{k}']:.4f}" for k in ("mrr", "acc@1", "acc@10", "nll")
                         if f"valid_{k}" in record)
-        tqdm.write(f"epoch {int(record['epoch'])}: train loss {record['train_loss']:.4f}{valid}")
+        tqdm.write(f"epoch {int(record['epoch'])}: train loss {record['train_loss']:.4f}{valid} "
+                   f"({record['seconds']:.0f} s)")
 
 
 def _train_epoch(model: NextActionModel, optimizer: torch.optim.Optimizer, train: TargetSet,
                  rng: np.random.Generator, *, device: torch.device | str, max_batch_events: int,
                  grad_clip: float, progress: bool, label: str) -> float:
-    """One pass over the training targets (transition counts leave each target out); mean NLL."""
+    """One pass over the training targets (transition counts leave each target out); mean NLL.
+    Targets the exclusion of consumed actions makes impossible (the few repeats of data that
+    "never repeat") carry no gradient."""
     model.train()
     total, count = 0.0, 0
     batches = length_batches([len(e) for e in train.encoded], max_batch_events, rng)
     with tqdm(batches, desc=f"epoch {label}", disable=not progress, leave=False) as bar:
         for rows in bar:
             log_probs = batch_target_log_probs(model, train, rows, device, leave_one_out=True)
+            if model.config.exclude_consumed:
+                log_probs = log_probs[log_probs > _MIN_LOG_PROB]
+                if len(log_probs) == 0:
+                    continue
             loss = -log_probs.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -164,17 +215,47 @@ def _train_epoch(model: NextActionModel, optimizer: torch.optim.Optimizer, train
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
             total, count = total + loss.item() * len(log_probs), count + len(log_probs)
-            bar.set_postfix(loss=f"{total / count:.3f}")
-    return total / count
+            bar.set_postfix(loss=f"{total / max(1, count):.3f}")
+    return total / max(1, count)
 
 
 def _validate(model: NextActionModel, prepared: _Prepared, device: torch.device | str) -> dict[str, float]:
-    """Validation metrics (prefixed ``valid_``) without standard errors."""
-    valid = prepared.valid
-    log_probs = model_log_probs(model, valid, device=device)
-    ranks = target_ranks(log_probs, valid.targets, prepared.popularity)
-    nll = -log_probs[np.arange(len(valid)), valid.targets].astype(np.float64)
+    """Validation metrics over all validation targets (prefixed ``valid_``), without standard errors."""
+    ranks, nll = model_ranks(model, prepared.valid, prepared.counts.popularity, device=device)
     return {f"valid_{k}": v for k, v in summarize(ranks, nll).items() if not k.endswith("_se") and k != "n"}
+
+
+def _choose_server(model: NextActionModel, prepared: _Prepared, device: torch.device | str,
+                   stop_metric: str) -> dict[str, Any]:
+    """Score the servable baselines on the validation targets beside the model: the checkpoint
+    serves the best by ``stop_metric`` (the model unless a baseline beats it), and records the
+    surprisal (-log p of each validation target) of what it serves, the population reference of
+    behavior anomaly scoring."""
+    valid, popularity = prepared.valid, prepared.counts.popularity
+    if len(valid) == 0:
+        return {"serve": "model", "baselines": {}, "surprisal": {}}
+    scored = {"model": model_ranks(model, valid, popularity, device=device)}
+    for key, scorer in servable_baselines(prepared.counts, exclude_consumed=prepared.config.exclude_consumed).items():
+        scored[key] = scorer_ranks(scorer, valid, popularity)
+    metrics = {key: {k: v for k, v in summarize(r, n).items() if not k.endswith("_se")} for key, (r, n) in scored.items()}
+    sign = 1.0 if stop_metric == "mrr" else -1.0
+    serve = max(scored, key=lambda key: (sign * metrics[key][stop_metric], key == "model"))
+    if serve != "model":
+        logger.warning("baseline %s beats the model on validation %s (%.4f vs %.4f): the checkpoint serves it",
+                       serve, stop_metric, metrics[serve][stop_metric], metrics["model"][stop_metric])
+    surprisal = scored[serve][1]
+    return {"serve": serve, "baselines": {k: v for k, v in metrics.items() if k != "model"},
+            "surprisal": _distribution(surprisal)}
+
+
+def _distribution(values: np.ndarray) -> dict[str, float]:
+    """Mean, standard deviation and quantiles of per-target surprisals (nats)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return {}
+    quantiles = np.percentile(finite, [50, 90, 99])
+    return {"n": float(finite.size), "mean": float(finite.mean()), "std": float(finite.std()),
+            "q50": float(quantiles[0]), "q90": float(quantiles[1]), "q99": float(quantiles[2])}
 
 
 def _metadata(model: NextActionModel, prepared: _Prepared, history: list[dict[str, float]],
@@ -186,7 +267,11 @@ def _metadata(model: NextActionModel, prepared: _Prepared, history: list[dict[st
         "features": prepared.spec.to_dict(),
         "best_epoch": best_epoch,
         "validation": {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")},
+        "validation_targets": len(prepared.valid),
+        "training_targets": len(prepared.train),
         "history": history,
+        "data_shape": prepared.shape.to_dict(),
+        "recipe": prepared.recipe.to_dict(),
         "data_fingerprint": extra.pop("fingerprint"),
         **extra,
     }
@@ -205,13 +290,13 @@ def model_version(model: NextActionModel, metadata: dict[str, Any]) -> str:
     return f"gru-{digest.hexdigest()[:12]}"
 
 
-def save_next_action(path: str | os.PathLike, model: NextActionModel, metadata: dict[str, Any]) -> Path:
+def save_next_action(path: str | os.PathLike[str], model: NextActionModel, metadata: dict[str, Any]) -> Path:
     """Write weights + metadata (plain types only) atomically."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return save_checkpoint(path, kind=CHECKPOINT_KIND, state_dict=state, metadata=metadata)
 
 
-def load_next_action(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> LoadedNextAction:
+def load_next_action(path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> LoadedNextAction:
     """Read a checkpoint written by ``save_next_action``; the model comes back in eval mode."""
     payload = load_checkpoint(path, kind=CHECKPOINT_KIND)
     metadata = payload["metadata"]
@@ -219,13 +304,17 @@ def load_next_action(path: str | os.PathLike, *, device: torch.device | str = "c
         config = NextActionConfig.from_dict(metadata["config"])
         vocab = Vocabulary.from_list(metadata["vocabulary"])
         spec = FeatureSpec.from_dict(metadata["features"])
-        model = NextActionModel(config)
+        model = prepare_model(config, vocab, spec)
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, RuntimeError, ModelError) as exc:
         raise CheckpointError(f"checkpoint {path} does not hold a usable next-action model "
-                              f"({exc.__class__.__name__}: {exc})") from exc
+                              f"({exc.__class__.__name__}: {exc}); retrain it with this release "
+                              "(stream-app train next-action)") from exc
     if len(vocab) != config.vocab_size:
         raise CheckpointError(f"checkpoint {path}: vocabulary has {len(vocab)} ids, model expects "
                               f"{config.vocab_size}")
+    serve = metadata.get("serve", "model")
+    if serve != "model" and serve not in SERVABLE:
+        raise CheckpointError(f"checkpoint {path} serves {serve!r}, which is none of model, {', '.join(SERVABLE)}")
     metadata.setdefault("version", model_version(model, metadata))
     return LoadedNextAction(model.to(device).eval(), vocab, spec, metadata)

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from models.next_action.baselines import (FrequencyScorer, MarkovScorer, MixScorer, PopularityScorer, TrainingCounts,
-                                      standard_baselines)
+from models.next_action.baselines import (FrequencyScorer, MarkovScorer, MixScorer, PopularityScorer, ProfileScorer,
+                                         TargetContext, TrainingCounts, UnconsumedScorer, servable_baselines,
+                                         standard_baselines)
 from models.next_action.evaluation import baseline_probabilities, target_ranks
 
 # ids 0/1 are padding/OOV; tokens 2..5. Training: 2->3 twice, 3->4, 4->2, 3->2.
@@ -28,15 +29,37 @@ def test_counts(counts: TrainingCounts) -> None:
 
 
 def test_scorers_hand_made(counts: TrainingCounts) -> None:
-    history = [5, 4, 4, 3]
-    np.testing.assert_array_equal(PopularityScorer(counts).scores(history), [0, 0, 3, 3, 1, 1])
-    np.testing.assert_array_equal(MarkovScorer(counts).scores(history), [0, 0, 1, 0, 1, 0])
-    np.testing.assert_array_equal(FrequencyScorer(6).scores(history), [0, 0, 0, 1, 2, 1])
+    one = TargetContext([np.array([5, 4, 4, 3])])
+    np.testing.assert_array_equal(PopularityScorer(counts).scores(one), [[0, 0, 3, 3, 1, 1]])
+    np.testing.assert_array_equal(MarkovScorer(counts).scores(one), [[0, 0, 1, 0, 1, 0]])
+    np.testing.assert_array_equal(FrequencyScorer(6).scores(one), [[0, 0, 0, 1, 2, 1]])
     mix = MixScorer(MarkovScorer(counts), FrequencyScorer(6))
-    np.testing.assert_allclose(mix.scores(history), [0, 0, 0.25, 0.125, 0.5, 0.125])
-    assert MarkovScorer(counts).scores([]).sum() == 0
+    np.testing.assert_allclose(mix.scores(one), [[0, 0, 0.25, 0.125, 0.5, 0.125]])
+    assert MarkovScorer(counts).scores(TargetContext([np.array([], dtype=np.int64)])).sum() == 0
     assert [s.name for s in standard_baselines(counts)] == [
-        "popularity", "first-order Markov", "user's own frequency", "0.5 Markov + 0.5 user frequency"]
+        "popularity", "popularity, not yet consumed", "first-order Markov", "first-order Markov, not yet consumed",
+        "user's own frequency", "0.5 Markov + 0.5 user frequency"]
+
+
+def test_not_yet_consumed_variants_rank_what_the_user_did_last(counts: TrainingCounts) -> None:
+    context = TargetContext([np.array([2, 3])])                     # the user did 2 and 3
+    scores = UnconsumedScorer(PopularityScorer(counts)).scores(context)
+    np.testing.assert_array_equal(scores, [[0, 0, -1, -1, 1, 1]])
+    ranks = target_ranks(scores, np.array([2]), counts.popularity)
+    assert ranks[0] == 3                                             # below every unconsumed token (4, 5)
+    markov = UnconsumedScorer(MarkovScorer(counts)).scores(context)  # after 3: {2, 4}; 2 is done
+    np.testing.assert_array_equal(markov, [[0, 0, -1, -1, 1, 0]])
+    probs = baseline_probabilities(scores, counts.popularity)
+    assert probs[0, 2] == pytest.approx(0.01 * 4 / 13)               # "never" keeps only the smoothing
+
+
+def test_profile_scorer_reads_the_profile_snapshot(counts: TrainingCounts) -> None:
+    context = TargetContext([np.array([2])], profile_ids=np.array([[3, 5, 0]]),
+                            profile_probs=np.array([[0.75, 0.25, 0.0]], dtype=np.float32))
+    np.testing.assert_allclose(ProfileScorer(6).scores(context), [[0, 0, 0, 0.75, 0, 0.25]])
+    served = servable_baselines(counts)
+    assert set(served) == {"popularity", "markov", "user-frequency", "mix"}
+    np.testing.assert_allclose(served["mix"].scores(context), [[0, 0, 0, 0.375 + 0.5, 0, 0.125]])
 
 
 def test_ties_broken_by_popularity_then_id(counts: TrainingCounts) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,10 @@ import torch
 
 from models.next_action.datasets import ActionSequence, Split
 from models.exceptions import ModelError
-from models.next_action.features import EventRecord, encode_events
-from models.next_action.model import EventTensors, NextActionConfig
+from models.next_action.anomaly import SurpriseState, SurprisingEvent
+from models.next_action.features import EventRecord, encode_events, encode_profiles
+from models.next_action.history import ConsumedFilter, Profile
+from models.next_action.model import EventTensors, NextActionConfig, ProfileTensors
 from models.next_action.serving import (ActionEvent, GRUPredictor, MarkovPredictor, NextActionPredictor, UserState,
                             WindowEvent, predict_in_rounds, update_window)
 from models.next_action.training import load_next_action, save_next_action, train_next_action
@@ -25,8 +28,30 @@ T0 = 1_333_411_200_000
 def _same_state(a: UserState, b: UserState) -> bool:
     hidden_equal = (a.hidden is None and b.hidden is None) or (
         a.hidden is not None and b.hidden is not None and np.array_equal(a.hidden, b.hidden))
-    return hidden_equal and (a.window, a.last_ts_ms, a.last_lat, a.last_lon, a.event_count, a.model_version) == \
+    profile_equal = (a.profile is None and b.profile is None) or (
+        a.profile is not None and b.profile is not None and a.profile.size == b.profile.size
+        and a.profile.filled() == b.profile.filled())
+    filter_equal = (a.consumed is None and b.consumed is None) or (
+        a.consumed is not None and b.consumed is not None and np.array_equal(a.consumed.bits, b.consumed.bits)
+        and a.consumed.n_hashes == b.consumed.n_hashes)
+    surprise_equal = (a.surprise is None) == (b.surprise is None) and (a.surprise is None or a.surprise == b.surprise)
+    return hidden_equal and profile_equal and filter_equal and surprise_equal and \
+        (a.window, a.last_ts_ms, a.last_lat, a.last_lon, a.event_count, a.model_version) == \
         (b.window, b.last_ts_ms, b.last_lat, b.last_lon, b.event_count, b.model_version)
+
+
+def _profile(tokens: list[str], size: int = 4) -> Profile:
+    profile = Profile(size)
+    for token in tokens:
+        profile.add(token, 0.9)
+    return profile
+
+
+def _filter(tokens: list[str]) -> ConsumedFilter:
+    consumed = ConsumedFilter(100, 3)
+    for token in tokens:
+        consumed.add(token)
+    return consumed
 
 
 @pytest.mark.parametrize("state", [
@@ -36,13 +61,41 @@ def _same_state(a: UserState, b: UserState) -> bool:
               last_ts_ms=T0 + 5, last_lat=None, last_lon=None, event_count=2, model_version="gru-abc"),
     UserState(hidden=None, window=[WindowEvent("a" * 300, -5, -90.0, 180.0)], last_ts_ms=-5,
               last_lat=-90.0, last_lon=180.0, event_count=2**40, model_version="markov-online"),
-], ids=["empty", "full", "edges"])
+    UserState(hidden=np.ones(3, np.float32), window=[WindowEvent("x", T0)], last_ts_ms=T0, event_count=9,
+              model_version="baseline:user-frequency@gru-abc", profile=_profile(["a", "b", "a", "c", "d", "e", "ü"]),
+              consumed=_filter(["a", "b"]),
+              surprise=SurpriseState(n=4, mean=1.5, var=0.25, cusum=2.0, last_alert_ms=T0,
+                                     run=[SurprisingEvent("a", T0, 0.01), SurprisingEvent("ß", T0 + 1, 0.5)])),
+    UserState(profile=Profile(0), surprise=SurpriseState()),
+], ids=["empty", "full", "edges", "long-term", "empty-long-term"])
 def test_user_state_round_trip(state: UserState) -> None:
     data = state.to_bytes()
-    assert data[:3] == b"NA\x01"
+    assert data[:3] == b"NA\x02"
     back = UserState.from_bytes(data)
     assert _same_state(state, back)
     assert back.hidden is None or back.hidden.dtype == np.float32
+
+
+def _format_1(state: UserState) -> bytes:
+    """A state as the previous release wrote it (format 1: no profile, filter or surprise)."""
+    hidden = b"" if state.hidden is None else state.hidden.astype("<f4").tobytes()
+    version = state.model_version.encode()
+    flags = (1 if state.hidden is not None else 0) | (2 if state.last_ts_ms is not None else 0)
+    header = struct.pack("<2sBBqddQIIH", b"NA", 1, flags, state.last_ts_ms or 0, 0.0, 0.0, state.event_count,
+                         len(hidden) // 4, len(state.window), len(version))
+    tokens = [w.token.encode() for w in state.window]
+    columns = [np.array([w.ts_ms for w in state.window], "<i8"), np.zeros(len(tokens), "u1"),
+               np.zeros(len(tokens), "<f8"), np.zeros(len(tokens), "<f8"), np.array([len(t) for t in tokens], "<u2")]
+    return b"".join([header, version, hidden] + [c.tobytes() for c in columns] + tokens)
+
+
+def test_format_1_states_still_decode() -> None:
+    old = UserState(hidden=np.arange(4, dtype=np.float32), window=[WindowEvent("p1", T0), WindowEvent("p2", T0 + 9)],
+                    last_ts_ms=T0 + 9, event_count=7, model_version="gru-old")
+    back = UserState.from_bytes(_format_1(old))
+    assert _same_state(old, back) and back.profile is None and back.consumed is None
+    with pytest.raises(ModelError):
+        UserState.from_bytes(_format_1(old)[:-1])
 
 
 def test_user_state_is_compact() -> None:
@@ -58,7 +111,10 @@ def test_user_state_is_compact() -> None:
     UserState(window=[WindowEvent("abc", 1)]).to_bytes() + b"!",
     UserState(hidden=np.ones(4, np.float32)).to_bytes()[:-3],
     UserState(window=[WindowEvent("abc", 1)]).to_bytes()[:-3] + b"\xff\xfe\xfd",
-], ids=["empty", "text", "zeros", "future-version", "truncated", "trailing", "short-hidden", "bad-utf8"])
+    UserState(profile=_profile(["a", "b"])).to_bytes()[:-1],
+    UserState(surprise=SurpriseState(n=1)).to_bytes() + b"\x00",
+], ids=["empty", "text", "zeros", "future-version", "truncated", "trailing", "short-hidden", "bad-utf8",
+        "short-profile", "long-surprise"])
 def test_user_state_rejects_garbage(data: bytes) -> None:
     with pytest.raises(ModelError):
         UserState.from_bytes(data)
@@ -104,6 +160,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = NextActionConfig(vocab_size=1, embed_dim=8, hidden_dim=10, n_cell_buckets=16, cell_dim=3,
                               attn_dim=4, pair_dim=4, window_size=4, window_span_s=30 * 3600.0)
     model, metadata = train_next_action(_toy_sequences(), config, epochs=1, seed=0, progress=False)
+    metadata["serve"] = "model"  # these tests check the model's path, whatever the toy validation says
     return save_next_action(tmp_path_factory.mktemp("ckpt") / "next.pt", model, metadata)
 
 
@@ -121,7 +178,9 @@ def test_gru_predictor_stream_equals_forward(checkpoint: Path) -> None:
         for u, state, ranked in zip(users, round_states, top):
             states[u] = state
             with torch.no_grad():
-                full = loaded.model(EventTensors.collate([encode_events(seqs[u][:t + 1], loaded.vocab, loaded.spec)]))
+                full = loaded.model(EventTensors.collate([encode_events(seqs[u][:t + 1], loaded.vocab, loaded.spec)]),
+                                    profile=ProfileTensors.collate([encode_profiles(seqs[u][:t + 1], loaded.vocab,
+                                                                                    loaded.spec)]))
             best = full[0, t].index_fill(0, torch.tensor([0, 1]), -float("inf")).topk(3)
             assert [tok for tok, _ in ranked] == [loaded.vocab.decode(int(i)) for i in best.indices]
             np.testing.assert_allclose([p for _, p in ranked], best.values.exp().numpy(), atol=1e-5)

@@ -71,14 +71,16 @@ def test_evaluation_model_and_baselines_on_the_same_targets(trained: tuple, four
     model, metadata = trained
     vocab, spec = Vocabulary.from_list(metadata["vocabulary"]), FeatureSpec.from_dict(metadata["features"])
     result = evaluate_next_action(foursquare_slice.sequences, vocab, spec, Split.TEST, model=model)
-    assert set(result.metrics) == {"popularity", "first-order Markov", "user's own frequency",
-                                   "0.5 Markov + 0.5 user frequency", "GRU + window copy"}
+    assert set(result.metrics) == {"popularity", "popularity, not yet consumed", "first-order Markov",
+                                   "first-order Markov, not yet consumed", "user's own frequency",
+                                   "0.5 Markov + 0.5 user frequency", "user's decayed frequency (profile)",
+                                   "0.5 Markov + 0.5 decayed frequency", "GRU + window copy"}
     assert {m["n"] for m in result.metrics.values()} == {120.0}
     for metrics in result.metrics.values():
         assert 0 <= metrics["acc@1"] <= metrics["acc@5"] <= metrics["acc@10"] <= metrics["acc@20"] <= 1
         assert math.isfinite(metrics["nll"])
     table = markdown_table(result.metrics, with_se=True)
-    assert table.count("\n") == 6 and "± " in table
+    assert table.count("\n") == 10 and "± " in table
     diff, low, high = paired_bootstrap(result.ranks["GRU + window copy"], result.ranks["popularity"], n_resamples=200)
     assert low <= diff <= high
 

@@ -201,7 +201,7 @@ class EmbeddedBroker:
         kind = self._choose_kind()
         port = self.port if self.port is not None else free_port()
         if self.port is not None:
-            _ensure_port_free(port, "--port")
+            _ensure_port_free(port, f"--port {port}", "stop what listens there or choose another port")
         try:
             if self.data_dir is not None:
                 self._workdir = Path(self.data_dir).resolve()
@@ -212,7 +212,7 @@ class EmbeddedBroker:
             self.info = BrokerInfo(kind=kind, host="127.0.0.1", port=port)
             wait_until_ready(self.info.bootstrap, self.startup_timeout_s, self._process)
         except BrokerError as exc:
-            tail = self.log_tail()
+            tail = self.log_tail() if self._process is not None else ""  # a kept log may hold older runs only
             self.stop()
             raise BrokerError(f"{exc}\n--- broker log tail ---\n{tail}" if tail else str(exc)) from exc
         except BaseException:  # Ctrl-C, SIGTERM (Terminated) or a bug while starting: leave nothing behind
@@ -304,7 +304,8 @@ class EmbeddedBroker:
         record = self._require_workdir() / "controller.port"
         if record.exists():
             port = int(record.read_text().strip())
-            _ensure_port_free(port, f"the controller port recorded in {record}")
+            _ensure_port_free(port, f"the controller port {port} recorded in {record}",
+                              f"is another broker running on {record.parent}? Stop it first")
             return port
         port = free_port()
         record.write_text(f"{port}\n")
@@ -329,12 +330,11 @@ class EmbeddedBroker:
         return self._workdir
 
 
-def _ensure_port_free(port: int, what: str) -> None:
+def _ensure_port_free(port: int, what: str, fix: str) -> None:
     """Fail early and clearly when a fixed port is taken (else another broker there could pass as ours)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a previous run's TIME_WAIT is no conflict
         try:
             sock.bind(("127.0.0.1", port))
         except OSError as exc:
-            raise BrokerError(f"{what} {port} on 127.0.0.1 is in use ({exc.strerror}): stop what listens there "
-                              "or choose another port") from exc
+            raise BrokerError(f"{what} is in use on 127.0.0.1 ({exc.strerror}): {fix}") from exc

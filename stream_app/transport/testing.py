@@ -12,8 +12,13 @@ import argparse
 import asyncio
 import json
 import logging
+import random
 import signal
 import struct
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -21,10 +26,12 @@ import msgspec
 from schemas import UserEvent, decode_user_event
 from stream_app.transport.batch import Batch, Outputs, per_record
 from stream_app.transport.config import GUARANTEES, TransportConfig
+from stream_app.transport.metrics import TransportMetrics
 from stream_app.transport.transport import Transport
 
 __all__ = ["CountOutput", "count_processor", "passthrough_processor", "decode_count_state", "decode_events",
-           "count_transport", "main"]
+           "count_transport", "make_events", "keyed", "expected_outputs", "expected_state", "OutputCheck",
+           "check_outputs", "main"]
 
 _STATE = struct.Struct("<qq")  # count, sum of ts
 
@@ -71,10 +78,70 @@ def passthrough_processor(batch: Batch[UserEvent]) -> Outputs:
     return {}
 
 
-def count_transport(config: TransportConfig, output_topic: str, *, check_keys: bool = True) -> Transport:
+def make_events(n: int, users: int, seed: int = 0, start_ms: int | None = None) -> list[dict]:
+    """``n`` user events with ids ``e<i>``, users ``u<j>`` drawn at random, event times increasing
+    (from an hour ago by default: valid for the schema, which refuses future times)."""
+    rng = random.Random(seed)
+    start = int(time.time() * 1000) - 3_600_000 if start_ms is None else start_ms
+    return [{"event_id": f"e{i}", "user_id": f"u{rng.randrange(users)}", "ts": start + i * 7, "action": "view"}
+            for i in range(n)]
+
+
+def keyed(events: Iterable[dict]) -> list[tuple[bytes, bytes]]:
+    """(key, value) input records: each event keyed by its user, as the producers of the app do."""
+    return [(e["user_id"].encode(), json.dumps(e).encode()) for e in events]
+
+
+def expected_outputs(events: Iterable[dict]) -> dict[str, dict]:
+    """The output ``count_processor`` gives each event id on an uninterrupted run."""
+    running: dict[str, tuple[int, int]] = defaultdict(lambda: (0, 0))
+    expected = {}
+    for e in events:
+        count, total = running[e["user_id"]]
+        running[e["user_id"]] = count, total = count + 1, total + e["ts"]
+        expected[e["event_id"]] = {"event_id": e["event_id"], "user_id": e["user_id"], "count": count, "ts_sum": total}
+    return expected
+
+
+def expected_state(events: Iterable[dict]) -> dict[bytes, tuple[int, int]]:
+    """The store an uninterrupted run ends with: user key -> (count, sum of ts)."""
+    state: dict[bytes, tuple[int, int]] = {}
+    for e in events:
+        count, total = state.get(e["user_id"].encode(), (0, 0))
+        state[e["user_id"].encode()] = (count + 1, total + e["ts"])
+    return state
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """Outputs read back against the events: ids without output, outputs unlike an uninterrupted
+    run's (a duplicate that disagrees lands here), and how many extra copies were seen."""
+
+    outputs: int
+    duplicates: int
+    missing: list[str]
+    wrong: list[dict]
+
+
+def check_outputs(values: Iterable[dict], events: Iterable[dict]) -> OutputCheck:
+    expected = expected_outputs(events)
+    seen: Counter[str] = Counter()
+    wrong = []
+    for value in values:
+        seen[value["event_id"]] += 1
+        if value != expected.get(value["event_id"]):
+            wrong.append(value)
+    missing = sorted(set(expected) - set(seen), key=lambda i: int(i[1:]) if i[1:].isdigit() else 0)
+    return OutputCheck(outputs=sum(seen.values()), duplicates=sum(n - 1 for n in seen.values()), missing=missing,
+                       wrong=wrong)
+
+
+def count_transport(config: TransportConfig, output_topic: str, *, check_keys: bool = True,
+                    metrics: TransportMetrics | None = None) -> Transport:
     """A transport running ``count_processor`` on decoded user events, keys checked against user_id."""
     return Transport(config, decode=decode_events, process=count_processor(output_topic),
-                     id_of=(lambda event: event.user_id) if check_keys else None, id_name="user_id")
+                     id_of=(lambda event: event.user_id) if check_keys else None, id_name="user_id",
+                     metrics=metrics)
 
 
 async def _serve(args: argparse.Namespace) -> None:

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -202,6 +202,11 @@ class Transport(Generic[T]):
             raise NotLocalError(f"partition {partition} of {self.config.input_topic!r} is owned by "
                                 f"{self.owner_of(partition) or 'no worker yet'}")
         return self._stores[store or self.config.store_names[0]][partition].get(key)
+
+    def items(self, store: str | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of a store on the partitions this worker owns."""
+        for partition_store in list(self._stores[store or self.config.store_names[0]].values()):
+            yield from partition_store.items()
 
     # ------------------------------------------------------------------ the loop
 

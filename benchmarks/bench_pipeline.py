@@ -45,13 +45,12 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream_app.app import settings as app_settings
+from simulation.users import BehaviorConfig, generate_user_events
 from stream_app.broker import EmbeddedBroker, free_port
 from stream_app.cli.io import to_records
-from simulation.users import BehaviorConfig, generate_user_events
 from stream_app.kafka_io import Record, client_options, consume, produce
 from stream_app.settings import Settings
-from stream_app.topics import ALL_TOPICS
+from stream_app.topics import TOPIC_NAMES
 
 __all__ = ["main"]
 
@@ -63,8 +62,6 @@ PROCESSED = "stream_app_events_processed_total"
 # Short group timeouts (as in the integration tests): a worker joins and leaves in seconds.
 WORKER_ENV = {"STREAM_APP_SESSION_TIMEOUT_S": "6", "STREAM_APP_HEARTBEAT_S": "1",
               "STREAM_APP_REBALANCE_TIMEOUT_S": "3", "STREAM_APP_LOG_LEVEL": "warn"}
-# The app's topic names without whatever prefix this process's own environment gives them.
-APP_TOPICS = tuple(topic.get_topic_name().removeprefix(app_settings.topic_prefix) for topic in ALL_TOPICS)
 TARGETS = {"full/passthrough": 0.6, "full/unbatched": 3.0}
 
 
@@ -256,7 +253,7 @@ class Bench:
         """Create every topic of the app under ``prefix``, as a deployment's topic job does (the
         broker creates none on its own; Faust declares only what it consumes and its changelogs)."""
         settings = self.settings(prefix)
-        asyncio.run(create_topics(settings, [settings.topic(name) for name in APP_TOPICS], self.args.partitions))
+        asyncio.run(create_topics(settings, [settings.topic(name) for name in TOPIC_NAMES], self.args.partitions))
         return settings
 
     def load(self, prefix: str, records: list[Record]) -> None:
@@ -476,7 +473,8 @@ def markdown(args: argparse.Namespace, runs: list[Run], summary: dict[str, Any],
         lines.append(f"| {name} | {value:.2f} | {each} | >= {target:g} | {'met' if value >= target else 'missed'} |")
     if latency:
         emit, out = latency["emit_ms"], latency["output_record_ms"]
-        lines += ["", "| latency at half the full rate | p50 ms | p90 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|",
+        lines += ["", "| latency at half the full rate | p50 ms | p90 ms | p99 ms | max ms |",
+                  "|---|---:|---:|---:|---:|",
                   f"| processed_at - ingested_at | {emit.get('p50', 0):.0f} | {emit.get('p90', 0):.0f} | "
                   f"{emit.get('p99', 0):.0f} | {emit.get('max', 0):.0f} |",
                   f"| prediction record timestamp - ingested_at | {out.get('p50', 0):.0f} | {out.get('p90', 0):.0f} | "
@@ -500,7 +498,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Behavior pipeline benchmark on an embedded Apache Kafka broker: sustained events/s of the "
                     "passthrough, full (batched) and unbatched modes, and end-to-end latency at half load.")
-    parser.add_argument("--events", type=int, default=20_000, help="events pre-loaded per throughput run (default 20000)")
+    parser.add_argument("--events", type=int, default=20_000,
+                        help="events pre-loaded per throughput run (default 20000)")
     parser.add_argument("--users", type=int, default=5_000, help="simulated users (default 5000)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each mode; medians are reported (default 3)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes (default all three)")
@@ -600,7 +599,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                             "python": platform.python_version()},
-                "runs": [asdict(r) for r in runs], "failures": failures, **summary, "latency": latency, "markdown": report}
+                "runs": [asdict(r) for r in runs], "failures": failures, **summary, "latency": latency,
+                "markdown": report}
     finally:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup short
         bench.close()

@@ -1,34 +1,34 @@
-"""The Faust app, alone in its module: agents, tables, pages and the CLI import it from here."""
+"""The app factory: one worker's Faust app, its topics, tables, pipelines, agents, timers and pages,
+built from its settings. Importing this module builds nothing."""
 
 from __future__ import annotations
 
 import socket
-import ssl
+from dataclasses import dataclass
 from typing import Any
 
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 
-from stream_app.metrics import METRICS
+from models.next_action.serving import GRUPredictor, MarkovPredictor
+from stream_app.agents.behavior import attach_behavior
+from stream_app.agents.cells import attach_cells
+from stream_app.agents.traffic import attach_traffic
+from stream_app.kafka_io import broker_credentials
+from stream_app.lag import attach_consumer_lag
+from stream_app.metrics import Metrics
+from stream_app.models_holder import HotModel
+from stream_app.pipelines.behavior import PIPELINE as BEHAVIOR
+from stream_app.pipelines.behavior import BehaviorPipeline
+from stream_app.pipelines.cells import CellPipeline
+from stream_app.pipelines.traffic import NetworkSnapshots, SensorWindows
 from stream_app.settings import Settings
+from stream_app.tables import Tables, declare_tables
+from stream_app.topics import Topics, declare_topics
+from stream_app.web import attach_pages
 
-__all__ = ["settings", "app", "create_app", "broker_credentials"]
-
-
-def broker_credentials(settings: Settings) -> Any:
-    """Faust credentials for SASL and/or TLS, or None for plaintext."""
-    protocol = settings.security_protocol.upper()
-    context = None
-    if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cafile=settings.ssl_cafile)
-        if settings.ssl_certfile:
-            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
-    if protocol.startswith("SASL"):
-        mechanism = settings.sasl_mechanism.upper()
-        return faust.SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,
-                                     mechanism=mechanism, ssl_context=context)
-    return faust.SSLCredentials(context) if context is not None else None
+__all__ = ["StreamApp", "create_app", "broker_credentials"]
 
 
 def _canonical_url(settings: Settings) -> str:
@@ -37,13 +37,51 @@ def _canonical_url(settings: Settings) -> str:
     return f"http://{host}:{settings.web_port}"
 
 
-def create_app(settings: Settings, registry: CollectorRegistry = METRICS.registry) -> faust.App:
-    """A Faust app configured from ``settings`` (no broker is contacted here); Faust's own
-    Prometheus series go to ``registry`` beside the app's."""
+@dataclass(frozen=True)
+class StreamApp:
+    """A worker's app and its parts: ``faust`` is what runs; the pipelines hold all per-key state."""
+
+    faust: faust.App
+    settings: Settings
+    metrics: Metrics
+    topics: Topics
+    tables: Tables
+    behavior: BehaviorPipeline
+    cells: CellPipeline
+    sensors: SensorWindows
+    networks: NetworkSnapshots
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> StreamApp:
+    """The app for ``settings``: every topic, table, pipeline, agent, timer, sensor and page.
+
+    No broker is contacted here (a configured next-action checkpoint is loaded). Its Prometheus
+    series, the app's and Faust's, go to ``registry`` (a new one by default), served on /metrics.
+    """
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    app = _faust_app(settings)
+    setup_prometheus_sensors(app, pattern="/metrics", registry=metrics.registry, name_prefix="faust")
+    topics, tables = declare_topics(app, settings), declare_tables(app, settings)
+    model = HotModel(BEHAVIOR, settings.checkpoint, load=GRUPredictor.from_checkpoint, metrics=metrics,
+                     fallback=MarkovPredictor(window_size=settings.window_events, window_span_s=settings.window_span_s))
+    behavior = BehaviorPipeline(settings, tables.user_state, model, metrics)
+    cells = CellPipeline(settings, tables.cell_windows, metrics)
+    sensors = SensorWindows(settings, tables.sensor_windows, metrics)
+    networks = NetworkSnapshots(settings, tables.network_state, metrics)
+    attach_behavior(app, settings, topics, tables, metrics, behavior)
+    attach_cells(app, settings, topics, tables, cells)
+    attach_traffic(app, settings, topics, tables, metrics, sensors, networks)
+    attach_consumer_lag(app, metrics)
+    attach_pages(app, tables, behavior, networks)
+    return StreamApp(faust=app, settings=settings, metrics=metrics, topics=topics, tables=tables,
+                     behavior=behavior, cells=cells, sensors=sensors, networks=networks)
+
+
+def _faust_app(settings: Settings) -> faust.App:
     extra: dict[str, Any] = {}
     if settings.producer_max_batch is not None:
         extra["producer_max_batch_size"] = settings.producer_max_batch
-    app = faust.App(
+    return faust.App(
         settings.app_id,
         broker=settings.broker or "kafka://127.0.0.1:9092",
         broker_credentials=broker_credentials(settings),
@@ -63,9 +101,3 @@ def create_app(settings: Settings, registry: CollectorRegistry = METRICS.registr
         consumer_auto_offset_reset="earliest",
         **extra,
     )
-    setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
-    return app
-
-
-settings = Settings.from_env()
-app = create_app(settings)

@@ -1,22 +1,39 @@
-"""Plain aiokafka producer/consumer helpers for the CLI (generate, replay, tail) and the tests."""
+"""Kafka connection options (the worker's credentials included) and plain aiokafka producer/consumer
+helpers for the CLI (generate, replay, tail) and the tests."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from stream_app.app import broker_credentials
 from stream_app.settings import Settings
 
-__all__ = ["bootstrap_servers", "client_options", "ensure_topics", "produce", "consume", "Record"]
+__all__ = ["broker_credentials", "bootstrap_servers", "client_options", "ensure_topics", "produce", "consume", "Record"]
 
 Record = tuple[str, bytes | None, bytes]  # (topic, key, value)
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """Faust credentials for SASL and/or TLS, or None for plaintext."""
+    protocol = settings.security_protocol.upper()
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cafile=settings.ssl_cafile)
+        if settings.ssl_certfile:
+            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+    if protocol.startswith("SASL"):
+        mechanism = settings.sasl_mechanism.upper()
+        return faust.SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,
+                                     mechanism=mechanism, ssl_context=context)
+    return faust.SSLCredentials(context) if context is not None else None
 
 
 def bootstrap_servers(url: str) -> str:

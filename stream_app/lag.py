@@ -2,31 +2,45 @@
 
 from __future__ import annotations
 
-from stream_app.app import app
-from stream_app.metrics import METRICS
+import faust
 
-__all__ = ["export_consumer_lag"]
+from stream_app.metrics import Metrics
 
-_exported: set[tuple[str, str]] = set()
+__all__ = ["ConsumerLag", "attach_consumer_lag"]
 
 
-@app.timer(5.0)
-async def export_consumer_lag() -> None:
-    """Highwater minus committed offset for each partition this worker consumes now.
+class ConsumerLag:
+    """Highwater minus committed offset for each partition the app's consumer holds now.
 
     Series of partitions no longer assigned are removed, so a rebalance leaves no stale lag.
     """
-    consumer = app.consumer
-    current: set[tuple[str, str]] = set()
-    for tp in consumer.assignment():
-        highwater = consumer.highwater(tp)
-        committed = consumer._committed_offset.get(tp)  # Faust keeps no public accessor for it
-        if highwater is None:
-            continue
-        labels = (tp.topic, str(tp.partition))
-        METRICS.consumer_lag.labels(*labels).set(max(0, highwater - (committed or 0)))
-        current.add(labels)
-    for labels in _exported - current:
-        METRICS.consumer_lag.remove(*labels)
-    _exported.clear()
-    _exported.update(current)
+
+    def __init__(self, app: faust.App, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+        self._exported: set[tuple[str, str]] = set()
+
+    def export(self) -> None:
+        consumer = self.app.consumer
+        current: set[tuple[str, str]] = set()
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            committed = consumer._committed_offset.get(tp)  # Faust keeps no public accessor for it
+            if highwater is None:
+                continue
+            labels = (tp.topic, str(tp.partition))
+            self.metrics.consumer_lag.labels(*labels).set(max(0, highwater - (committed or 0)))
+            current.add(labels)
+        for labels in self._exported - current:
+            self.metrics.consumer_lag.remove(*labels)
+        self._exported = current
+
+
+def attach_consumer_lag(app: faust.App, metrics: Metrics, interval_s: float = 5.0) -> ConsumerLag:
+    """Export the lag every ``interval_s`` from a timer of ``app``."""
+    lag = ConsumerLag(app, metrics)
+
+    async def export_consumer_lag() -> None:
+        lag.export()
+
+    app.timer(interval_s, name="export-consumer-lag")(export_consumer_lag)
+    return lag

@@ -1,14 +1,15 @@
 """Every Prometheus series the workers export, declared in one place.
 
 Labels are of bounded cardinality: pipeline names, topic names, rejection reasons, horizons,
-alert kinds, partitions. Never a user or sensor id.
+alert kinds, partitions. Never a user or sensor id. Each app builds its own ``Metrics`` on its own
+registry (``stream_app.app.create_app``); nothing is registered at import.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, Summary
 
-__all__ = ["Metrics", "METRICS", "LATENCY_BUCKETS", "BATCH_BUCKETS"]
+__all__ = ["Metrics", "LATENCY_BUCKETS", "BATCH_BUCKETS"]
 
 # Hot-path latencies are sub-millisecond to a few hundred ms; end-to-end includes batching delay.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -77,4 +78,9 @@ class Metrics:
             ["topic", "partition"], registry=reg)
 
 
-METRICS = Metrics()
+def __getattr__(name: str) -> Metrics:
+    # ``METRICS``: a catalogue of the series on a registry of its own, for the docs and deploy
+    # tests that list them; built when asked for, never at import.
+    if name == "METRICS":
+        return Metrics()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

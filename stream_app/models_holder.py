@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from stream_app.metrics import METRICS
+from stream_app.metrics import Metrics
 
 __all__ = ["HotModel"]
 
@@ -23,8 +23,10 @@ class HotModel(Generic[M]):
     fails keeps the model already serving, logs why, and counts ``outcome="failed"``.
     """
 
-    def __init__(self, pipeline: str, path: str | None, load: Callable[[str], M], fallback: M) -> None:
+    def __init__(self, pipeline: str, path: str | None, load: Callable[[str], M], fallback: M,
+                 metrics: Metrics) -> None:
         self.pipeline = pipeline
+        self.metrics = metrics
         self.path = path
         self._load = load
         self.current: M = fallback
@@ -45,12 +47,12 @@ class HotModel(Generic[M]):
         try:
             model = self._load(self.path)
         except Exception as exc:  # any failure keeps the serving model; the reason is logged
-            METRICS.model_reloads.labels(pipeline=self.pipeline, outcome="failed").inc()
+            self.metrics.model_reloads.labels(pipeline=self.pipeline, outcome="failed").inc()
             log.error("%s: keeping model %s, checkpoint %s could not be loaded: %s",
                       self.pipeline, self.version, self.path, exc)
             return False
         self.current = model
-        METRICS.model_reloads.labels(pipeline=self.pipeline, outcome="loaded").inc()
+        self.metrics.model_reloads.labels(pipeline=self.pipeline, outcome="loaded").inc()
         log.info("%s: now serving model %s from %s", self.pipeline, self.version, self.path)
         self._publish()
         return True
@@ -65,4 +67,4 @@ class HotModel(Generic[M]):
         return stat.st_mtime_ns, stat.st_size
 
     def _publish(self) -> None:
-        METRICS.model_info.labels(pipeline=self.pipeline).info({"version": self.version})
+        self.metrics.model_info.labels(pipeline=self.pipeline).info({"version": self.version})

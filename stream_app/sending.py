@@ -14,33 +14,30 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from functools import lru_cache, partial
+from functools import partial
 
+import faust
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
-from faust.types import TopicT
 
-from stream_app.app import app
+from stream_app.pipelines.base import Record, partition_of
 
-__all__ = ["send_records", "partition_of", "partition_count"]
+__all__ = ["send_records", "partition_of", "partition_count", "kafka_producer"]
 
 log = logging.getLogger(__name__)
 
 
-@lru_cache(maxsize=200_000)
-def partition_of(key: bytes, n_partitions: int) -> int:
-    """The partition Kafka's default partitioner picks for ``key`` (murmur2, as the Java client)."""
-    return (murmur2(key) & 0x7FFFFFFF) % n_partitions
+async def kafka_producer(app: faust.App) -> AIOKafkaProducer:
+    """The aiokafka producer under ``app``'s Faust producer (started when it was not yet)."""
+    # Faust's aiokafka transport keeps its client in ``_producer`` (faust-streaming is pinned).
+    return (await app.maybe_start_producer())._producer
 
 
-async def send_records(topic: TopicT, records: Iterable[tuple[bytes, bytes]]) -> int:
+async def send_records(producer: AIOKafkaProducer, topic: str, records: Iterable[Record]) -> int:
     """Queue keyed (key, value) records for ``topic`` without waiting for the broker; returns how many."""
     records = list(records)
     if not records:
         return 0
-    producer = await _aiokafka_producer()
-    name = topic.get_topic_name()
-    partitions = sorted(await producer.partitions_for(name))
+    partitions = sorted(await producer.partitions_for(topic))
     batches: dict[int, object] = {}
     sent = 0
     for key, value in records:
@@ -48,23 +45,18 @@ async def send_records(topic: TopicT, records: Iterable[tuple[bytes, bytes]]) ->
         batch = batches.get(partition)
         if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
             if batch is not None:  # full: queue it and start another
-                await _queue(producer, batch, name, partition)
+                await _queue(producer, batch, topic, partition)
             batch = batches[partition] = producer.create_batch()
             batch.append(key=key, value=value, timestamp=None)
         sent += 1
     for partition, batch in batches.items():
-        await _queue(producer, batch, name, partition)
+        await _queue(producer, batch, topic, partition)
     return sent
 
 
-async def partition_count(topic: TopicT) -> int:
+async def partition_count(producer: AIOKafkaProducer, topic: str) -> int:
     """How many partitions ``topic`` has (from the producer's metadata)."""
-    return len(await (await _aiokafka_producer()).partitions_for(topic.get_topic_name()))
-
-
-async def _aiokafka_producer() -> AIOKafkaProducer:
-    # Faust's aiokafka transport keeps its client in ``_producer`` (faust-streaming is pinned).
-    return (await app.maybe_start_producer())._producer
+    return len(await producer.partitions_for(topic))
 
 
 async def _queue(producer: AIOKafkaProducer, batch, topic: str, partition: int) -> None:

@@ -95,7 +95,7 @@ class Settings:
                                     "Folder of the named data sets, searched after the cache and before ../shared/data")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read ``STREAM_APP_*`` variables; keyword overrides win (the CLI passes its flags here)."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}

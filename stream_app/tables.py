@@ -1,25 +1,53 @@
-"""What an agent awaits before its first write: output topics exist, changelog metadata is known."""
+"""The app's changelogged tables, and what an agent awaits before its first write to them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import faust
 from faust.types import CollectionT
 
-from stream_app.app import app
-from stream_app.topics import ALL_TOPICS
+from stream_app.settings import Settings
+from stream_app.topics import Topics
 
-__all__ = ["ready_for_writes"]
+__all__ = ["Tables", "declare_tables", "ready_for_writes"]
 
 
-async def ready_for_writes(*tables: CollectionT) -> None:
+@dataclass(frozen=True)
+class Tables:
+    """Per-key state of each pipeline as bytes, rebuilt from its changelog topic on start."""
+
+    user_state: CollectionT
+    cell_windows: CollectionT
+    sensor_windows: CollectionT
+    network_state: CollectionT
+
+
+def declare_tables(app: faust.App, settings: Settings) -> Tables:
+    """The app's tables, declared on ``app``.
+
+    ``use_partitioner``: a write made while handling a batch has no single "current" event (Faust
+    #497), so the changelog partition is computed from the key, which is the input topic's key.
+    """
+
+    def table(name: str) -> CollectionT:
+        return app.Table(name, default=None, key_type=bytes, value_type=bytes, partitions=settings.partitions,
+                         use_partitioner=True)
+
+    return Tables(user_state=table("user-state"), cell_windows=table("cell-windows"),
+                  sensor_windows=table("sensor-windows"), network_state=table("network-state"))
+
+
+async def ready_for_writes(app: faust.App, topics: Topics, *tables: CollectionT) -> None:
     """Create the app's topics that do not exist yet, and load the tables' changelog metadata.
 
     Output topics are created here rather than by the broker (auto-creation would pick the broker's
     partition count). A ``use_partitioner`` table computes each write's changelog partition from
     the producer's metadata and fails when it is not known yet, as on a fresh worker.
     """
-    for topic in ALL_TOPICS:
+    for topic in topics.all:
         await topic.maybe_declare()
     producer = app.producer._ensure_producer()  # Faust exposes no public handle on it
-    names = [t.get_topic_name() for t in ALL_TOPICS] + [t.changelog_topic.get_topic_name() for t in tables]
+    names = [t.get_topic_name() for t in topics.all] + [t.changelog_topic.get_topic_name() for t in tables]
     for name in names:  # send_soon() and table writes pick partitions from this metadata
         await producer.partitions_for(name)

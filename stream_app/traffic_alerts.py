@@ -9,12 +9,10 @@ import numpy as np
 
 from models.traffic.anomaly import AnomalyAlert as DetectedAlert
 from models.traffic.anomaly import AnomalyConfig, AnomalyDetector
-from models.traffic.graph import SensorNetwork
 from models.traffic.forecaster import StepResult
-from schemas import AnomalyAlert, encode
-from stream_app.metrics import METRICS
+from models.traffic.graph import SensorNetwork
+from schemas import AnomalyAlert
 from stream_app.settings import Settings
-from stream_app.topics import anomaly_alerts
 
 __all__ = ["NetworkAlerts", "anomaly_config"]
 
@@ -53,16 +51,13 @@ class NetworkAlerts:
         observed = np.where(result.imputed, np.nan, result.values)
         return self.detector.update(result.window_end_ms, observed, result.expected)
 
-    async def check(self, result: StepResult) -> None:
-        """Score the window and send an alert per firing sensor."""
-        for alert in self.score(result):
-            message = AnomalyAlert(
-                alert_id=f"{self.name}:{alert.sensor_id}:{alert.kind}:{alert.window_end_ms}", kind=alert.kind,
-                key=alert.sensor_id, network=self.name, ts=alert.window_end_ms, observed=alert.observed,
-                expected=alert.expected, score=alert.score, severity=alert.severity,
-                detail=f"{alert.consecutive} windows in a row")
-            await anomaly_alerts.send(key=alert.sensor_id.encode(), value=encode(message))
-            METRICS.anomaly_alerts.labels(kind=alert.kind).inc()
+    def alerts(self, result: StepResult) -> list[AnomalyAlert]:
+        """Score the window: one ``anomaly-alerts`` message per firing sensor."""
+        return [AnomalyAlert(alert_id=f"{self.name}:{alert.sensor_id}:{alert.kind}:{alert.window_end_ms}",
+                             kind=alert.kind, key=alert.sensor_id, network=self.name, ts=alert.window_end_ms,
+                             observed=alert.observed, expected=alert.expected, score=alert.score,
+                             severity=alert.severity, detail=f"{alert.consecutive} windows in a row")
+                for alert in self.score(result)]
 
     def to_bytes(self) -> bytes:
         return self.detector.state_bytes()

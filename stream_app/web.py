@@ -2,45 +2,48 @@
 
 from __future__ import annotations
 
+import faust
 from faust.web import Request, Response, View
 
-from stream_app.agents import behavior, traffic
-from stream_app.app import app
+from stream_app.pipelines.behavior import BehaviorPipeline
+from stream_app.pipelines.traffic import NetworkSnapshots
+from stream_app.tables import Tables
 
-__all__ = ["UserView", "NetworkSensorView", "SensorView"]
-
-
-@app.page("/users/{user_id}")
-class UserView(View):
-    """GET /users/{id}: window statistics, event count and the latest prediction of one user."""
-
-    @app.table_route(table=behavior.user_table, match_info="user_id")
-    async def get(self, request: Request, user_id: str) -> Response:
-        summary = behavior.user_summary(user_id)
-        if summary is None:
-            return self.json({"error": f"user {user_id!r} has no state (never seen, or expired)"}, status=404)
-        return self.json(summary)
+__all__ = ["attach_pages"]
 
 
-@app.page("/networks/{network}/sensors/{sensor_id}/forecast")
-class NetworkSensorView(View):
-    """GET /networks/{network}/sensors/{id}/forecast: the sensor's latest forecast."""
+def attach_pages(app: faust.App, tables: Tables, behavior: BehaviorPipeline, networks: NetworkSnapshots) -> None:
+    """Register the query pages on ``app``."""
 
-    @app.table_route(table=traffic.network_table, match_info="network")
-    async def get(self, request: Request, network: str, sensor_id: str) -> Response:
-        return _forecast_response(self, sensor_id, network)
+    class UserView(View):
+        """GET /users/{id}: window statistics, event count and the latest prediction of one user."""
+
+        @app.table_route(table=tables.user_state, match_info="user_id")
+        async def get(self, request: Request, user_id: str) -> Response:
+            summary = behavior.user_summary(user_id)
+            if summary is None:
+                return self.json({"error": f"user {user_id!r} has no state (never seen, or expired)"}, status=404)
+            return self.json(summary)
+
+    class NetworkSensorView(View):
+        """GET /networks/{network}/sensors/{id}/forecast: the sensor's latest forecast."""
+
+        @app.table_route(table=tables.network_state, match_info="network")
+        async def get(self, request: Request, network: str, sensor_id: str) -> Response:
+            return _forecast_response(self, networks.latest_forecast(sensor_id, network), sensor_id)
+
+    class SensorView(View):
+        """GET /sensors/{id}/forecast: the latest forecast, from the networks this worker steps."""
+
+        async def get(self, request: Request, sensor_id: str) -> Response:
+            return _forecast_response(self, networks.latest_forecast(sensor_id), sensor_id)
+
+    app.page("/users/{user_id}")(UserView)
+    app.page("/networks/{network}/sensors/{sensor_id}/forecast")(NetworkSensorView)
+    app.page("/sensors/{sensor_id}/forecast")(SensorView)
 
 
-@app.page("/sensors/{sensor_id}/forecast")
-class SensorView(View):
-    """GET /sensors/{id}/forecast: the latest forecast, from the networks this worker steps."""
-
-    async def get(self, request: Request, sensor_id: str) -> Response:
-        return _forecast_response(self, sensor_id, None)
-
-
-def _forecast_response(view: View, sensor_id: str, network: str | None) -> Response:
-    forecast = traffic.latest_forecast(sensor_id, network)
+def _forecast_response(view: View, forecast: dict | None, sensor_id: str) -> Response:
     if forecast is None:
         return view.json({"error": f"no forecast for sensor {sensor_id!r} on this worker"}, status=404)
     return view.json(forecast)

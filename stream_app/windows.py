@@ -1,8 +1,13 @@
-"""Event-time windows driven by a watermark: tumbling per key, hopping for cell activity.
+"""Event-time windows closed by a watermark: tumbling per key, hopping for cell activity.
 
-Pure and clock-free: the watermark is the largest event time seen minus the grace period, so
-tests drive time with events alone. Records older than an already-closed window are late: they
-are counted by the caller and never merged silently.
+A :class:`Watermark` tracks each input partition's largest event time; its value is the smallest
+of them minus the grace period, so a window closes only once every partition has passed its end.
+A partition silent for ``idle_s`` (or not heard from yet, for as long) stops holding it back, and
+the watermark never moves backwards. Idleness is measured on an injectable clock
+(``time.monotonic`` by default), so tests drive both event time and idle time without sleeping.
+:class:`EventTimeWindows` holds the open windows and closes those the watermark passed. Records
+older than an already-closed window are late: ``add`` refuses them and the caller counts them;
+they are never merged silently.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Everything a worker runs: importing this module registers every agent, table and page."""
+"""Run one stream worker: the app built from its settings, under Faust's worker."""
 
 from __future__ import annotations
 
@@ -7,19 +7,20 @@ import sys
 
 import torch
 
-from stream_app.app import app, settings
-from stream_app import lag, web  # noqa: F401 - registers the lag timer and the query pages
-from stream_app.agents import behavior, cells, traffic  # noqa: F401 - registers the agents
+from stream_app.app import create_app
+from stream_app.settings import Settings
 
-__all__ = ["app", "run"]
+__all__ = ["run"]
 
 
-def run() -> None:
-    """Run a Faust worker with the settings from the environment (blocks until stopped)."""
+def run(settings: Settings) -> None:
+    """Build the app from ``settings`` and run its Faust worker (blocks until stopped)."""
     torch.set_num_threads(settings.torch_threads)
     if settings.log_level != "debug":  # their debug records cost measurable time on the hot path
         for name in ("aiokafka", "faust", "mode"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    app = create_app(settings)
+    # Faust's worker reads its own command line; the web address is given again for its banner.
     sys.argv = ["stream-app", "worker", "-l", settings.log_level,
                 "--web-host", settings.web_host, "--web-port", str(settings.web_port)]
-    app.main()
+    app.faust.main()

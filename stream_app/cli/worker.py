@@ -1,29 +1,31 @@
-"""`stream-app worker`: a stream worker with its settings from flags, then the environment."""
+"""`stream-app worker`: a stream worker with its settings from flags, then the environment, then defaults."""
 
 from __future__ import annotations
 
-import os
+import dataclasses
 
 import click
 
-from stream_app.cli.common import broker_option, broker_url, env_help
+from stream_app.cli.common import broker_url, env_help
 from stream_app.settings import Settings
 
 __all__ = ["worker"]
 
 
 @click.command()
-@broker_option
+@click.option("--broker", default=None,
+              help=env_help("Kafka URL, e.g. kafka://localhost:9092; without one an embedded single-node broker "
+                            "is started", "broker"))
 @click.option("--web-port", type=int, default=None, help=env_help("Port of /metrics and the query API", "web_port"))
 @click.option("--web-host", default=None, help=env_help("Address of /metrics and the query API", "web_host"))
 @click.option("--checkpoint", default=None, help=env_help("Next-action checkpoint (hot-reloaded)", "checkpoint"))
 @click.option("--traffic-checkpoint", default=None, help=env_help("Traffic checkpoint", "traffic_checkpoint"))
 @click.option("--state-dir", default=None, help=env_help("Worker data directory", "state_dir"))
-def worker(broker: str | None, **overrides: object) -> None:
+def worker(**flags: object) -> None:
     """Run a stream worker (Faust): consumes inputs, emits predictions, forecasts, alerts."""
-    with broker_url(broker) as url:
-        settings = Settings.from_env(broker=url, **overrides)
-        os.environ.update(settings.as_env())
-        from stream_app.worker import run  # the app reads its settings at import
+    from stream_app.worker import run  # torch and Faust load only for this command
 
-        run()
+    settings = Settings.from_env(**flags)
+    with broker_url(settings.broker) as endpoint:
+        limits = {"producer_max_batch": endpoint.producer_max_batch} if endpoint.producer_max_batch else {}
+        run(dataclasses.replace(settings, broker=endpoint.url, **limits))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator
@@ -32,15 +34,17 @@ class Worker:
 
     env: dict[str, str]
     log_path: Path
+    web_port: int
+    flags: list[str] = field(default_factory=list)  # ``stream-app worker`` options
     process: subprocess.Popen | None = field(default=None, init=False)
 
     @property
     def web_url(self) -> str:
-        return f"http://127.0.0.1:{self.env['STREAM_APP_WEB_PORT']}"
+        return f"http://127.0.0.1:{self.web_port}"
 
-    def start(self) -> "Worker":
+    def start(self) -> Worker:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "stream_app", "worker"], env=self.env,
+        self.process = subprocess.Popen([sys.executable, "-m", "stream_app", "worker", *self.flags], env=self.env,
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_for_web()
         return self
@@ -60,10 +64,17 @@ class Worker:
     def metrics_text(self) -> str:
         return urllib.request.urlopen(f"{self.web_url}/metrics", timeout=5).read().decode()
 
-    def get_json(self, path: str) -> object:
-        import json
-
-        return json.loads(urllib.request.urlopen(f"{self.web_url}{path}", timeout=10).read())
+    def get_json(self, path: str, unavailable_for_s: float = 15.0) -> object:
+        """GET a query route. A 503 (Faust cannot route the key yet: a changelog topic created after
+        the group's first assignment is assigned at the next rebalance) is retried for a while."""
+        deadline = time.monotonic() + unavailable_for_s
+        while True:
+            try:
+                return json.loads(urllib.request.urlopen(f"{self.web_url}{path}", timeout=10).read())
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -99,17 +110,33 @@ class Deployment:
     def settings(self) -> Settings:
         return Settings.from_env({**FAST_GROUP_ENV, **self.extra_env}, broker=self.kafka.url, topic_prefix=self.prefix)
 
+    @property
+    def app_id(self) -> str:
+        return f"{self.prefix}app"
+
     def topic(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
     def worker(self, name: str = "w", **env: str) -> Worker:
         """Start a worker (same app id as the others in this test: they share state and group)."""
-        state = self.root / f"state-{name}-{len(self.workers)}"
+        state, port = self.root / f"state-{name}-{len(self.workers)}", free_port()
         worker_env = {**os.environ, **FAST_GROUP_ENV, **self.extra_env, **env,
                       "STREAM_APP_BROKER": self.kafka.url, "STREAM_APP_TOPIC_PREFIX": self.prefix,
-                      "STREAM_APP_ID": f"{self.prefix}app", "STREAM_APP_STATE_DIR": str(state),
-                      "STREAM_APP_WEB_PORT": str(free_port())}
-        worker = Worker(env=worker_env, log_path=self.root / f"worker-{name}-{len(self.workers)}.log")
+                      "STREAM_APP_ID": self.app_id, "STREAM_APP_STATE_DIR": str(state),
+                      "STREAM_APP_WEB_PORT": str(port)}
+        return self.start_worker(Worker(env=worker_env, web_port=port,
+                                        log_path=self.root / f"worker-{name}-{len(self.workers)}.log"))
+
+    def worker_with_flags(self, flags: list[str], web_port: int, **env: str) -> Worker:
+        """Start a worker configured by its command-line ``flags``: its environment holds no
+        STREAM_APP_* variable but the group timeouts, this test's topic prefix and app id, and ``env``."""
+        worker_env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_APP_")}
+        worker_env.update({**FAST_GROUP_ENV, **env, "STREAM_APP_TOPIC_PREFIX": self.prefix,
+                           "STREAM_APP_ID": self.app_id})
+        return self.start_worker(Worker(env=worker_env, web_port=web_port, flags=flags,
+                                        log_path=self.root / f"worker-flags-{len(self.workers)}.log"))
+
+    def start_worker(self, worker: Worker) -> Worker:
         self.workers.append(worker)
         return worker.start()
 

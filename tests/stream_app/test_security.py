@@ -20,7 +20,7 @@ def test_sasl_scram_over_tls_reaches_the_faust_app():
     settings = Settings(broker="kafka://k:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
                         sasl_username="svc", sasl_password="secret", app_id="security-test")
     app = create_app(settings, registry=CollectorRegistry())
-    credentials = app.conf.broker_credentials
+    credentials = app.faust.conf.broker_credentials
     assert isinstance(credentials, faust.SASLCredentials)
     assert (credentials.username, credentials.password) == ("svc", "secret")
     assert str(credentials.mechanism.value) == "SCRAM-SHA-512"

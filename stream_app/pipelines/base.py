@@ -1,0 +1,43 @@
+"""What every pipeline takes and gives: received records, output records, a mapping-like state store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Generic, NamedTuple, Protocol, TypeVar
+
+from aiokafka.partitioner import murmur2
+
+__all__ = ["Received", "Record", "StateStore", "partition_of"]
+
+T = TypeVar("T")
+
+# An output record: (key, value) bytes for one topic.
+Record = tuple[bytes, bytes]
+
+
+class Received(NamedTuple, Generic[T]):
+    """A decoded input record with the Kafka facts a pipeline uses, as plain values."""
+
+    value: T
+    timestamp: float  # the record's Kafka timestamp, in seconds
+    partition: int
+
+
+class StateStore(Protocol):
+    """Per-key state as bytes: a dict in tests, a changelogged table in a worker."""
+
+    def get(self, key: bytes, default: bytes | None = None) -> bytes | None: ...
+
+    def __setitem__(self, key: bytes, value: bytes) -> None: ...
+
+    def __delitem__(self, key: bytes) -> None: ...
+
+    def items(self) -> Iterable[tuple[bytes, bytes]]: ...
+
+
+@lru_cache(maxsize=200_000)  # a pure function of its arguments: the cache only saves the hash
+def partition_of(key: bytes, n_partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key`` (murmur2, as the Java client)."""
+    return (murmur2(key) & 0x7FFFFFFF) % n_partitions
+

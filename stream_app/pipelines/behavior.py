@@ -1,0 +1,338 @@
+"""User events -> per-user state -> next-action predictions, one batch at a time.
+
+Each batch is grouped by user; one batched model call advances every user by all of their new
+events. Late events (older than the user's last event by more than the grace period) do not
+change state: they get the user's current prediction, marked ``late``. A re-delivered event (same
+event id as the user's latest) gets the identical prediction again.
+
+State is written behind: users changed since the last :meth:`BehaviorPipeline.flush` are kept
+decoded in memory (the truth for them is here, not yet in the store) and written to the store
+once at the next flush, which the transport calls just before it commits the input offsets, as a
+Kafka Streams record cache does. The store and the committed offsets therefore describe the same
+events, and a busy user costs one state write per commit instead of one per batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+
+from models.next_action.serving import ActionEvent, EventPrediction, UserState
+from schemas import ActionScore, NextActionPrediction, UserEvent, encode
+from stream_app.metrics import Metrics
+from stream_app.models_holder import HotModel
+from stream_app.pipelines.base import Received, Record, StateStore
+from stream_app.pipelines.cells import cell_batches
+from stream_app.settings import Settings
+from stream_app.state import RECENT_IDS, StoredUser, decode_user, encode_user
+
+__all__ = ["BehaviorPipeline", "BehaviorOutputs", "LoadedUser", "UserPlan", "BatchCounts", "SCORED_K"]
+
+PIPELINE = "behavior"
+SCORED_K = (1, 5, 10)
+
+_prediction_decoder = msgspec.json.Decoder(NextActionPrediction)
+
+
+@dataclass
+class BehaviorOutputs:
+    """What one batch produced: records per output topic, and what is needed once they are sent."""
+
+    predictions: list[Record] = field(default_factory=list)
+    cell_events: list[Record] = field(default_factory=list)
+    ingested: list[float] = field(default_factory=list)  # Kafka timestamps (s) of the events predicted
+    processed: int = 0  # valid events handled
+
+
+@dataclass
+class LoadedUser:
+    """A user's stored envelope and its decoded model state, as used during one batch."""
+
+    stored: StoredUser
+    state: UserState | None = None  # decoded on first use
+    raw: bytes | None = None  # the store value it came from (None once changed)
+    last_top: list[str] | None = None  # the actions of stored.last_prediction, once known
+
+    def model_state(self) -> UserState:
+        if self.state is None:
+            self.state = self.stored.user_state() or UserState()
+        return self.state
+
+    def encode(self) -> bytes:
+        """The store value (the model state re-encoded when it was decoded, i.e. may have changed)."""
+        if self.state is not None:
+            self.stored.model = self.state.to_bytes()
+        self.raw = encode_user(self.stored)
+        return self.raw
+
+
+class BatchCounts:
+    """Duplicates, late events and online quality of one batch: counted here, exported once.
+
+    Online quality: did each user's previous prediction hold the action that just happened?
+    """
+
+    def __init__(self) -> None:
+        self.duplicates = self.late = self.scored = 0
+        self.hits = dict.fromkeys(SCORED_K, 0)
+
+    def score(self, previous: list[str] | None, actual: str) -> None:
+        if previous is None:
+            return
+        self.scored += 1
+        for k in SCORED_K:
+            if actual in previous[:k]:
+                self.hits[k] += 1
+
+
+class UserPlan:
+    """One user's events of a batch, in order. Each is either applied (it advances the state and
+    gets a new prediction), a re-delivery of the latest applied event (the identical bytes
+    again), late (the latest prediction, marked late) or an older duplicate (nothing). The
+    decision for each event depends on the ones before it, exactly as if they came one by one."""
+
+    def __init__(self, user_id: str, user: LoadedUser, *, grace_ms: float, counts: BatchCounts,
+                 action_token: Callable[[UserEvent], str]) -> None:
+        self.user_id, self.key, self.user = user_id, user_id.encode(), user
+        self.grace_ms, self.counts, self.action_token = grace_ms, counts, action_token
+        stored = user.stored
+        self.recent_ids, self.last_ts_ms = list(stored.recent_ids), stored.last_ts_ms
+        self.applied: list[tuple[UserEvent, int]] = []  # (event, ingested_at ms)
+        self._steps: list[tuple[str, UserEvent | None, int]] = []  # (kind, event, applied index before)
+        self._values: list[bytes] = []  # encoded prediction of each applied event
+        self._structs: list[NextActionPrediction] = []
+
+    def add(self, event: UserEvent, ingested_at_ms: int) -> None:
+        has_prediction = bool(self.applied or self.user.stored.last_prediction)
+        latest = len(self.applied) - 1
+        if has_prediction and self.recent_ids and event.event_id == self.recent_ids[-1]:
+            self.counts.duplicates += 1
+            self._steps.append(("again", None, latest))
+        elif event.event_id in self.recent_ids:
+            self.counts.duplicates += 1
+        elif has_prediction and event.ts < self.last_ts_ms - self.grace_ms:
+            self.counts.late += 1
+            self._steps.append(("late", event, latest))
+        else:
+            self.applied.append((event, ingested_at_ms))
+            self._steps.append(("applied", event, latest + 1))
+            self.recent_ids = [*self.recent_ids, event.event_id][-RECENT_IDS:]
+            self.last_ts_ms = max(self.last_ts_ms, event.ts)
+
+    def actions(self) -> list[ActionEvent]:
+        return [ActionEvent(token=self.action_token(e), ts_ms=e.ts, lat=e.lat, lon=e.lon) for e, _ in self.applied]
+
+    def predicted(self, predicted: list[EventPrediction], version: str, processed_at: int) -> None:
+        """Build and encode the prediction of every applied event; score the one before each."""
+        previous = self._stored_top()
+        for (event, ingested_at), result in zip(self.applied, predicted, strict=True):
+            self.counts.score(previous, self.action_token(event))
+            prediction = NextActionPrediction(
+                event_id=event.event_id, user_id=event.user_id, as_of=event.ts,
+                top_k=[ActionScore(action=a, prob=p) for a, p in result.top], model_version=version,
+                window_events=result.window_events, window_span_s=result.window_span_s, event_ts=event.ts,
+                ingested_at=ingested_at, processed_at=processed_at)
+            self._structs.append(prediction)
+            self._values.append(encode(prediction))
+            previous = [a for a, _ in result.top]
+        self.user.last_top = previous
+
+    def outputs(self, now_ms: Callable[[], int]) -> list[Record]:
+        """(key, value) of every output, in the order of the user's events (``now_ms`` stamps late ones)."""
+        out = []
+        for kind, event, index in self._steps:
+            if kind == "applied" or kind == "again":
+                out.append((self.key, self._values[index] if index >= 0 else self.user.stored.last_prediction))
+            else:
+                latest = self._structs[index] if index >= 0 else \
+                    _prediction_decoder.decode(self.user.stored.last_prediction)
+                late = msgspec.structs.replace(latest, event_id=event.event_id, as_of=event.ts, event_ts=event.ts,
+                                               processed_at=now_ms(), late=True)
+                out.append((self.key, encode(late)))
+        return out
+
+    def update_stored(self) -> None:
+        """Record the batch in the user's envelope (call once the predictions are in); the model
+        state itself is encoded when the user is written to the store."""
+        stored = self.user.stored
+        stored.last_prediction = self._values[-1]
+        stored.recent_ids, stored.last_ts_ms = self.recent_ids, self.last_ts_ms
+
+    def _stored_top(self) -> list[str] | None:
+        last, user = self.user.stored.last_prediction, self.user
+        if user.last_top is None and last:
+            user.last_top = [score.action for score in _prediction_decoder.decode(last).top_k]
+        return user.last_top
+
+
+class BehaviorPipeline:
+    """Next-action predictions for batches of user events, over a store of per-user state.
+
+    ``process`` turns a batch into its outputs (predictions, cell events); ``emitted`` records
+    what was sent; ``flush`` writes the users changed since the last flush to the store;
+    ``expire_idle`` deletes users idle in event time. ``model`` is read once per batch, so a hot
+    reload lands between batches.
+    """
+
+    def __init__(self, settings: Settings, store: StateStore, model: HotModel, metrics: Metrics,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings, self.store, self.model, self.metrics, self.clock = settings, store, model, metrics, clock
+        self.grace_ms = settings.grace_s * 1000
+        # Decoded states of recently active users: reused while the store still holds the very bytes
+        # they were decoded from, so a hot user's window is not decoded and re-encoded every batch.
+        self.hot: OrderedDict[str, LoadedUser] = OrderedDict()
+        # Users changed since the last flush: the truth for them is here, not (yet) in the store.
+        self.dirty: dict[str, LoadedUser] = {}
+        # Largest event time seen: the clock that idle-state expiry runs on.
+        self.latest_event_ms = 0
+        self._bind_metrics(metrics, settings.topic("next-action-predictions"))
+
+    def _bind_metrics(self, metrics: Metrics, predictions_topic: str) -> None:
+        """The series this pipeline updates, looked up once (never per record or batch)."""
+        self._batch_size = metrics.batch_size.labels(pipeline=PIPELINE)
+        self._inference = metrics.inference_latency.labels(pipeline=PIPELINE)
+        self._end_to_end = metrics.end_to_end_latency.labels(pipeline=PIPELINE)
+        self._processed = metrics.events_processed.labels(pipeline=PIPELINE)
+        self._outputs = metrics.outputs.labels(topic=predictions_topic)
+        self._duplicates = metrics.duplicates.labels(pipeline=PIPELINE)
+        self._late = metrics.late_events.labels(pipeline=PIPELINE)
+        self._hits = {k: metrics.online_hits.labels(k=str(k)) for k in SCORED_K}
+        self._expired = metrics.state_expired.labels(table="user-state")
+        self._state_bytes = metrics.state_bytes.labels(table="user-state")
+
+    def action_token(self, event: UserEvent) -> str:
+        """The token the model predicts (settings.action_field), falling back to the action."""
+        return getattr(event, self.settings.action_field, None) or event.action
+
+    def process(self, batch: Sequence[Received[UserEvent]], cell_partitions: int) -> BehaviorOutputs:
+        """The outputs of one batch of valid events (``cell_partitions``: partitions of ``cell-events``)."""
+        if not batch:
+            return BehaviorOutputs()
+        if self.settings.behavior_mode == "passthrough":  # validate only (benchmarks)
+            return BehaviorOutputs(processed=len(batch))
+        self.latest_event_ms = max(self.latest_event_ms, max(r.value.ts for r in batch))
+        predictor = self.model.current  # one model per batch: a hot reload lands between batches
+        self._batch_size.observe(len(batch))
+        counts = BatchCounts()
+        plans = self._plan(batch, counts)
+        applying = [plan for plan in plans.values() if plan.applied]
+        if applying:
+            started = time.perf_counter()
+            results = predictor.predict_many([plan.user.model_state() for plan in applying],
+                                             [plan.actions() for plan in applying], self.settings.top_k)
+            self._inference.observe(time.perf_counter() - started)
+            processed_at = self._now_ms()
+            for plan, predicted in zip(applying, results, strict=True):
+                plan.predicted(predicted, predictor.version, processed_at)
+        self._export(counts)
+        outputs = BehaviorOutputs(ingested=[r.timestamp for r in batch], processed=len(batch))
+        for user_id, plan in plans.items():
+            outputs.predictions.extend(plan.outputs(self._now_ms))
+            if plan.applied:
+                plan.update_stored()
+                self.dirty[user_id] = plan.user
+            self._remember(user_id, plan.user)
+        outputs.cell_events = list(cell_batches((r.value for r in batch), cell_partitions,
+                                                self.settings.h3_resolution))
+        return outputs
+
+    def emitted(self, outputs: BehaviorOutputs) -> None:
+        """Record a batch whose outputs were handed to the producer: latency, outputs, events."""
+        now_s = self.clock()
+        for ingested in outputs.ingested:
+            self._end_to_end.observe(max(0.0, now_s - ingested))
+        if outputs.predictions:
+            self._outputs.inc(len(outputs.predictions))
+        self._processed.inc(outputs.processed)
+
+    def flush(self) -> int:
+        """Write every user changed since the last flush to the store (one write each); how many."""
+        for user_id, user in self.dirty.items():
+            self.store[user_id.encode()] = user.encode()
+        written = len(self.dirty)
+        self.dirty.clear()
+        return written
+
+    def expire_idle(self) -> int:
+        """Delete users idle (in event time) for longer than the TTL; refresh the state gauges.
+        Returns how many were deleted."""
+        horizon = self.latest_event_ms - self.settings.state_ttl_s * 1000
+        active = size = expired = 0
+        for key, raw in list(self.store.items()):
+            if key.decode() in self.dirty:
+                continue  # active since the last flush
+            if decode_user(raw).last_ts_ms < horizon:
+                del self.store[key]
+                expired += 1
+            else:
+                active, size = active + 1, size + len(raw)
+        if expired:
+            self._expired.inc(expired)
+        self.metrics.active_users.set(active)
+        self._state_bytes.set(size)
+        return expired
+
+    def user_summary(self, user_id: str) -> dict | None:
+        """What the query API shows of one user (None when this store does not know it)."""
+        dirty = self.dirty.get(user_id)
+        if dirty is not None:
+            stored, state = dirty.stored, dirty.model_state()
+        else:
+            raw = self.store.get(user_id.encode())
+            if not raw:
+                return None
+            stored = decode_user(raw)
+            state = stored.user_state()
+        latest = msgspec.json.decode(stored.last_prediction) if stored.last_prediction else None
+        return {"user_id": user_id, "events_in_window": len(state.window) if state else 0,
+                "window_span_s": _span_s(state) if state else 0.0, "event_count": state.event_count if state else 0,
+                "last_event_ts": stored.last_ts_ms, "latest_prediction": latest}
+
+    def _plan(self, batch: Sequence[Received[UserEvent]], counts: BatchCounts) -> dict[str, UserPlan]:
+        plans: dict[str, UserPlan] = {}
+        for received in batch:
+            event = received.value
+            plan = plans.get(event.user_id)
+            if plan is None:
+                plan = plans[event.user_id] = UserPlan(event.user_id, self._load(event.user_id),
+                                                       grace_ms=self.grace_ms, counts=counts,
+                                                       action_token=self.action_token)
+            plan.add(event, int(received.timestamp * 1000))
+        return plans
+
+    def _export(self, counts: BatchCounts) -> None:
+        if counts.duplicates:
+            self._duplicates.inc(counts.duplicates)
+        if counts.late:
+            self._late.inc(counts.late)
+        if counts.scored:
+            self.metrics.online_scored.inc(counts.scored)
+        for k, hits in counts.hits.items():
+            if hits:
+                self._hits[k].inc(hits)
+
+    def _load(self, user_id: str) -> LoadedUser:
+        if user_id in self.dirty:
+            return self.dirty[user_id]
+        raw = self.store.get(user_id.encode())
+        hot = self.hot.get(user_id)
+        if hot is not None and raw is not None and hot.raw is raw:
+            return hot
+        return LoadedUser(decode_user(raw), raw=raw) if raw else LoadedUser(StoredUser())
+
+    def _remember(self, user_id: str, user: LoadedUser) -> None:
+        self.hot[user_id] = user
+        self.hot.move_to_end(user_id)
+        while len(self.hot) > self.settings.state_cache_users:
+            self.hot.popitem(last=False)
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+
+def _span_s(state: UserState) -> float:
+    return (state.window[-1].ts_ms - state.window[0].ts_ms) / 1000 if state.window else 0.0

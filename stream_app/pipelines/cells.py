@@ -1,0 +1,142 @@
+"""Cell activity: located user events, re-keyed by H3 cell, counted in event-time hopping windows.
+
+The behavior pipeline turns each batch's located events into ``cell-events`` records, one per
+partition of that topic (:func:`cell_batches`), so one worker owns each cell. Here windows close
+when the watermark (the smallest of the partitions' latest event times, minus grace) passes their
+end; an event whose every window has closed is counted late. Each cell's open windows are its
+state, written to the store whenever they change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import h3
+import msgspec
+
+from schemas import CellActivity, encode
+from stream_app.metrics import Metrics
+from stream_app.pipelines.base import Received, Record, StateStore, partition_of
+from stream_app.settings import Settings
+from stream_app.windows import ActivityWindow, EventTimeWindows, Watermark
+
+__all__ = ["CellEvent", "CellPipeline", "cell_of", "cell_batches", "decode_cell_events"]
+
+PIPELINE = "cells"
+
+
+class CellEvent(msgspec.Struct, array_like=True):
+    """The part of a user event that cell activity needs (internal topic, compact)."""
+
+    cell: str
+    ts: int
+    user_id: str
+    action: str
+
+
+class _StoredCell(msgspec.Struct, array_like=True):
+    windows: dict[int, tuple[int, list[str], dict[str, int]]]
+    closed_until: int
+
+
+_events_encoder, _events_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(list[CellEvent])
+_cell_encoder, _cell_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(_StoredCell)
+
+
+def cell_of(lat: float, lon: float, resolution: int) -> str:
+    """The H3 cell of a location."""
+    return h3.latlng_to_cell(lat, lon, resolution)
+
+
+def cell_batches(events: Iterable, n_partitions: int, resolution: int) -> Iterator[Record]:
+    """(key, value) records for ``cell-events``: one per partition of that topic, holding the
+    batch's located events of the cells that partition owns (a cell belongs to the partition its
+    key hashes to, as in the cell table), keyed by one of those cells so it lands there. One record
+    per partition rather than per cell or event keeps both the producer's and the cell pipeline's
+    per-record work small."""
+    by_partition: dict[int, tuple[bytes, list[CellEvent]]] = {}
+    for event in events:
+        if event.lat is not None and event.lon is not None:
+            cell = cell_of(event.lat, event.lon, resolution)
+            key = cell.encode()
+            group = by_partition.setdefault(partition_of(key, n_partitions), (key, []))
+            group[1].append(CellEvent(cell, event.ts, event.user_id, event.action))
+    for key, located in by_partition.values():
+        yield key, _events_encoder.encode(located)
+
+
+def decode_cell_events(raw: bytes) -> list[CellEvent]:
+    """The events of one ``cell-events`` record."""
+    return _events_decoder.decode(raw)
+
+
+class CellPipeline:
+    """Hopping windows of activity per cell, for the cells one worker owns.
+
+    ``process`` adds a batch and returns the ``cell-activity`` records of the windows it closed;
+    ``close_windows`` (from a timer) closes what the watermark passed while no record came. The
+    open windows are restored from ``store`` before the first batch.
+    """
+
+    def __init__(self, settings: Settings, store: StateStore, metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.resolution = settings.h3_resolution
+        self.windows: EventTimeWindows[ActivityWindow] = EventTimeWindows(
+            size_ms=settings.cell_window_s * 1000, step_ms=settings.cell_step_s * 1000, new_window=ActivityWindow)
+        self.watermark = Watermark(grace_ms=int(settings.grace_s * 1000), idle_s=settings.watermark_idle_s,
+                                   partitions=settings.partitions, clock=clock)
+        self._late = metrics.late_events.labels(pipeline=PIPELINE)
+        self._closed = metrics.windows_closed.labels(kind="cell")
+        self._restored = False
+
+    def process(self, batch: Iterable[Received[list[CellEvent]]]) -> list[Record]:
+        """Count a batch of ``cell-events`` records; the records of every window that closed."""
+        self._restore_once()
+        touched: set[str] = set()
+        late = 0
+        for received in batch:
+            for event in received.value:
+                self.watermark.observe(event.ts, received.partition)
+                if self.windows.add(event.cell, event.ts, event.user_id, event.action):
+                    touched.add(event.cell)
+                else:
+                    late += 1
+        if late:
+            self._late.inc(late)
+        return self.close_windows(touched)
+
+    def close_windows(self, touched: set[str] | None = None) -> list[Record]:
+        """The records of every window the watermark passed; stores the cells that changed."""
+        touched = set() if touched is None else touched
+        closed = []
+        for cell, start, window in list(self.windows.close(self.watermark.value)):
+            closed.append((cell.encode(), encode(self._activity(cell, start, window))))
+            touched.add(cell)
+        self._closed.inc(len(closed))
+        for cell in touched:
+            self.store[cell.encode()] = self._encode(cell)
+        return closed
+
+    def _activity(self, cell: str, start: int, window: ActivityWindow) -> CellActivity:
+        return CellActivity(cell=cell, resolution=self.resolution, window_start=start,
+                            window_end=start + self.windows.size_ms, events=window.events,
+                            users=len(window.users), actions=dict(window.actions))
+
+    def _encode(self, cell: str) -> bytes:
+        open_windows = {start: (w.events, sorted(w.users), w.actions)
+                        for start, w in self.windows.open.get(cell, {}).items()}
+        return _cell_encoder.encode(_StoredCell(windows=open_windows,
+                                                closed_until=self.windows.closed_until.get(cell, -1)))
+
+    def _restore_once(self) -> None:
+        """Open windows of this worker's cells, as the store holds them (once, before the first batch)."""
+        if self._restored:
+            return
+        self._restored = True
+        for key, raw in list(self.store.items()):
+            cell, stored = key.decode(), _cell_decoder.decode(raw)
+            self.windows.closed_until[cell] = stored.closed_until
+            for start, (events, users, actions) in stored.windows.items():
+                self.windows.open.setdefault(cell, {})[start] = ActivityWindow(events, set(users), dict(actions))

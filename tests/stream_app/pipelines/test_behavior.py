@@ -1,0 +1,233 @@
+"""The behavior pipeline without a broker: per-user plans, one model call per batch, write-behind state.
+
+A batch's events of one user are decided as if they came one by one (applied, re-delivered,
+late or an older duplicate); outputs keep each user's order; the store changes only at flush.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from models.next_action.serving import EventPrediction, UserState, update_window
+from schemas import NextActionPrediction, UserEvent, decode_user_event
+from stream_app.metrics import Metrics
+from stream_app.models_holder import HotModel
+from stream_app.pipelines.base import Received, partition_of
+from stream_app.pipelines.behavior import BatchCounts, BehaviorPipeline, LoadedUser, UserPlan
+from stream_app.pipelines.cells import CellEvent, cell_of
+from stream_app.settings import Settings
+from stream_app.state import StoredUser, decode_user
+
+T0 = 1_700_000_000_000
+NOW_S = 1_700_000_100.0
+SETTINGS = Settings(grace_s=60.0, top_k=2, state_ttl_s=3600.0, h3_resolution=8)
+GRACE_MS = int(SETTINGS.grace_s * 1000)
+
+
+class RecordingPredictor:
+    """A stand-in model: predicts ``after-<token>``; the window it saw depends on the stored state."""
+
+    version = "fake-1"
+
+    def __init__(self) -> None:
+        self.calls: list[list[list[str]]] = []
+
+    def predict_many(self, states: list[UserState], sequences: list[list], k: int) -> list[list[EventPrediction]]:
+        self.calls.append([[e.token for e in events] for events in sequences])
+        results = []
+        for state, events in zip(states, sequences, strict=True):
+            predicted = []
+            for event in events:
+                update_window(state, event, window_size=4, window_span_s=1e9)
+                predicted.append(EventPrediction([(f"after-{event.token}", 0.75), ("other", 0.25)][:k],
+                                                 len(state.window), float(state.event_count)))
+            results.append(predicted)
+        return results
+
+
+def _event(event_id: str, ts: int, user: str = "u1", action: str = "view", **extra) -> UserEvent:
+    decoded = decode_user_event(msgspec.json.encode({"event_id": event_id, "user_id": user, "ts": ts,
+                                                     "action": action, **extra}))
+    assert isinstance(decoded, UserEvent), decoded
+    return decoded
+
+
+def _received(*events: UserEvent) -> list[Received[UserEvent]]:
+    return [Received(e, e.ts / 1000 + 0.5, 0) for e in events]
+
+
+def _pipeline(store: dict | None = None, settings: Settings = SETTINGS
+              ) -> tuple[BehaviorPipeline, RecordingPredictor, dict, Metrics]:
+    predictor, metrics = RecordingPredictor(), Metrics()
+    store = {} if store is None else store
+    model = HotModel("behavior", None, load=lambda path: predictor, fallback=predictor, metrics=metrics)
+    return BehaviorPipeline(settings, store, model, metrics, clock=lambda: NOW_S), predictor, store, metrics
+
+
+def _decoded(records: list[tuple[bytes, bytes]]) -> list[NextActionPrediction]:
+    return [msgspec.json.decode(value, type=NextActionPrediction) for _, value in records]
+
+
+def _sample(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+# ------------------------------------------------------------------ one user's plan
+
+
+def _plan(batch: list[tuple[str, int]], stored: StoredUser | None = None) -> tuple[UserPlan, list]:
+    plan = UserPlan("u1", LoadedUser(stored or StoredUser()), grace_ms=GRACE_MS, counts=BatchCounts(),
+                    action_token=lambda e: e.action)
+    for event_id, ts in batch:
+        plan.add(_event(event_id, ts), ingested_at_ms=ts)
+    plan.predicted([EventPrediction([(f"next-{e.event_id}", 0.5)], 1, 0.0) for e, _ in plan.applied],
+                   "v1", processed_at=T0)
+    return plan, _decoded(plan.outputs(lambda: T0))
+
+
+def test_redelivery_late_and_duplicates_inside_one_batch() -> None:
+    plan, out = _plan([("a", T0), ("b", T0 + 1000), ("b", T0 + 1000), ("late", T0 - GRACE_MS - 2000),
+                       ("a", T0), ("c", T0 + 2000)])
+    assert [e.event_id for e, _ in plan.applied] == ["a", "b", "c"]
+    # a, b, b again (identical), late (b's prediction marked late), the old duplicate a: nothing, c.
+    assert [(p.event_id, p.late) for p in out] == [("a", False), ("b", False), ("b", False), ("late", True),
+                                                   ("c", False)]
+    outputs = plan.outputs(lambda: T0)
+    assert outputs[1] == outputs[2]
+    assert out[3].top_k == out[1].top_k and out[3].as_of == T0 - GRACE_MS - 2000
+    assert (plan.counts.duplicates, plan.counts.late) == (2, 1)
+    plan.update_stored()
+    stored = plan.user.stored
+    assert stored.recent_ids[-3:] == ["a", "b", "c"] and stored.last_ts_ms == T0 + 2000
+    assert stored.last_prediction == outputs[-1][1]
+
+
+def test_first_event_of_a_batch_checks_the_stored_state() -> None:
+    _, before = _plan([("x", T0)])
+    stored = StoredUser(last_prediction=msgspec.json.encode(before[0]), recent_ids=["x"], last_ts_ms=T0)
+    plan, out = _plan([("x", T0), ("early", T0 - GRACE_MS - 1)], stored=stored)
+    assert plan.applied == []
+    assert [(p.event_id, p.late) for p in out] == [("x", False), ("early", True)]
+    assert plan.outputs(lambda: T0)[0][1] == stored.last_prediction
+
+
+def test_an_event_within_grace_is_applied_even_when_older() -> None:
+    plan, out = _plan([("a", T0), ("older", T0 - GRACE_MS + 1)])
+    assert [e.event_id for e, _ in plan.applied] == ["a", "older"]
+    assert not any(p.late for p in out)
+
+
+# ------------------------------------------------------------------ the pipeline over a batch
+
+
+def test_one_model_call_per_batch_and_outputs_in_each_users_order() -> None:
+    pipeline, predictor, _, metrics = _pipeline()
+    batch = _received(_event("a1", T0, "a", "view"), _event("b1", T0 + 1, "b", "buy"),
+                      _event("a2", T0 + 2, "a", "like"), _event("b2", T0 + 3, "b", "view"))
+    outputs = pipeline.process(batch, cell_partitions=2)
+    assert predictor.calls == [[["view", "like"], ["buy", "view"]]], "every user of the batch in one call"
+    predictions = _decoded(outputs.predictions)
+    assert [(key, p.event_id) for (key, _), p in zip(outputs.predictions, predictions, strict=True)] == \
+        [(b"a", "a1"), (b"a", "a2"), (b"b", "b1"), (b"b", "b2")]
+    assert [p.top_k[0].action for p in predictions] == ["after-view", "after-like", "after-buy", "after-view"]
+    assert [p.window_events for p in predictions] == [1, 2, 1, 2]
+    assert {p.model_version for p in predictions} == {"fake-1"}
+    assert predictions[0].ingested_at == T0 + 500 and predictions[0].processed_at == int(NOW_S * 1000)
+    # a's first prediction (after-view) did not hold "like"; b's (after-buy) did not hold "view".
+    assert _sample(metrics, "stream_app_online_scored_total") == 2
+    assert _sample(metrics, "stream_app_online_hits_total", k="1") == 0
+    assert _sample(metrics, "stream_app_batch_size_count", pipeline="behavior") == 1
+
+
+def test_state_is_written_behind_only_at_flush() -> None:
+    pipeline, _, store, _ = _pipeline()
+    pipeline.process(_received(_event("a1", T0, "a"), _event("b1", T0, "b")), cell_partitions=1)
+    assert store == {}, "nothing written before the flush"
+    assert set(pipeline.dirty) == {"a", "b"}
+    assert pipeline.user_summary("a")["event_count"] == 1, "the query API sees unflushed state"
+    assert pipeline.flush() == 2
+    assert set(store) == {b"a", b"b"} and not pipeline.dirty
+    stored = decode_user(store[b"a"])
+    assert stored.recent_ids == ["a1"] and stored.last_ts_ms == T0
+    assert stored.user_state().event_count == 1
+    pipeline.process(_received(_event("a1", T0, "a")), cell_partitions=1)  # a re-delivery changes nothing
+    assert not pipeline.dirty and pipeline.flush() == 0
+
+
+def test_redelivery_and_late_events_after_a_flush_repeat_the_stored_prediction() -> None:
+    pipeline, predictor, _, metrics = _pipeline()
+    first = pipeline.process(_received(_event("a1", T0), _event("a2", T0 + 1000)), cell_partitions=1)
+    pipeline.flush()
+    again = pipeline.process(_received(_event("a2", T0 + 1000), _event("late", T0 - GRACE_MS - 1),
+                                       _event("a1", T0)), cell_partitions=1)
+    assert len(predictor.calls) == 1, "nothing to apply: no model call"
+    assert len(again.predictions) == 2, "the re-delivery and the late event; the older duplicate yields nothing"
+    assert again.predictions[0] == first.predictions[1], "identical bytes for a re-delivered event"
+    late = _decoded(again.predictions)[1]
+    assert late.late and late.event_id == "late" and late.top_k == _decoded(first.predictions)[1].top_k
+    assert _sample(metrics, "stream_app_duplicate_events_total", pipeline="behavior") == 2
+    assert _sample(metrics, "stream_app_late_events_total", pipeline="behavior") == 1
+
+
+def test_a_new_pipeline_on_the_flushed_store_continues_where_the_last_one_stopped() -> None:
+    events = [_event(f"e{k}", T0 + k * 1000, "u", f"a{k % 3}") for k in range(6)]
+    running, _, _, _ = _pipeline()
+    running.process(_received(*events[:3]), cell_partitions=1)
+    running.flush()
+    expected = running.process(_received(*events[3:]), cell_partitions=1)
+
+    crashed, _, store, _ = _pipeline()
+    crashed.process(_received(*events[:3]), cell_partitions=1)
+    crashed.flush()
+    restarted, _, _, _ = _pipeline(store=store)
+    got = restarted.process(_received(*events[3:]), cell_partitions=1)
+    assert got.predictions == expected.predictions
+    assert _decoded(got.predictions)[-1].window_events == 4, "the window continued from the stored state"
+
+
+def test_cell_events_hold_the_batchs_located_events_by_partition() -> None:
+    pipeline, _, _, _ = _pipeline()
+    located = [_event(f"l{k}", T0 + k, f"u{k}", lat=40.70 + 0.01 * k, lon=-74.0) for k in range(5)]
+    outputs = pipeline.process(_received(*located, _event("nowhere", T0, "u9")), cell_partitions=3)
+    seen = []
+    for key, value in outputs.cell_events:
+        cells = msgspec.msgpack.decode(value, type=list[CellEvent])
+        assert {partition_of(c.cell.encode(), 3) for c in cells} == {partition_of(key, 3)}
+        seen += [(c.cell, c.user_id) for c in cells]
+    assert sorted(seen) == sorted((cell_of(e.lat, e.lon, 8), e.user_id) for e in located)
+
+
+def test_emitted_counts_outputs_events_and_latency_once_the_batch_is_sent() -> None:
+    pipeline, _, _, metrics = _pipeline()
+    outputs = pipeline.process(_received(_event("a1", T0), _event("a1", T0)), cell_partitions=1)
+    assert _sample(metrics, "stream_app_events_processed_total", pipeline="behavior") == 0
+    pipeline.emitted(outputs)
+    assert _sample(metrics, "stream_app_events_processed_total", pipeline="behavior") == 2
+    topic = SETTINGS.topic("next-action-predictions")
+    assert _sample(metrics, "stream_app_outputs_total", topic=topic) == 2
+    assert _sample(metrics, "stream_app_end_to_end_latency_seconds_count", pipeline="behavior") == 2
+    assert _sample(metrics, "stream_app_end_to_end_latency_seconds_sum", pipeline="behavior") == \
+        pytest.approx(2 * (NOW_S - (T0 / 1000 + 0.5)))
+
+
+def test_passthrough_validates_only() -> None:
+    from dataclasses import replace
+
+    pipeline, predictor, _, _ = _pipeline(settings=replace(SETTINGS, behavior_mode="passthrough"))
+    outputs = pipeline.process(_received(_event("a1", T0)), cell_partitions=1)
+    assert (outputs.predictions, outputs.cell_events, outputs.processed) == ([], [], 1)
+    assert predictor.calls == [] and not pipeline.dirty
+
+
+def test_idle_users_expire_in_event_time_but_unflushed_ones_stay() -> None:
+    pipeline, _, store, metrics = _pipeline()
+    ttl_ms = int(SETTINGS.state_ttl_s * 1000)
+    pipeline.process(_received(_event("old", T0, "idle"), _event("x", T0 + ttl_ms // 2, "kept")), cell_partitions=1)
+    pipeline.flush()
+    pipeline.process(_received(_event("new", T0 + ttl_ms + 1, "busy")), cell_partitions=1)
+    assert pipeline.expire_idle() == 1
+    assert b"idle" not in store and b"kept" in store and "busy" in pipeline.dirty
+    assert pipeline.user_summary("idle") is None
+    assert _sample(metrics, "stream_app_state_expired_total", table="user-state") == 1
+    assert _sample(metrics, "stream_app_active_users") == 1, "kept (stored, recent); busy is not flushed yet"

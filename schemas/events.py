@@ -9,8 +9,14 @@ from msgspec import Meta
 from msgspec.structs import force_setattr
 
 from schemas.base import (
-    Identifier, Latitude, Longitude, Probability, Record, TimestampIn,
-    require_coordinate_pair, require_finite,
+    Identifier,
+    Latitude,
+    Longitude,
+    Probability,
+    Record,
+    TimestampIn,
+    require_coordinate_pair,
+    require_finite,
 )
 from schemas.exceptions import FieldError
 from schemas.timestamps import to_epoch_ms

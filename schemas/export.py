@@ -11,7 +11,12 @@ import msgspec
 
 from schemas.events import TRAFFIC_READING_RULES, TrafficReading, UserEvent
 from schemas.outputs import (
-    AnomalyAlert, CellActivity, DeadLetter, NextActionPrediction, SensorAggregate, TrafficForecast,
+    AnomalyAlert,
+    CellActivity,
+    DeadLetter,
+    NextActionPrediction,
+    SensorAggregate,
+    TrafficForecast,
 )
 
 __all__ = ["TOPIC_SCHEMAS", "JSON_SCHEMA_DIALECT", "json_schema", "json_schemas", "write_schemas"]

@@ -1,16 +1,33 @@
-"""A simulated city: loop detectors along road corridors, with rush hours and incidents."""
+"""A simulated city: loop detectors along road corridors, with rush hours and incidents.
+
+Daily cycle (morning and evening rush, a corridor direction peaking in one of them, each sensor's
+peak a little earlier or later), weekly cycle (weekday factors: Monday mornings and Friday
+evenings heavier; Saturday busier than Sunday, whose traffic is a midday hump), sensors with
+different exposure to congestion, incidents that spread upstream. Readings are speeds (with flow
+and occupancy) or, with ``measure="count"``, vehicle counts per interval (Poisson around the flow
+times ``count_scale``; a small scale gives sparse counts with many zeros).
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from simulation.clock import (DAY_MS, DEFAULT_START_MS, HOUR_MS, MINUTE_MS, SimulationConfigError, local_hours,
-                              utc_offset_ms, to_latlon)
+from simulation.clock import (
+    DAY_MS,
+    DEFAULT_START_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    SimulationConfigError,
+    local_hours,
+    to_latlon,
+    utc_offset_ms,
+)
 
 __all__ = ["Incident", "TrafficConfig", "TrafficWorkload", "generate_traffic", "iter_traffic_readings"]
 
@@ -54,6 +71,9 @@ class TrafficConfig:
     dropout_prob: float = 0.005
     n_dead_sensors: int = 0
     speed_only_fraction: float = 0.1
+    measure: str = "speed"  # "speed" (speed, flow, occupancy) or "count" (vehicles per interval)
+    count_scale: float = 1.0  # share of the vehicles counted (counts mode)
+    peak_jitter_h: float = 0.35  # spread of each sensor's rush-hour peak times
 
     def __post_init__(self) -> None:
         checks = {
@@ -68,6 +88,9 @@ class TrafficConfig:
             "dropout_prob": 0.0 <= self.dropout_prob < 1.0,
             "n_dead_sensors": 0 <= self.n_dead_sensors < self.n_sensors,
             "speed_only_fraction": 0.0 <= self.speed_only_fraction <= 1.0,
+            "measure": self.measure in ("speed", "count"),
+            "count_scale": self.count_scale > 0,
+            "peak_jitter_h": self.peak_jitter_h >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -141,18 +164,33 @@ def _gauss(x: np.ndarray, mu: float, sigma: float) -> np.ndarray:
     return np.exp(-0.5 * ((x - mu) / sigma) ** 2)
 
 
-def _rush(hours: np.ndarray, weekend: np.ndarray, am_peak: np.ndarray) -> np.ndarray:
-    """[sensors, steps] 0..1 recurring congestion shape; a direction peaks in the morning or evening."""
-    am, pm = _gauss(hours, 8.0, 1.0), _gauss(hours, 17.5, 1.3)
-    weekday = np.where(am_peak[:, None], am + 0.6 * pm, 0.6 * am + pm)
-    return np.where(weekend[None, :], 0.35 * _gauss(hours, 13.5, 2.5)[None, :], weekday)
+# Monday .. Sunday: weight of the morning and evening rush, and of the weekend midday hump.
+_AM_FACTOR = np.array([1.1, 1.0, 1.0, 0.95, 0.85, 0.0, 0.0])
+_PM_FACTOR = np.array([0.9, 1.0, 1.0, 1.05, 1.2, 0.0, 0.0])
+_MIDDAY_FACTOR = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.4, 0.25])
 
 
-def _demand(hours: np.ndarray, weekend: np.ndarray) -> np.ndarray:
+def _weekday(t_ms: np.ndarray, offset_ms: int) -> np.ndarray:
+    """[steps] local day of the week, Monday = 0."""
+    return ((t_ms + offset_ms) // DAY_MS + 3) % 7
+
+
+def _rush(hours: np.ndarray, weekday: np.ndarray, am_peak: np.ndarray, shift_h: np.ndarray) -> np.ndarray:
+    """[sensors, steps] 0..1 recurring congestion shape; a direction peaks in the morning or evening,
+    each sensor ``shift_h`` hours off the corridor's peak times, each weekday with its own weights."""
+    local = hours[None, :] - shift_h[:, None]
+    am = _AM_FACTOR[weekday][None, :] * _gauss(local, 8.0, 1.0)
+    pm = _PM_FACTOR[weekday][None, :] * _gauss(local, 17.5, 1.3)
+    rush = np.where(am_peak[:, None], am + 0.6 * pm, 0.6 * am + pm)
+    return np.minimum(rush + _MIDDAY_FACTOR[weekday][None, :] * _gauss(local, 13.5, 2.5), 1.0)
+
+
+def _demand(hours: np.ndarray, weekday: np.ndarray) -> np.ndarray:
     """[steps] uncongested flow, vehicles per hour per lane."""
     daytime = np.clip((_gauss(hours, 14.0, 5.0) - 0.05) / 0.95, 0.0, 1.0)
-    rush = np.where(weekend, 0.3, 1.0) * (_gauss(hours, 8.0, 1.2) + _gauss(hours, 17.5, 1.5))
-    return 150.0 + 1_000.0 * daytime + 500.0 * rush
+    rush = np.where(weekday >= 5, 0.3, 1.0) * (_AM_FACTOR[weekday] * _gauss(hours, 8.0, 1.2)
+                                               + _PM_FACTOR[weekday] * _gauss(hours, 17.5, 1.5))
+    return 150.0 + 1_000.0 * np.where(weekday == 6, 0.8, 1.0) * daytime + 500.0 * rush
 
 
 def _incident_shape(t_ms: np.ndarray, incident: Incident) -> np.ndarray:
@@ -175,6 +213,7 @@ class _TrafficSim:
         self.speed_only = self.rng.random(n) < config.speed_only_fraction
         self.dead = np.zeros(n, dtype=bool)
         self.dead[self.rng.choice(n, size=config.n_dead_sensors, replace=False)] = True
+        self.peak_shift_h = self.rng.normal(0.0, config.peak_jitter_h, n)
         self.incidents = self._explicit_incidents()
         self.lag = max(1, round(config.spread_lag_s * 1000 / config.interval_ms))
         self.chunk = max(self.lag, HOUR_MS // config.interval_ms)
@@ -208,8 +247,10 @@ class _TrafficSim:
         return sorted(made, key=lambda i: i.start_ms)
 
     def _congestion_sources(self, t_ms: np.ndarray) -> np.ndarray:
-        hours, weekend = local_hours(t_ms, utc_offset_ms(self.config.utc_offset_hours))
-        sources = self.net.exposure[:, None] * _rush(hours, weekend, self.net.am_peak)
+        offset = utc_offset_ms(self.config.utc_offset_hours)
+        hours, _ = local_hours(t_ms, offset)
+        sources = self.net.exposure[:, None] * _rush(hours, _weekday(t_ms, offset), self.net.am_peak,
+                                                     self.peak_shift_h)
         index = {sensor: i for i, sensor in enumerate(self.net.ids)}
         for incident in self.incidents:
             if incident.start_ms <= t_ms[-1] and incident.end_ms + _RECOVERY_MS >= t_ms[0]:
@@ -240,8 +281,9 @@ class _TrafficSim:
 
     def _flow_occupancy(self, speed: np.ndarray, t_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Greenshields' diagram: demand-limited density when free, jam branch when congested."""
-        hours, weekend = local_hours(t_ms, utc_offset_ms(self.config.utc_offset_hours))
-        free = _demand(hours, weekend)[None, :] / speed
+        offset = utc_offset_ms(self.config.utc_offset_hours)
+        hours, _ = local_hours(t_ms, offset)
+        free = _demand(hours, _weekday(t_ms, offset))[None, :] / speed
         jammed = _JAM_DENSITY * (1.0 - speed / self.free_flow[:, None])
         density = np.maximum(free, jammed) * self.rng.lognormal(0.0, 0.05, speed.shape)
         per_interval = self.config.lanes * self.config.interval_ms / HOUR_MS
@@ -255,7 +297,22 @@ class _TrafficSim:
         flow, occupancy = self._flow_occupancy(speed, t_ms)
         reported = ~self.dead[:, None] & (self.rng.random(speed.shape) >= cfg.dropout_prob)
         self.step += self.chunk
+        if cfg.measure == "count":
+            return self._count_readings(t_ms, self.rng.poisson(flow * cfg.count_scale), reported)
         return self._readings(t_ms, speed, flow, occupancy, reported)
+
+    def _count_readings(self, t_ms: np.ndarray, counts: np.ndarray, reported: np.ndarray) -> list[dict]:
+        """Readings of kind count: vehicles counted in each interval."""
+        net, network, counts = self.net, self.config.network, counts.tolist()
+        out = []
+        for k, t in enumerate(t_ms.tolist()):
+            if t >= self.end_ms:
+                break
+            for s in np.flatnonzero(reported[:, k]).tolist():
+                out.append({"sensor_id": net.ids[s], "network": network, "ts": t + int(self.phase_ms[s]),
+                            "value": counts[s][k], "kind": "count", "unit": "vehicles",
+                            "lat": float(net.lat[s]), "lon": float(net.lon[s])})
+        return out
 
     def _readings(self, t_ms: np.ndarray, speed: np.ndarray, flow: np.ndarray,
                   occupancy: np.ndarray, reported: np.ndarray) -> list[dict]:
@@ -293,9 +350,9 @@ def generate_traffic(config: TrafficConfig = TrafficConfig()) -> TrafficWorkload
     readings = list(_run(sim))
     net = sim.net
     return TrafficWorkload(
-        sensors=[(s, float(a), float(b)) for s, a, b in zip(net.ids, net.lat, net.lon)],
+        sensors=[(s, float(a), float(b)) for s, a, b in zip(net.ids, net.lat, net.lon, strict=True)],
         readings=readings,
         incidents=[i for i in sim.incidents if i.start_ms < sim.end_ms],
         edges=list(net.edges),
-        dead_sensors=[s for s, dead in zip(net.ids, sim.dead) if dead],
+        dead_sensors=[s for s, dead in zip(net.ids, sim.dead, strict=True) if dead],
     )

@@ -1,1 +1,1 @@
-"""Traffic forecasting: sensor networks, data, graph-GRU model, forecaster, training, evaluation, anomalies, baselines."""
+"""Traffic forecasting: networks, data, seasonal profile, graph-GRU, forecaster, training, evaluation, incidents."""

@@ -16,6 +16,11 @@ Two detectors run side by side on every window, each sensor on its own:
 
 Values are plain numpy arrays [sensors] with NaN for "not observed" (pass imputed values as NaN)
 or "no forecast". Alerts are plain records; the state is compact versioned bytes.
+
+These per-window alerts fire once per window and sensor for as long as a departure lasts. The
+incident detector (:mod:`models.traffic.incidents`, re-exported here) replaces them: a scale that
+follows the profile, a threshold calibrated to an alert budget, one event when an incident is
+raised and one when it is resolved, neighbours grouped.
 """
 
 from __future__ import annotations
@@ -29,9 +34,19 @@ from statistics import NormalDist
 import numpy as np
 
 from models.exceptions import ModelError
+from models.traffic.incidents import (
+    IncidentConfig,
+    IncidentDetector,
+    IncidentEvent,
+    ResidualScale,
+    calibrate_threshold,
+    neighbour_lists,
+    z_scores,
+)
 
 __all__ = ["AnomalyConfig", "AnomalyAlert", "AnomalyDetector", "FORECAST_RESIDUAL",
-           "PROFILE_DROP"]
+           "PROFILE_DROP", "IncidentConfig", "IncidentDetector", "IncidentEvent", "ResidualScale",
+           "calibrate_threshold", "neighbour_lists", "z_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +260,7 @@ class AnomalyDetector:
         if len(data) != expected:
             raise ModelError(f"anomaly state has {len(data)} bytes, expected {expected}")
         offset = _HEADER.size
-        for (name, dtype), shape in zip(_FIELDS, shapes):
+        for (name, dtype), shape in zip(_FIELDS, shapes, strict=True):
             count = int(np.prod(shape))
             array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
             setattr(self, name, array.reshape(shape).astype(np.dtype(dtype).newbyteorder("=")))

@@ -1,4 +1,6 @@
-"""Los-loop speeds and the T-GCN evaluation protocol: loading, splits, windows and metrics.
+"""Traffic series (values on an interval grid, with gaps masked), Los-loop, and the T-GCN evaluation
+protocol: splits, windows and metrics. Generic readings files are read by
+:mod:`models.traffic.readings`.
 
 Data (``<shared data>/los-loop``): ``los_speed.csv`` has a header line of sensor ids and one row
 per 5-minute step from 2012-03-01T00:00 local (Los Angeles) time, speeds in mph;
@@ -15,15 +17,16 @@ training part off as a validation split for early stopping; nothing is chosen on
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from models.checkpoint import file_digest
 from models.exceptions import ModelError
-from models.traffic.graph import SensorNetwork
 from models.paths import shared_data_dir
+from models.traffic.calendar import DAY_MS, local_wall_ms
+from models.traffic.graph import SensorNetwork
 from models.traffic.model import STEP_MS, time_features
 
 __all__ = ["TrafficSeries", "Split", "load_los_loop", "tgcn_split", "strict_split",
@@ -40,22 +43,46 @@ MAPE_FLOOR = 5.0  # mph; MAPE only counts targets above it (stopped traffic woul
 
 @dataclass(frozen=True, eq=False)
 class TrafficSeries:
-    """Speeds [time, sensors] on a network, row ``t`` at ``start_ms + t * step_ms`` local time."""
+    """Values [time, sensors] on a network; row ``t`` is the interval starting ``start_ms + t * step_ms``.
+
+    ``speeds`` holds the values whatever their ``kind`` (the name predates other kinds), with gaps
+    filled by the sensor's previous value (its first one before it) and ``observed`` [time, sensors]
+    saying which cells were measured (None: all). ``timezone``: the IANA zone of the network, the
+    row times being UTC; None means ``start_ms`` already is local wall-clock time (Los-loop).
+    """
 
     network: SensorNetwork
     speeds: np.ndarray
     start_ms: int
     step_ms: int = STEP_MS
     fingerprint: str = ""
+    observed: np.ndarray | None = None
+    timezone: str | None = None
+    kind: str = "speed"
+    unit: str = ""
+
+    @property
+    def values(self) -> np.ndarray:
+        """[time, sensors] the values (same array as ``speeds``)."""
+        return self.speeds
+
+    @property
+    def mask(self) -> np.ndarray:
+        """[time, sensors] bool: measured cells (all True without gaps)."""
+        return self.observed if self.observed is not None else np.ones(self.speeds.shape, dtype=bool)
 
     @property
     def n_steps(self) -> int:
         """Number of time steps (rows)."""
         return len(self.speeds)
 
-    def local_ms(self) -> np.ndarray:
-        """[time] local wall-clock epoch ms of each row."""
-        return self.start_ms + self.step_ms * np.arange(self.n_steps, dtype=np.int64)
+    def row_ms(self, extra: int = 0) -> np.ndarray:
+        """[time + extra] start of each row (and of ``extra`` rows after the last), as stored."""
+        return self.start_ms + self.step_ms * np.arange(self.n_steps + extra, dtype=np.int64)
+
+    def local_ms(self, extra: int = 0) -> np.ndarray:
+        """[time + extra] local wall-clock epoch ms of each row's start (daylight saving included)."""
+        return local_wall_ms(self.row_ms(extra), self.timezone)
 
     def time_features(self) -> np.ndarray:
         """[time, 4] the model's time-of-day / day-of-week features of each row."""
@@ -63,14 +90,13 @@ class TrafficSeries:
 
     def slot_of_day(self) -> np.ndarray:
         """[time] index of each row's step within its day (0 .. steps per day - 1)."""
-        return (self.local_ms() % 86_400_000) // self.step_ms
+        return (self.local_ms() % DAY_MS) // self.step_ms
 
     def rows(self, part: slice) -> TrafficSeries:
         """The rows in ``part`` (a slice of steps) as a series of their own."""
         start, _, _ = part.indices(self.n_steps)
-        return TrafficSeries(network=self.network, speeds=self.speeds[part],
-                             start_ms=self.start_ms + start * self.step_ms, step_ms=self.step_ms,
-                             fingerprint=self.fingerprint)
+        return replace(self, speeds=self.speeds[part], start_ms=self.start_ms + start * self.step_ms,
+                       observed=None if self.observed is None else self.observed[part])
 
 
 @dataclass(frozen=True)
@@ -132,14 +158,22 @@ def forecast_windows(speeds: np.ndarray, horizon: int,
     return starts, speeds[starts[:, None] + offsets[None, :]]
 
 
-def forecast_metrics(targets: np.ndarray, predictions: np.ndarray, *,
-                     mape_floor: float = MAPE_FLOOR) -> dict[str, float]:
-    """RMSE, MAE, MAPE (%, targets above ``mape_floor``) and T-GCN's Accuracy, same shapes in."""
+def forecast_metrics(targets: np.ndarray, predictions: np.ndarray, *, mape_floor: float = MAPE_FLOOR,
+                     mask: np.ndarray | None = None) -> dict[str, float]:
+    """RMSE, MAE, MAPE (%, targets above ``mape_floor``) and T-GCN's Accuracy, same shapes in;
+    with ``mask`` (same shape, bool) only the measured targets count."""
     if targets.shape != predictions.shape:
         raise ModelError(f"targets {targets.shape} and predictions {predictions.shape} differ")
-    y, y_hat = targets.astype(np.float64), predictions.astype(np.float64)
+    counted = np.ones(targets.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if counted.shape != targets.shape:
+        raise ModelError(f"mask {counted.shape} and targets {targets.shape} differ")
+    y, y_hat = targets[counted].astype(np.float64), predictions[counted].astype(np.float64)
+    if y.size == 0:
+        return {"rmse": float("nan"), "mae": float("nan"), "mape": float("nan"), "accuracy": float("nan")}
     error = y_hat - y
-    counted = y > mape_floor
-    mape = float(np.mean(np.abs(error[counted]) / y[counted]) * 100) if counted.any() else float("nan")
+    above = y > mape_floor
+    mape = float(np.mean(np.abs(error[above]) / y[above]) * 100) if above.any() else float("nan")
+    norm = np.linalg.norm(y)
+    accuracy = float(1 - np.linalg.norm(error) / norm) if norm > 0 else float("nan")
     return {"rmse": float(np.sqrt(np.mean(error ** 2))), "mae": float(np.mean(np.abs(error))),
-            "mape": mape, "accuracy": float(1 - np.linalg.norm(error) / np.linalg.norm(y))}
+            "mape": mape, "accuracy": accuracy}

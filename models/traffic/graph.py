@@ -13,9 +13,13 @@ File formats read by :meth:`SensorNetwork.from_files`:
 
   Without a sensors CSV the ids are ``"0" .. "sensors-1"``.
 
+Edge lists and sensor tables with projected coordinates are read by
+:mod:`models.traffic.network_files`.
+
 :meth:`SensorNetwork.from_coordinates` builds the adjacency the DCRNN way (Li et al., 2018):
-``W_ij = exp(-d_ij^2 / sigma^2)`` for the great-circle distance ``d_ij`` in km, ``sigma`` the
-standard deviation of the finite distances, weights below ``threshold`` set to zero, zero diagonal.
+``W_ij = exp(-d_ij^2 / sigma^2)`` for the distance ``d_ij`` in km (great-circle for WGS84
+degrees, Euclidean for projected metres), ``sigma`` the standard deviation of the finite
+distances, weights below ``threshold`` set to zero, zero diagonal.
 """
 
 from __future__ import annotations
@@ -23,19 +27,22 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from models.exceptions import ModelError
 
-__all__ = ["SensorNetwork", "normalized_adjacency", "gaussian_kernel", "haversine_km", "EARTH_RADIUS_KM"]
+__all__ = ["SensorNetwork", "normalized_adjacency", "gaussian_kernel", "haversine_km", "EARTH_RADIUS_KM",
+           "COORDINATE_SYSTEMS", "pairwise_km"]
 
 logger = logging.getLogger(__name__)
 
 EARTH_RADIUS_KM = 6371.0088
+#: How coordinates are given: (lat, lon) WGS84 degrees, or projected (x, y) metres (e.g. UTM).
+COORDINATE_SYSTEMS = ("wgs84", "metres")
 _BLOCK_ROWS = 512  # rows of the distance matrix computed at once (bounds memory for big networks)
 
 
@@ -43,14 +50,16 @@ _BLOCK_ROWS = 512  # rows of the distance matrix computed at once (bounds memory
 class SensorNetwork:
     """A named set of sensors with a symmetric or directed weighted adjacency.
 
-    ``coords``: [sensors, 2] (lat, lon) in degrees, or None.
-    ``adjacency``: [sensors, sensors] float32, ``adjacency[i, j]`` the weight of edge i -> j.
+    ``coords``: [sensors, 2] (lat, lon) in degrees when ``crs`` is wgs84, (x, y) metres when it
+    is metres, or None. ``adjacency``: [sensors, sensors] float32, ``adjacency[i, j]`` the weight
+    of edge i -> j (the model lets sensor i read sensor j's values through it).
     """
 
     name: str
     sensor_ids: tuple[str, ...]
     coords: np.ndarray | None
     adjacency: np.ndarray
+    crs: str = "wgs84"
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +76,8 @@ class SensorNetwork:
         if self.coords is not None and np.shape(self.coords) != (n, 2):
             raise ModelError(f"network {self.name!r}: coords have shape {np.shape(self.coords)}, "
                              f"expected ({n}, 2)")
+        if self.crs not in COORDINATE_SYSTEMS:
+            raise ModelError(f"network {self.name!r}: crs {self.crs!r} is not one of {COORDINATE_SYSTEMS}")
         object.__setattr__(self, "sensor_ids", tuple(str(s) for s in self.sensor_ids))
         object.__setattr__(self, "adjacency", adjacency)
         object.__setattr__(self, "_index", index)
@@ -108,22 +119,23 @@ class SensorNetwork:
     @classmethod
     def from_coordinates(cls, name: str, sensor_ids: Sequence[str], coords: np.ndarray, *,
                          sigma_km: float | None = None, threshold: float = 0.1,
-                         max_neighbors: int | None = None) -> SensorNetwork:
+                         max_neighbors: int | None = None, crs: str = "wgs84") -> SensorNetwork:
         """Gaussian-kernel adjacency from positions (DCRNN construction, see module doc).
 
-        ``coords``: [sensors, 2] (lat, lon) in degrees. ``max_neighbors`` keeps only each sensor's
-        k nearest others (distances to the rest count as infinite, as unconnected roads do in
-        DCRNN), which makes big networks sparse; the result is symmetrized by the maximum.
+        ``coords``: [sensors, 2] (lat, lon) in degrees, or (x, y) metres with ``crs="metres"``.
+        ``max_neighbors`` keeps only each sensor's k nearest others (distances to the rest count
+        as infinite, as unconnected roads do in DCRNN), which makes big networks sparse; the
+        result is symmetrized by the maximum.
         """
         coords = np.asarray(coords, dtype=np.float64)
         if coords.ndim != 2 or coords.shape != (len(sensor_ids), 2):
             raise ModelError(f"network {name!r}: coords have shape {coords.shape}, "
                              f"expected ({len(sensor_ids)}, 2)")
-        distances = _pairwise_distances(coords, max_neighbors)
+        distances = _pairwise_distances(coords, max_neighbors, crs)
         adjacency = gaussian_kernel(distances, sigma_km=sigma_km, threshold=threshold)
         if max_neighbors is not None:
             adjacency = np.maximum(adjacency, adjacency.T)
-        return cls(name=name, sensor_ids=tuple(sensor_ids), coords=coords, adjacency=adjacency)
+        return cls(name=name, sensor_ids=tuple(sensor_ids), coords=coords, adjacency=adjacency, crs=crs)
 
 
 def gaussian_kernel(distances: np.ndarray, *, sigma_km: float | None = None,
@@ -165,15 +177,25 @@ def normalized_adjacency(adj: np.ndarray) -> np.ndarray:
     return (with_loops * inv_sqrt_degree[:, None] * inv_sqrt_degree[None, :]).astype(np.float32)
 
 
-def _pairwise_distances(coords: np.ndarray, max_neighbors: int | None) -> np.ndarray:
-    """[sensors, sensors] haversine km, computed in row blocks; inf beyond the k nearest."""
+def pairwise_km(rows: np.ndarray, coords: np.ndarray, crs: str = "wgs84") -> np.ndarray:
+    """[rows, sensors] km between two sets of points: great-circle for wgs84 (lat, lon) degrees,
+    Euclidean for projected (x, y) metres."""
+    if crs == "metres":
+        return np.hypot(rows[:, :1] - coords[None, :, 0], rows[:, 1:] - coords[None, :, 1]) / 1000.0
+    if crs != "wgs84":
+        raise ModelError(f"coordinates must be one of {COORDINATE_SYSTEMS}, got {crs!r}")
+    return haversine_km(rows[:, :1], rows[:, 1:], coords[None, :, 0], coords[None, :, 1])
+
+
+def _pairwise_distances(coords: np.ndarray, max_neighbors: int | None, crs: str = "wgs84") -> np.ndarray:
+    """[sensors, sensors] km, computed in row blocks; inf beyond the k nearest."""
     n = len(coords)
     if max_neighbors is not None and not 0 < max_neighbors < n:
         raise ModelError(f"max_neighbors must be in 1..{n - 1}, got {max_neighbors}")
     distances = np.empty((n, n), dtype=np.float32)
     for start in range(0, n, _BLOCK_ROWS):
         rows = coords[start:start + _BLOCK_ROWS]
-        block = haversine_km(rows[:, :1], rows[:, 1:], coords[None, :, 0], coords[None, :, 1])
+        block = pairwise_km(rows, coords, crs)
         if max_neighbors is not None:
             block = _keep_nearest(block, start, max_neighbors)
         distances[start:start + len(rows)] = block

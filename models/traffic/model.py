@@ -1,12 +1,18 @@
 """Traffic graph-GRU (T-GCN family): a training ``forward`` and a streaming ``step``.
 
-Per step each sensor receives its speed (divided by ``speed_scale``) and an optional 0/1
-observed flag (0 where the caller imputed the value); optional context shared by all sensors
-(time-of-day and day-of-week sin/cos) and a learned per-sensor embedding add to the gates. The
-cell mixes neighbours through the renormalized adjacency ``D^-1/2 (A+I) D^-1/2`` (T-GCN's graph
-convolution, applied to the input and to the hidden state, each with a self term beside it), and
-the head predicts, for every horizon, the change from the current speed, so an untrained model
-starts as persistence.
+Per step each sensor receives its value (divided by its ``value_scale``, ``speed_scale`` unless
+training set one per sensor) and an optional 0/1 observed flag (0 where the caller imputed the
+value); optional context shared by all sensors (time-of-day and day-of-week sin/cos) and a
+learned per-sensor embedding add to the gates. The cell mixes neighbours through the renormalized
+adjacency ``D^-1/2 (A+I) D^-1/2`` (T-GCN's graph convolution, applied to the input and to the
+hidden state, each with a self term beside it), and the head predicts, for every horizon, the
+change from the current value, so an untrained model starts as persistence.
+
+With ``use_profile`` the model also reads the seasonal profile (:mod:`models.traffic.profile`):
+the current departure from it is one more input, and each horizon's forecast moves from the
+current value towards the profile at the target time by a learned gate ``g`` in (0, 1) before the
+head's correction: ``x + g (profile_ahead - x) + scale * head(h)``. ``g`` starts near 0
+(persistence); where the profile forecasts better, training opens it.
 
 ``forward`` runs a sequence for training; ``step`` advances one window for streaming; both share
 the same cell, so chaining ``step`` reproduces ``forward``.
@@ -34,6 +40,7 @@ STEP_MS = 300_000  # one window: 5 minutes
 CHECKPOINT_KIND = "traffic-gru"
 _DAY_MS = 86_400_000
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0)
+_CLOSED_GATE = -4.0  # initial profile-gate logit: sigmoid(-4) = 0.018, almost persistence
 _SPARSE_MIN_SENSORS = 1_000
 _SPARSE_MAX_DENSITY = 0.05
 
@@ -63,9 +70,10 @@ class TrafficConfig:
     use_time_features: bool = True
     use_day_of_week: bool = True  # with time features: all 4, else time of day only
     use_observed_mask: bool = True
-    speed_scale: float = 70.0  # speeds are divided by this before entering the cell
+    speed_scale: float = 70.0  # values are divided by this before entering the cell (see value_scale)
     step_minutes: int = 5
     node_embedding_dim: int = 0  # learned per-sensor vector feeding the gates (0: none)
+    use_profile: bool = False  # read the seasonal profile and forecast on top of it
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "horizons", tuple(int(h) for h in self.horizons))
@@ -92,8 +100,8 @@ class TrafficConfig:
 
     @property
     def n_node_inputs(self) -> int:
-        """Per-sensor input channels: speed, plus the observed flag when used."""
-        return 1 + int(self.use_observed_mask)
+        """Per-sensor input channels: value, the observed flag when used, the profile departure when used."""
+        return 1 + int(self.use_observed_mask) + int(self.use_profile)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for checkpoint metadata (horizons as a list)."""
@@ -142,6 +150,19 @@ class TrafficGRU(nn.Module):
         self.head = nn.Linear(hidden, len(config.horizons))
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self.profile_gate = nn.Linear(hidden, len(config.horizons)) if config.use_profile else None
+        if self.profile_gate is not None:
+            nn.init.zeros_(self.profile_gate.weight)
+            nn.init.constant_(self.profile_gate.bias, _CLOSED_GATE)
+        self.register_buffer("value_scale", torch.full((config.n_sensors,), float(config.speed_scale)))
+
+    def set_value_scale(self, scale: np.ndarray | torch.Tensor) -> None:
+        """Per-sensor scale [sensors] of the values (positive); saved with the weights."""
+        scale = torch.as_tensor(scale, dtype=self.value_scale.dtype).to(self.value_scale.device)
+        if scale.shape != self.value_scale.shape or not bool((scale > 0).all()):
+            raise ModelError(f"value_scale must be [{self.config.n_sensors}] positive numbers, got "
+                             f"{tuple(scale.shape)}")
+        self.value_scale.copy_(scale)
 
     def initial_hidden(self, batch: int) -> torch.Tensor:
         """Zero hidden state [batch, sensors, hidden] on the model's device."""
@@ -149,13 +170,16 @@ class TrafficGRU(nn.Module):
                                       layout=torch.strided)
 
     def forward(self, speeds: torch.Tensor, time_features: torch.Tensor | None = None,
-                h: torch.Tensor | None = None, *,
-                observed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                h: torch.Tensor | None = None, *, observed: torch.Tensor | None = None,
+                profile: torch.Tensor | None = None,
+                profile_ahead: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run a sequence.
 
-        ``speeds``: [batch, time, sensors] in original units; ``time_features``:
+        ``speeds``: [batch, time, sensors] values in original units; ``time_features``:
         [batch, time, 4] (required when the config uses them); ``h``: [batch, sensors, hidden]
-        or None for zeros; ``observed``: [batch, time, sensors] 0/1, None meaning all observed.
+        or None for zeros; ``observed``: [batch, time, sensors] 0/1, None meaning all observed;
+        ``profile``: [batch, time, sensors] and ``profile_ahead``: [batch, time, sensors,
+        horizons], the profile at each step and at each target (required with ``use_profile``).
         Returns predictions [batch, time, sensors, horizons] (original units; step ``t``
         forecasts ``t + horizon``) and the last hidden state [batch, sensors, hidden].
         """
@@ -164,37 +188,45 @@ class TrafficGRU(nn.Module):
         for t in range(speeds.shape[1]):
             prediction, h = self.step(speeds[:, t],
                                       None if time_features is None else time_features[:, t], h,
-                                      observed_t=None if observed is None else observed[:, t])
+                                      observed_t=None if observed is None else observed[:, t],
+                                      profile_t=None if profile is None else profile[:, t],
+                                      profile_ahead_t=None if profile_ahead is None else profile_ahead[:, t])
             outputs.append(prediction)
         return torch.stack(outputs, dim=1), h
 
     def step(self, speeds_t: torch.Tensor, time_features_t: torch.Tensor | None = None,
-             h: torch.Tensor | None = None, *,
-             observed_t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             h: torch.Tensor | None = None, *, observed_t: torch.Tensor | None = None,
+             profile_t: torch.Tensor | None = None,
+             profile_ahead_t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Advance one window.
 
         ``speeds_t``: [batch, sensors]; ``time_features_t``: [batch, 4]; ``h``:
-        [batch, sensors, hidden] or None; ``observed_t``: [batch, sensors] 0/1 or None.
-        Returns predictions [batch, sensors, horizons] and the new h [batch, sensors, hidden].
+        [batch, sensors, hidden] or None; ``observed_t``: [batch, sensors] 0/1 or None;
+        ``profile_t``: [batch, sensors] and ``profile_ahead_t``: [batch, sensors, horizons]
+        (with ``use_profile``). Returns predictions [batch, sensors, horizons] and the new h
+        [batch, sensors, hidden].
         """
         self._check_speeds(speeds_t, dims=2)
+        self._check_profile(profile_t, profile_ahead_t)
         if h is None:
             h = self.initial_hidden(speeds_t.shape[0])
-        gx = self._input_projection(speeds_t, time_features_t, observed_t)
+        gx = self._input_projection(speeds_t, time_features_t, observed_t, profile_t)
         gh = self.hidden_gates(torch.cat([h, self._graph_conv(h)], dim=-1))
         r = self._reset_gate(gx, gh)
         z = self._update_gate(gx, gh)
         n = self._candidate_state(gx, gh, r)
         h = self._hidden_state(z, n, h)
-        return self._predict(speeds_t, h), h
+        return self._predict(speeds_t, h, profile_ahead_t), h
 
     def _input_projection(self, speeds_t: torch.Tensor, time_features_t: torch.Tensor | None,
-                          observed_t: torch.Tensor | None) -> torch.Tensor:
+                          observed_t: torch.Tensor | None, profile_t: torch.Tensor | None) -> torch.Tensor:
         """Gate pre-activations from the inputs, [batch, sensors, 3 * hidden]."""
-        x = (speeds_t / self.config.speed_scale).unsqueeze(-1)
+        x = (speeds_t / self.value_scale).unsqueeze(-1)
         if self.config.use_observed_mask:
             mask = torch.ones_like(speeds_t) if observed_t is None else observed_t.to(speeds_t.dtype)
             x = torch.cat([x, mask.unsqueeze(-1)], dim=-1)
+        if profile_t is not None:
+            x = torch.cat([x, ((speeds_t - profile_t) / self.value_scale).unsqueeze(-1)], dim=-1)
         gx = self.input_gates(torch.cat([x, self._graph_conv(x)], dim=-1))
         return gx + self._context_projection(time_features_t)
 
@@ -236,9 +268,27 @@ class TrafficGRU(nn.Module):
         """h' = z * h + (1 - z) * n."""
         return z * h + (1 - z) * n
 
-    def _predict(self, speeds_t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Current speed plus a per-horizon change, [batch, sensors, horizons]."""
-        return speeds_t.unsqueeze(-1) + self.config.speed_scale * self.head(h)
+    def _predict(self, speeds_t: torch.Tensor, h: torch.Tensor,
+                 profile_ahead_t: torch.Tensor | None) -> torch.Tensor:
+        """Current value, moved towards the profile ahead (with one), plus a per-horizon change,
+        [batch, sensors, horizons]."""
+        current = speeds_t.unsqueeze(-1)
+        change = self.value_scale.unsqueeze(-1) * self.head(h)
+        if self.profile_gate is None or profile_ahead_t is None:
+            return current + change
+        gate = torch.sigmoid(self.profile_gate(h))
+        return current + gate * (profile_ahead_t - current) + change
+
+    def _check_profile(self, profile_t: torch.Tensor | None, profile_ahead_t: torch.Tensor | None) -> None:
+        """ModelError unless the profile inputs are given exactly when the config uses them."""
+        given = profile_t is not None and profile_ahead_t is not None
+        if self.config.use_profile and not given:
+            raise ModelError("this TrafficGRU reads the seasonal profile; pass profile and profile_ahead")
+        if not self.config.use_profile and (profile_t is not None or profile_ahead_t is not None):
+            raise ModelError("this TrafficGRU was built without use_profile; do not pass a profile")
+        if given and profile_ahead_t.shape[-1] != len(self.config.horizons):  # type: ignore[union-attr]
+            raise ModelError(f"profile_ahead must end in {len(self.config.horizons)} horizons, "
+                             f"got shape {tuple(profile_ahead_t.shape)}")  # type: ignore[union-attr]
 
     def _check_speeds(self, speeds: torch.Tensor, *, dims: int) -> None:
         """ModelError unless ``speeds`` has ``dims`` dims and sensors last."""

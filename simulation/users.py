@@ -12,11 +12,11 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from simulation.clock import (DEFAULT_START_MS, HOUR_MS, MINUTE_MS, WEEK_SLOTS, SimulationConfigError, draw,
-                              utc_offset_ms, to_latlon, week_slot)
+                              to_latlon, utc_offset_ms, week_slot)
 
-__all__ = ["ACTIONS", "INTENTS", "DEFAULT_START_MS", "BehaviorConfig", "BehaviorWorkload",
-           "generate_user_events", "iter_user_events",
-           "posterior_next"]
+__all__ = ["ACTIONS", "INTENTS", "DEFAULT_START_MS", "Takeover", "BehaviorConfig", "BehaviorWorkload",
+           "generate_user_events", "iter_user_events", "posterior_next", "Gathering", "inject_gathering",
+           "HabitConfig", "habit_events"]
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +202,14 @@ class _Model(NamedTuple):
     starts_cum: list[list[float]]
 
 
+def _permuted(model: _Model, order: np.ndarray) -> _Model:
+    """The same behavior over renamed actions: action a plays the role ``order[a]`` had."""
+    transitions = model.transitions[:, order][:, :, order]
+    starts = model.starts[:, order]
+    return _Model(transitions, starts, model.ends[:, order], model.intent_week, model.rhythm,
+                  _cumulative(transitions), _cumulative(starts))
+
+
 def _cumulative(rows: np.ndarray) -> list[list[float]]:
     cum = np.cumsum(rows, axis=-1)
     cum[..., -1] = 1.0
@@ -223,6 +231,18 @@ def _build_model(n_intents: int) -> _Model:
 # --------------------------------------------------------------------------- behavior config
 
 @dataclass(frozen=True, kw_only=True)
+class Takeover:
+    """An account takeover: from ``start_ms`` on, user ``user`` (its index) acts like another
+    profile: an intruder who uses the app differently (the intents' flows over a permutation of
+    the actions, drawn with ``seed``), with other preferences, places and device. The first
+    session starting at or after ``start_ms`` is the intruder's."""
+
+    user: int
+    start_ms: int
+    seed: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
 class BehaviorConfig:
     """A synthetic population of app users in one city; the defaults give ~2 days of 500 users."""
 
@@ -240,6 +260,7 @@ class BehaviorConfig:
     sessions_per_day: float = 5.0
     min_session_gap_s: float = 1_200.0
     location_share: float = 0.9
+    takeovers: tuple[Takeover, ...] = ()
 
     def __post_init__(self) -> None:
         checks = {
@@ -252,6 +273,7 @@ class BehaviorConfig:
             "n_items": self.n_items >= len(_CATEGORIES),
             "n_places": self.n_places >= 1,
             "location_share": 0.0 <= self.location_share <= 1.0,
+            "takeovers": all(0 <= t.user < self.n_users for t in self.takeovers),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -265,6 +287,7 @@ class BehaviorWorkload:
     ``true_next``: float32 [events, actions]; row i is P(action of the same user's next event | the
     generator's latent state after event i). ``has_next``: bool [events], False for a user's last
     event in the workload. ``event_intents``: int [events], index into ``intents``.
+    ``intruder``: bool [events], True for the events of a taken-over account after the takeover.
     """
 
     events: list[dict]
@@ -273,6 +296,7 @@ class BehaviorWorkload:
     true_next: np.ndarray
     has_next: np.ndarray
     event_intents: np.ndarray
+    intruder: np.ndarray
 
 
 # --------------------------------------------------------------------------- behavior simulation
@@ -284,6 +308,7 @@ class _Record(NamedTuple):
     intent: int
     action: int
     p_end: float
+    phase: int  # 0: the user's own behavior; 1: an intruder's (after a takeover)
 
 
 class _Catalog(NamedTuple):
@@ -334,6 +359,19 @@ class _UserSim:
         self.user_id = f"user-{index:05d}"
         self.offset_ms = utc_offset_ms(config.utc_offset_hours)
         self._init_traits()
+        self.takeover = next((t for t in config.takeovers if t.user == index), None)
+        self.phase = 0
+        # (model, rates, start mix) of each phase: what _true_next needs for the events of each.
+        self.phases = [(self.model, self.rates, self.start_mix)]
+
+    def take_over(self) -> None:
+        """Become the intruder: permuted flows, new traits from the takeover's own generator."""
+        seed = self.takeover.seed if self.takeover is not None else 0
+        self.rng = np.random.default_rng([self.config.seed, 1, self.index, seed])
+        self.model = _permuted(self.model, self.rng.permutation(len(ACTIONS)))
+        self._init_traits()
+        self.phase = 1
+        self.phases.append((self.model, self.rates, self.start_mix))
 
     def _init_traits(self) -> None:
         rng, cfg, n_intents = self.rng, self.config, self.config.n_intents
@@ -371,6 +409,9 @@ class _UserSim:
         gap_ms = int(self.config.min_session_gap_s * 1000)
         start = self.next_start(self.config.start_ms)
         for session in itertools.count():
+            if self.takeover is not None and self.phase == 0 and start >= self.takeover.start_ms:
+                self.take_over()
+                start = self.next_start(max(start, self.takeover.start_ms))
             last_ts = yield from _Session(self, session, start).run()
             start = self.next_start(last_ts + gap_ms)
 
@@ -408,7 +449,7 @@ class _Session:
         ts = self.start_ms
         while True:
             p_end = float(model.ends[intent, action])
-            yield _Record(ts, self.user.index, self._event(ts, action), intent, action, p_end)
+            yield _Record(ts, self.user.index, self._event(ts, action), intent, action, p_end, self.user.phase)
             if rng.random() < p_end:
                 return ts
             dwell = _DWELL_S.get(ACTIONS[action], 12.0)
@@ -496,6 +537,7 @@ def generate_user_events(config: BehaviorConfig = BehaviorConfig()) -> BehaviorW
         intents=list(INTENTS[:config.n_intents]),
         true_next=_true_next(records, users), has_next=_has_next(records),
         event_intents=np.array([r.intent for r in records], dtype=np.int16),
+        intruder=np.array([r.phase == 1 for r in records], dtype=bool),
     )
 
 
@@ -504,19 +546,22 @@ def _true_next(records: list[_Record], users: list[_UserSim]) -> np.ndarray:
     n = len(records)
     if n == 0:
         return np.zeros((0, len(ACTIONS)), dtype=np.float32)
-    model = users[0].model
     intent = np.array([r.intent for r in records])
     action = np.array([r.action for r in records])
     p_end = np.array([r.p_end for r in records])[:, None]
     owner = np.array([r.user for r in records])
+    phase = np.array([r.phase for r in records])
     s0 = np.array([r.ts for r in records], dtype=np.int64) + int(users[0].config.min_session_gap_s * 1000)
-    rows = (1.0 - p_end) * model.transitions[intent, action]
-    order = np.argsort(owner, kind="stable")
-    bounds = np.flatnonzero(np.diff(owner[order])) + 1
+    rows = np.zeros((n, len(ACTIONS)))
+    key = owner * 2 + phase
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.diff(key[order])) + 1
     for idx in np.split(order, bounds):
         user = users[owner[idx[0]]]
-        slots = _next_start_slot_probs(s0[idx], user.rates, user.offset_ms)
-        rows[idx] += p_end[idx] * np.einsum("ns,sa->na", slots, user.start_mix)  # small: skip BLAS
+        model, rates, start_mix = user.phases[phase[idx[0]]]
+        rows[idx] = (1.0 - p_end[idx]) * model.transitions[intent[idx], action[idx]]
+        slots = _next_start_slot_probs(s0[idx], rates, user.offset_ms)
+        rows[idx] += p_end[idx] * np.einsum("ns,sa->na", slots, start_mix)  # small: skip BLAS
     return rows.astype(np.float32)
 
 
@@ -562,3 +607,136 @@ def posterior_next(workload: BehaviorWorkload, config: BehaviorConfig, rows: np.
     new_session = (workload.true_next[rows] - (1.0 - true_end) * model.transitions[intent, actions]) / true_end
     stay = np.einsum("ni,nia->na", posterior * (1.0 - ends), model.transitions[:, actions].transpose(1, 0, 2))
     return stay + (posterior * ends).sum(axis=1, keepdims=True) * new_session
+
+
+# --------------------------------------------------------------------------- injected crowds
+
+@dataclass(frozen=True, kw_only=True)
+class Gathering:
+    """Many people in one place for a while: ``visitors`` extra accounts ("visitor-<seed>-<n>"),
+    each sending about ``rate_per_hour`` events from within ``radius_m`` of (lat, lon) between
+    ``start_ms`` and ``end_ms``."""
+
+    lat: float
+    lon: float
+    start_ms: int
+    end_ms: int
+    visitors: int = 80
+    rate_per_hour: float = 4.0
+    radius_m: float = 50.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.end_ms > self.start_ms and self.visitors >= 1 and self.rate_per_hour > 0 and self.radius_m >= 0):
+            raise SimulationConfigError(f"Gathering: need end_ms > start_ms, visitors >= 1, rate_per_hour > 0 and "
+                                        f"radius_m >= 0, got {self}")
+
+
+_GATHERING_ACTIONS = ("checkin", "share", "watch_video", "send_message", "like")
+
+
+def inject_gathering(events: list[dict], gathering: Gathering) -> list[dict]:
+    """``events`` with a gathering's events merged in, in event-time order (stable: at equal times
+    the original events come first). Injected events carry ``properties["injected"] = "gathering"``."""
+    rng = np.random.default_rng([gathering.seed, 7_000_003])
+    hours = (gathering.end_ms - gathering.start_ms) / HOUR_MS
+    center = (gathering.lat, gathering.lon)
+    added = []
+    for visitor in range(gathering.visitors):
+        user_id = f"visitor-{gathering.seed}-{visitor:05d}"
+        count = int(rng.poisson(gathering.rate_per_hour * hours))
+        times = np.sort(rng.integers(gathering.start_ms, gathering.end_ms, size=count))
+        for n, ts in enumerate(times.tolist()):
+            angle, dist = rng.uniform(0, 2 * math.pi), gathering.radius_m / 1000.0 * math.sqrt(rng.random())
+            lat, lon = to_latlon(center, dist * math.cos(angle), dist * math.sin(angle))
+            added.append({"event_id": f"{user_id}-{n:04d}", "user_id": user_id, "ts": int(ts),
+                          "action": _GATHERING_ACTIONS[int(rng.integers(len(_GATHERING_ACTIONS)))],
+                          "item_id": None, "category": None, "lat": lat, "lon": lon,
+                          "session_id": f"{user_id}-gathering", "properties": {"injected": "gathering"}})
+    return [e for _, _, e in sorted([(e["ts"], 0, e) for e in events] + [(e["ts"], 1, e) for e in added],
+                                    key=lambda item: (item[0], item[1]))]
+
+
+# --------------------------------------------------------------------------- habit logs
+
+@dataclass(frozen=True, kw_only=True)
+class HabitConfig:
+    """Users with strong long-term habits and short bursts of something else: a log of another
+    kind than the app users above (check-ins of a few categories, or ratings).
+
+    Each user has ``favourites`` habitual actions (Dirichlet weights over a random subset of
+    ``n_actions``); an event is one of them with probability ``habit_share``, else any action by
+    popularity. With probability ``burst_rate`` a burst starts: ``burst_events`` events drawn from
+    two actions outside the user's habits (a trip, a visit), so the recent window disagrees with
+    the long-term habits. With ``repeat=False`` the actions are items consumed once per user
+    (ratings): a user draws its items from its favourite genres (``favourites`` of ``n_actions``
+    // 20 genres of 20 items... see ``habit_events``) and never repeats one.
+    """
+
+    n_users: int = 200
+    events_per_user: int = 120
+    n_actions: int = 10
+    favourites: int = 3
+    habit_share: float = 0.85
+    burst_rate: float = 0.05
+    burst_events: int = 5
+    repeat: bool = True
+    mean_gap_s: float = 6 * 3_600.0
+    start_ms: int = DEFAULT_START_MS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        ok = (self.n_users >= 1 and self.events_per_user >= 1 and self.n_actions >= 2 * max(1, self.favourites) + 2
+              and 0 <= self.habit_share <= 1 and 0 <= self.burst_rate <= 1 and self.burst_events >= 1
+              and self.mean_gap_s > 0)
+        if not ok:
+            raise SimulationConfigError(f"HabitConfig: invalid settings {self}")
+        if not self.repeat and self.events_per_user > self.n_actions // 2:
+            raise SimulationConfigError("HabitConfig: users who never repeat need n_actions >= 2 x events_per_user")
+
+
+def habit_events(config: HabitConfig) -> list[dict]:
+    """A habit log (see HabitConfig) as events {event_id, user_id, ts, action} in event-time order."""
+    events = [e for u in range(config.n_users) for e in _habit_user(config, u)]
+    events.sort(key=lambda e: (e["ts"], e["user_id"]))
+    return events
+
+
+def _habit_user(config: HabitConfig, index: int) -> list[dict]:
+    rng = np.random.default_rng([config.seed, 5, index])
+    n = config.n_actions
+    popularity = 1.0 / np.arange(1, n + 1) ** 0.8
+    popularity /= popularity.sum()
+    user_id = f"user-{index:05d}"
+    gaps = rng.exponential(config.mean_gap_s * 1000, size=config.events_per_user).astype(np.int64) + 1000
+    times = config.start_ms + int(rng.integers(0, int(config.mean_gap_s * 1000))) + np.cumsum(gaps)
+    if not config.repeat:
+        picks = _never_repeating(rng, config, popularity)
+    else:
+        habits = rng.choice(n, size=config.favourites, replace=False)
+        weights = rng.dirichlet(np.ones(config.favourites))
+        picks, burst, burst_actions = [], 0, np.zeros(2, dtype=np.int64)
+        for _ in range(config.events_per_user):
+            if burst == 0 and rng.random() < config.burst_rate:
+                others = np.setdiff1d(np.arange(n), habits)
+                burst, burst_actions = config.burst_events, rng.choice(others, size=2, replace=False)
+            if burst > 0:
+                burst -= 1
+                picks.append(int(burst_actions[int(rng.integers(2))]))
+            elif rng.random() < config.habit_share:
+                picks.append(int(habits[int(rng.choice(config.favourites, p=weights))]))
+            else:
+                picks.append(int(rng.choice(n, p=popularity)))
+    return [{"event_id": f"{user_id}-{i:05d}", "user_id": user_id, "ts": int(t), "action": f"a{a:05d}"}
+            for i, (t, a) in enumerate(zip(times.tolist(), picks))]
+
+
+def _never_repeating(rng: np.random.Generator, config: HabitConfig, popularity: np.ndarray) -> list[int]:
+    """Items of the user's favourite genres (genre = item id % genres), most popular first on
+    average, each at most once."""
+    genres = max(2 * config.favourites + 1, config.n_actions // 20)
+    liked = rng.choice(genres, size=config.favourites, replace=False)
+    in_liked = np.isin(np.arange(config.n_actions) % genres, liked)
+    weights = popularity * np.where(in_liked, 1.0, (1 - config.habit_share) / max(config.habit_share, 1e-9) * 0.1)
+    order = rng.choice(config.n_actions, size=config.events_per_user, replace=False, p=weights / weights.sum())
+    return [int(a) for a in order]

@@ -120,7 +120,9 @@ class SurpriseState:
 
 @dataclass(frozen=True)
 class BehaviorAlert:
-    """An alert decision for one user: when, how far the run went, and the events that caused it."""
+    """An alert decision for one user: when, how far the run went (``score``, the CUSUM, against
+    ``threshold``), the events of the run with the probability each was given, and the user's
+    expected surprisal (mean and standard deviation, nats) it was measured against."""
 
     ts_ms: int
     score: float
@@ -128,6 +130,21 @@ class BehaviorAlert:
     events: tuple[SurprisingEvent, ...]
     user_mean: float
     user_std: float
+
+    @property
+    def observed(self) -> float:
+        """Mean surprisal of the run's events (nats)."""
+        return sum(-math.log(max(e.probability, 1e-12)) for e in self.events) / max(1, len(self.events))
+
+    @property
+    def expected(self) -> float:
+        return self.user_mean
+
+    @property
+    def detail(self) -> str:
+        listed = ", ".join(f"{e.token} (p={e.probability:.2g})" for e in self.events)
+        return (f"{len(self.events)} improbable actions in a row: {listed}; this user's surprisal is usually "
+                f"{self.user_mean:.2f} ± {self.user_std:.2f} nats")
 
 
 class BehaviorAnomalyScorer:

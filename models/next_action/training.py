@@ -79,7 +79,8 @@ def train_next_action(sequences: ActionDataset | Sequence[ActionSequence], confi
                       progress: bool = True, max_batch_events: int | None = None, weight_decay: float = 0.0,
                       grad_clip: float = 5.0, h3_resolution: int = 8, min_count: int = 1,
                       fingerprint: str | None = None, stop_metric: str = "mrr",
-                      features: dict[str, Any] | None = None) -> tuple[NextActionModel, dict[str, Any]]:
+                      features: dict[str, Any] | None = None,
+                      model_overrides: dict[str, Any] | None = None) -> tuple[NextActionModel, dict[str, Any]]:
     """Fit a NextActionModel on the TRAIN targets with Adam (learning rate multiplied by
     ``lr_decay`` after each epoch) and keep the epoch with the best ``stop_metric`` over all
     validation targets; then score the servable baselines on the same targets and record which of
@@ -88,7 +89,8 @@ def train_next_action(sequences: ActionDataset | Sequence[ActionSequence], confi
     Anything not given comes from ``models.next_action.defaults.recipe_for`` the data's shape:
     ``config`` (its ``vocab_size`` is replaced by the vocabulary's size), ``features`` (profile and
     consumed-filter settings of the FeatureSpec), ``epochs``, ``patience``, ``lr`` and
-    ``max_batch_events``. The vocabulary (tokens seen ``min_count`` times), the location
+    ``max_batch_events``; ``model_overrides`` replaces some fields of the recipe's config (the
+    window, the hidden size...). The vocabulary (tokens seen ``min_count`` times), the location
     normalization, the transition counts and the data shape come from the training events only.
     Early stopping after ``patience`` epochs without a better validation score; without
     validation targets every epoch runs and the last is kept. Returns the model (eval mode, on
@@ -99,7 +101,7 @@ def train_next_action(sequences: ActionDataset | Sequence[ActionSequence], confi
     if stop_metric not in STOP_METRICS:
         raise ModelError(f"stop_metric must be one of {STOP_METRICS}, got {stop_metric!r}")
     dataset = sequences if isinstance(sequences, ActionDataset) else None
-    prepared = _prepare(tuple(dataset.sequences if dataset else sequences), config, features,
+    prepared = _prepare(tuple(dataset.sequences if dataset else sequences), config, features, model_overrides,
                         h3_resolution=h3_resolution, min_count=min_count)
     plan = {**prepared.recipe.training, **{k: v for k, v in dict(epochs=epochs, lr=lr, patience=patience,
                                                                   max_batch_events=max_batch_events).items()
@@ -131,8 +133,8 @@ def prepare_model(config: NextActionConfig, vocab: Vocabulary, spec: FeatureSpec
     return model
 
 
-def _prepare(seqs: Sequence[ActionSequence], config: NextActionConfig | None, features: dict[str, Any] | None, *,
-             h3_resolution: int, min_count: int) -> _Prepared:
+def _prepare(seqs: Sequence[ActionSequence], config: NextActionConfig | None, features: dict[str, Any] | None,
+             model_overrides: dict[str, Any] | None, *, h3_resolution: int, min_count: int) -> _Prepared:
     training = [e for s in seqs for e, x in zip(s.events, s.splits) if x == Split.TRAIN]
     vocab = Vocabulary.build((e.token for e in training), min_count=min_count)
     runs = training_runs(seqs, vocab)
@@ -140,6 +142,8 @@ def _prepare(seqs: Sequence[ActionSequence], config: NextActionConfig | None, fe
     recipe = recipe_for(shape)
     config = NextActionConfig(vocab_size=len(vocab), **recipe.model) if config is None \
         else replace(config, vocab_size=len(vocab))
+    if model_overrides:
+        config = replace(config, **model_overrides)
     chosen = dict(recipe.features, profile_half_life=choose_half_life(runs, config.window_size))
     if not config.exclude_consumed:
         chosen.update(consumed_bits=0, consumed_hashes=0)

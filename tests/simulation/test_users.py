@@ -158,3 +158,68 @@ def test_fewer_intents_and_bad_configs():
             BehaviorConfig(**bad)
     with pytest.raises(SimulationConfigError):
         generate_user_events(BehaviorConfig(n_events=None))
+
+
+# --------------------------------------------------------------------------- injections and habit logs
+
+def test_takeover_switches_the_users_behavior_from_its_start():
+    from simulation.clock import DAY_MS
+    from simulation.users import DEFAULT_START_MS, Takeover
+
+    at = DEFAULT_START_MS + DAY_MS
+    base = BehaviorConfig(n_users=40, n_events=6_000, seed=11)
+    taken = generate_user_events(BehaviorConfig(n_users=40, n_events=6_000, seed=11,
+                                                takeovers=(Takeover(user=5, start_ms=at),)))
+    clean = generate_user_events(base)
+    rows = [i for i, e in enumerate(taken.events) if e["user_id"] == "user-00005"]
+    flags = taken.intruder[rows]
+    assert flags.any() and not flags[:np.argmax(flags)].any() and flags[np.argmax(flags):].all()
+    first = rows[int(np.argmax(flags))]
+    assert taken.events[first]["ts"] >= at
+    before = [e for e in taken.events if e["user_id"] == "user-00005" and e["ts"] < at]
+    assert before == [e for e in clean.events if e["user_id"] == "user-00005" and e["ts"] < at]
+    assert not taken.intruder[[i for i, e in enumerate(taken.events) if e["user_id"] != "user-00005"]].any()
+    np.testing.assert_allclose(taken.true_next.sum(axis=1), 1.0, atol=1e-5)
+    # the intruder's own flows: its true next-action rows differ from the clean model's for the same action
+    assert not np.allclose(taken.true_next[rows][flags].mean(axis=0), clean.true_next.mean(axis=0), atol=0.02)
+    with pytest.raises(SimulationConfigError):
+        BehaviorConfig(n_users=3, takeovers=(Takeover(user=3, start_ms=at),))
+
+
+def test_inject_gathering_adds_crowd_events_in_time_order():
+    from simulation.users import Gathering, inject_gathering
+
+    events = generate_user_events(SMALL).events
+    start = events[len(events) // 2]["ts"]
+    crowd = Gathering(lat=42.3, lon=-83.7, start_ms=start, end_ms=start + 2 * HOUR_MS, visitors=30, seed=4)
+    merged = inject_gathering(events, crowd)
+    added = [e for e in merged if e["properties"].get("injected") == "gathering"]
+    assert len(merged) == len(events) + len(added) and 30 * 8 * 0.6 < len(added) < 30 * 8 * 1.4
+    assert [e["ts"] for e in merged] == sorted(e["ts"] for e in merged)
+    assert [e for e in merged if "injected" not in e["properties"]] == events
+    assert all(start <= e["ts"] < start + 2 * HOUR_MS and abs(e["lat"] - 42.3) < 0.001 for e in added)
+    assert len({e["user_id"] for e in added}) == 30 and set(added[0]) == USER_KEYS
+    assert inject_gathering(events, crowd) == merged
+    with pytest.raises(SimulationConfigError):
+        Gathering(lat=0, lon=0, start_ms=5, end_ms=5)
+
+
+def test_habit_logs_have_habits_or_never_repeat():
+    from simulation.users import HabitConfig, habit_events
+
+    habits = habit_events(HabitConfig(n_users=30, events_per_user=100, seed=2))
+    assert [e["ts"] for e in habits] == sorted(e["ts"] for e in habits) and len(habits) == 3_000
+    by_user: dict[str, list[str]] = {}
+    for event in habits:
+        by_user.setdefault(event["user_id"], []).append(event["action"])
+    top3 = np.mean([sum(sorted((a.count(x) for x in set(a)), reverse=True)[:3]) / len(a) for a in by_user.values()])
+    assert top3 > 0.7                                   # most events are one of the user's habits
+    ratings = habit_events(HabitConfig(n_users=30, events_per_user=40, n_actions=400, repeat=False, seed=2))
+    per_user: dict[str, list[str]] = {}
+    for event in ratings:
+        per_user.setdefault(event["user_id"], []).append(event["action"])
+    assert all(len(set(a)) == len(a) == 40 for a in per_user.values())
+    assert habit_events(HabitConfig(n_users=3, events_per_user=5)) == habit_events(HabitConfig(n_users=3,
+                                                                                               events_per_user=5))
+    with pytest.raises(SimulationConfigError):
+        HabitConfig(n_actions=50, events_per_user=40, repeat=False)

@@ -1,0 +1,214 @@
+"""Crowd anomaly scoring on cell activity: a window whose event count or distinct users departs from
+the cell's own time-of-week profile raises an alert decision (a gathering, or a sudden emptiness).
+
+Each cell keeps, per hour of the week, exponentially weighted means of its events and distinct
+users per window, and an overall level. What a window is expected to hold blends the cell's own
+slot mean (once the slot has been seen) with its level shaped by the population's rhythm over the
+week (all cells together; the hour of the day stands in for a week slot not seen yet), and a
+population prior for a cell seen a few times only. The observed value is tested against a negative
+binomial around that expectation (overdispersed: one user's session puts several events in a
+cell, and slots vary from week to week), on both tails: a spike needs at least ``min_users`` users (or ``min_events`` events), a drop
+needs an expectation large enough to make nothing remarkable. Windows that alert are not learned
+from. Pure: the caller keeps a ``CellProfile`` per cell and the scorer's population rhythm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.exceptions import ModelError
+
+__all__ = ["CrowdAnomalyConfig", "CellProfile", "CrowdAlert", "CrowdAnomalyScorer", "week_slot"]
+
+_WEEK_SLOTS = 168
+_HOUR_MS = 3_600_000
+_DAY_MS = 86_400_000
+_STATS = ("events", "users")
+
+
+def week_slot(ts_ms: int, utc_offset_hours: float = 0.0) -> int:
+    """Local hour of the week of ``ts_ms`` (Monday 00h = 0 .. Sunday 23h = 167)."""
+    local = ts_ms + int(round(utc_offset_hours * _HOUR_MS))
+    return int(((local // _DAY_MS + 3) % 7) * 24 + (local % _DAY_MS) // _HOUR_MS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrowdAnomalyConfig:
+    """Thresholds of crowd anomaly scoring.
+
+    alpha: tail probability below which a window alerts (both tails; many cells and windows are
+    tested, so it is small); the variance around an expectation mu is mu (1 + clump) + spread mu^2:
+    ``clump`` for what arrives in bunches (a user's session puts several events in a cell; events,
+    users), ``spread`` for how much a slot varies from week to week; min_users / min_events: the least a spike must hold; min_drop_expected: the
+    least expected events for a drop to count; memory_windows: the profile forgets with this time
+    constant (windows of one slot); prior_windows: how many windows of the population's rhythm weigh
+    in a young cell's expectation; warmup_windows: windows observed (all cells) before any alert, and
+    of a cell before it may alert on a drop; min_gap_s: event time after an alert during which the cell cannot alert again.
+    """
+
+    alpha: float = 1e-6
+    clump_events: float = 4.0
+    clump_users: float = 0.3
+    spread: float = 0.05
+    min_users: int = 8
+    min_events: int = 40
+    min_drop_expected: float = 30.0
+    memory_windows: float = 20.0
+    prior_windows: float = 3.0
+    warmup_windows: int = 12
+    min_gap_s: float = 3_600.0
+    utc_offset_hours: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.alpha < 0.5 and self.clump_events >= 0 and self.clump_users >= 0 and self.spread >= 0
+                and self.memory_windows >= 1 and self.prior_windows > 0 and self.min_gap_s >= 0):
+            raise ModelError(f"invalid CrowdAnomalyConfig {self}")
+
+
+@dataclass
+class CellProfile:
+    """One cell's learned activity: per statistic (events, users) the level per window and the mean
+    per window of each hour of the week, with how many windows each was learned from."""
+
+    level: np.ndarray = field(default_factory=lambda: np.zeros(len(_STATS)))
+    seen: int = 0
+    slot_mean: np.ndarray = field(default_factory=lambda: np.zeros((_WEEK_SLOTS, len(_STATS)), np.float32))
+    slot_seen: np.ndarray = field(default_factory=lambda: np.zeros(_WEEK_SLOTS, np.uint16))
+    last_alert_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class CrowdAlert:
+    """An alert decision for one cell and window: which statistic, observed against expected, the
+    tail probability, and whether it is a spike or a drop."""
+
+    cell: str
+    window_start_ms: int
+    window_end_ms: int
+    statistic: str
+    kind: str
+    observed: float
+    expected: float
+    p_value: float
+
+    @property
+    def score(self) -> float:
+        """-log10 of the tail probability (higher is stranger)."""
+        return -math.log10(max(self.p_value, 1e-300))
+
+    @property
+    def detail(self) -> str:
+        return (f"{self.kind} in cell {self.cell}: {self.observed:g} {self.statistic} in the window against "
+                f"{self.expected:.1f} expected at this hour of the week (p = {self.p_value:.1e})")
+
+
+class CrowdAnomalyScorer:
+    """Scores cell windows one after another (see the module doc); keeps the population rhythm."""
+
+    def __init__(self, config: CrowdAnomalyConfig = CrowdAnomalyConfig()) -> None:
+        self.config = config
+        self._week = np.zeros((_WEEK_SLOTS, len(_STATS)))   # population totals per week slot (weighted)
+        self._week_seen = np.zeros(_WEEK_SLOTS)
+        self._total = np.zeros(len(_STATS))
+        self._cells_windows = 0.0
+
+    def observe(self, profile: CellProfile, cell: str, window_start_ms: int, window_end_ms: int, events: int,
+                users: int) -> CrowdAlert | None:
+        """Score one window of ``cell`` against ``profile`` (updated in place, unless the window
+        alerts); an alert decision when the window departs from it."""
+        slot = week_slot(window_start_ms, self.config.utc_offset_hours)
+        observed = np.array([events, users], dtype=np.float64)
+        expected = self.expected(profile, slot)
+        alert = self._test(profile, cell, window_start_ms, window_end_ms, observed, expected)
+        if alert is None:
+            self._learn(profile, slot, observed)
+        elif profile.last_alert_ms is not None and window_start_ms - profile.last_alert_ms < self.config.min_gap_s * 1000:
+            return None
+        else:
+            profile.last_alert_ms = window_start_ms
+        return alert
+
+    def expected(self, profile: CellProfile, slot: int) -> np.ndarray:
+        """Events and users expected in a window of ``slot``: float64 [2]."""
+        shape = self._shape(slot)
+        prior = self._total / max(1.0, self._cells_windows)  # an average cell, before this one is known
+        level = (profile.seen * profile.level + self.config.prior_windows * prior) / (profile.seen +
+                                                                                    self.config.prior_windows)
+        seen = float(profile.slot_seen[slot])
+        weight = seen / (seen + self.config.prior_windows)
+        return weight * profile.slot_mean[slot].astype(np.float64) + (1 - weight) * level * shape
+
+    def _shape(self, slot: int) -> np.ndarray:
+        """The population's activity in ``slot`` relative to its average window (1 when unknown);
+        the same hour of other days stands in for a week slot not seen yet."""
+        per_window = self._total / max(1.0, self._week_seen.sum())
+        if self._week_seen[slot] >= 1:
+            rate = self._week[slot] / self._week_seen[slot]
+        else:
+            hours = [s for s in range(slot % 24, _WEEK_SLOTS, 24) if self._week_seen[s] >= 1]
+            if not hours:
+                return np.ones(len(_STATS))
+            rate = self._week[hours].sum(axis=0) / self._week_seen[hours].sum()
+        return np.where(per_window > 0, rate / np.where(per_window > 0, per_window, 1.0), 1.0)
+
+    def _test(self, profile: CellProfile, cell: str, start: int, end: int, observed: np.ndarray,
+              expected: np.ndarray) -> CrowdAlert | None:
+        c = self.config
+        if self._cells_windows < c.warmup_windows:  # no reference at all yet
+            return None
+        floors = (c.min_events, c.min_users)
+        clumps = (c.clump_events, c.clump_users)
+        for i, name in reversed(list(enumerate(_STATS))):  # users first: the clearer sign of a crowd
+            mu = max(expected[i], 0.05)
+            dispersion = clumps[i] / mu + c.spread  # negative binomial: variance mu + dispersion mu^2
+            if observed[i] >= floors[i] and observed[i] > mu:
+                p = _upper_tail(observed[i], mu, dispersion)
+                if p < c.alpha:
+                    return CrowdAlert(cell, start, end, name, "spike", float(observed[i]), float(mu), p)
+            if name == "events" and profile.seen >= c.warmup_windows and mu >= c.min_drop_expected and observed[i] < mu:
+                p = _lower_tail(observed[i], mu, dispersion)
+                if p < c.alpha:
+                    return CrowdAlert(cell, start, end, name, "drop", float(observed[i]), float(mu), p)
+        return None
+
+    def _learn(self, profile: CellProfile, slot: int, observed: np.ndarray) -> None:
+        rate = 1.0 / min(profile.seen + 1, self.config.memory_windows * _WEEK_SLOTS)
+        profile.level += rate * (observed - profile.level)
+        profile.seen += 1
+        n = int(profile.slot_seen[slot])
+        slot_rate = 1.0 / min(n + 1, self.config.memory_windows)
+        profile.slot_mean[slot] += (slot_rate * (observed - profile.slot_mean[slot])).astype(np.float32)
+        profile.slot_seen[slot] = min(n + 1, np.iinfo(np.uint16).max)
+        self._week[slot] += observed
+        self._week_seen[slot] += 1
+        self._total += observed
+        self._cells_windows += 1
+
+
+def _log_pmf(k: int, mu: float, dispersion: float) -> float:
+    """log P(X = k) of a negative binomial of mean ``mu`` and variance mu + dispersion mu^2
+    (Poisson when dispersion is 0)."""
+    if dispersion <= 0:
+        return -mu + k * math.log(mu) - math.lgamma(k + 1)
+    r = 1.0 / dispersion
+    return (math.lgamma(k + r) - math.lgamma(r) - math.lgamma(k + 1) + r * math.log(r / (r + mu))
+            + k * math.log(mu / (r + mu)))
+
+
+def _upper_tail(x: float, mu: float, dispersion: float) -> float:
+    """P(X >= x), summed from x upwards (exact for the far tail, where 1 - cdf would round to 0)."""
+    k, total = int(math.ceil(x)), 0.0
+    for step in range(100_000):
+        term = math.exp(_log_pmf(k + step, mu, dispersion))
+        total += term
+        if term < 1e-18 * total or (term == 0.0 and step > mu):
+            break
+    return min(1.0, total)
+
+
+def _lower_tail(x: float, mu: float, dispersion: float) -> float:
+    """P(X <= x)."""
+    return min(1.0, sum(math.exp(_log_pmf(k, mu, dispersion)) for k in range(int(math.floor(x)) + 1)))

@@ -1,0 +1,175 @@
+"""Behavior and crowd anomaly scoring: runs alert, single spikes and clean streams do not, rate limits hold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.exceptions import ModelError
+from models.next_action.anomaly import (BehaviorAnomalyConfig, BehaviorAnomalyScorer, PopulationSurprisal,
+                                        SurpriseState)
+from models.next_action.crowd import CellProfile, CrowdAnomalyConfig, CrowdAnomalyScorer, week_slot
+
+T0 = 1_709_528_400_000  # a Monday 05:00 UTC
+MINUTE_MS = 60_000
+POPULATION = PopulationSurprisal(mean=1.3, std=0.8)
+
+
+def _normal_stream(scorer: BehaviorAnomalyScorer, state: SurpriseState, n: int, rng: np.random.Generator,
+                   start_ms: int = T0) -> list:
+    surprisals = np.clip(rng.gamma(2.0, 0.65, size=n), 0.01, None)   # mean 1.3, a right tail like real ones
+    return scorer.score_many(state, [(f"a{i % 7}", start_ms + i * MINUTE_MS, float(s)) for i, s in enumerate(surprisals)])
+
+
+def test_a_run_of_improbable_actions_alerts_with_its_evidence() -> None:
+    scorer, state = BehaviorAnomalyScorer(POPULATION), SurpriseState()
+    assert _normal_stream(scorer, state, 400, np.random.default_rng(0)) == []
+    run = [("transfer", T0 + 10_000 * MINUTE_MS + i, 7.0) for i in range(6)]
+    alerts = scorer.score_many(state, run)
+    assert len(alerts) == 1
+    alert = alerts[0]
+    fired_at = [ts for _, ts, _ in run].index(alert.ts_ms) + 1
+    assert 3 <= fired_at <= 4                                   # a few events, never one alone
+    assert [e.token for e in alert.events][-fired_at:] == ["transfer"] * fired_at
+    assert alert.events[-1].probability == pytest.approx(np.exp(-7.0))
+    assert alert.score >= alert.threshold and alert.observed > alert.expected
+    assert "transfer" in alert.detail
+
+
+def test_one_improbable_action_alone_never_alerts() -> None:
+    scorer, state = BehaviorAnomalyScorer(POPULATION), SurpriseState()
+    rng = np.random.default_rng(1)
+    for block in range(20):
+        assert _normal_stream(scorer, state, 30, rng, T0 + block * 100 * MINUTE_MS) == []
+        assert scorer.score(state, "rare", T0 + (block * 100 + 50) * MINUTE_MS, 25.0) is None
+
+
+def test_alerts_are_rate_limited_per_user() -> None:
+    config = BehaviorAnomalyConfig(min_gap_s=3_600)
+    scorer, state = BehaviorAnomalyScorer(POPULATION, config), SurpriseState()
+    _normal_stream(scorer, state, 200, np.random.default_rng(2))
+    start = T0 + 1_000 * MINUTE_MS
+
+    def run(at_ms: int) -> list:
+        return scorer.score_many(state, [("x", at_ms + i * 1000, 8.0) for i in range(5)])
+
+    assert len(run(start)) == 1
+    assert run(start + 10 * MINUTE_MS) == []                    # within the silence
+    assert len(run(start + 61 * MINUTE_MS)) == 1                # after it
+
+
+def test_a_new_user_is_measured_against_the_population() -> None:
+    scorer = BehaviorAnomalyScorer(POPULATION)
+    mean, std = scorer.expected(SurpriseState())
+    assert (mean, std) == pytest.approx((1.3, 0.8))
+    state = SurpriseState()
+    scorer.score_many(state, [("a", T0 + i, 0.2) for i in range(500)])   # a very predictable user
+    mean, _ = scorer.expected(state)
+    assert mean < 0.3
+    alerts = scorer.score_many(state, [("b", T0 + 10**9 + i, 3.0) for i in range(6)])
+    assert alerts, "what is ordinary for the population is a run for this user"
+
+
+def test_surprise_state_round_trip_and_config_checks() -> None:
+    scorer, state = BehaviorAnomalyScorer(POPULATION), SurpriseState()
+    scorer.score_many(state, [("é", T0 + i, 6.0) for i in range(2)])
+    assert state.run and SurpriseState.from_bytes(state.to_bytes()) == state
+    with pytest.raises(ModelError):
+        SurpriseState.from_bytes(state.to_bytes()[:-1])
+    with pytest.raises(ModelError):
+        BehaviorAnomalyConfig(z_cap=0.4, reference=0.5)
+    assert PopulationSurprisal.from_metadata({"mean": 2.0, "std": 0.5}) == PopulationSurprisal(2.0, 0.5)
+    assert PopulationSurprisal.from_metadata(None).std > 0
+
+
+# -- crowds ----------------------------------------------------------------------------------------
+
+WINDOW_MS = 15 * MINUTE_MS
+
+
+def _clean_city(days: int, cells: int, rng: np.random.Generator) -> list[tuple[str, int, int, int]]:
+    """(cell, window start, events, users) of quiet cells with a daily rhythm; sessions put several
+    events of one user in a cell."""
+    rows = []
+    for w in range(days * 96):
+        start = T0 + w * WINDOW_MS
+        hour = (w // 4) % 24
+        rate = 0.3 + 1.7 * (8 <= hour < 22)
+        for c in range(cells):
+            users = int(rng.poisson(rate * (1 + c % 3)))
+            if users:
+                events = int(sum(rng.geometric(0.3) for _ in range(users)))
+                rows.append((f"cell-{c}", start, events, users))
+    return rows
+
+
+def _run(scorer: CrowdAnomalyScorer, rows: list[tuple[str, int, int, int]]) -> list:
+    profiles: dict[str, CellProfile] = {}
+    alerts = []
+    for cell, start, events, users in rows:
+        alert = scorer.observe(profiles.setdefault(cell, CellProfile()), cell, start, start + WINDOW_MS, events, users)
+        if alert is not None:
+            alerts.append(alert)
+    return alerts
+
+
+def test_a_clean_city_stays_quiet_and_a_gathering_alerts_for_its_cell() -> None:
+    rows = _clean_city(days=3, cells=30, rng=np.random.default_rng(3))
+    assert _run(CrowdAnomalyScorer(), rows) == []
+    gathering_start = T0 + 2 * 86_400_000 + 18 * 3_600_000
+    crowded = [(c, s, e + (60 if c == "cell-7" and gathering_start <= s < gathering_start + 7_200_000 else 0),
+                u + (25 if c == "cell-7" and gathering_start <= s < gathering_start + 7_200_000 else 0))
+               for c, s, e, u in rows]
+    alerts = _run(CrowdAnomalyScorer(), crowded)
+    assert alerts and {a.cell for a in alerts} == {"cell-7"}
+    assert all(gathering_start <= a.window_start_ms < gathering_start + 7_200_000 for a in alerts)
+    assert alerts[0].kind == "spike" and alerts[0].statistic == "users" and alerts[0].observed > 20
+    assert len(alerts) <= 2                                     # rate-limited: at most one an hour
+
+
+def test_a_busy_cell_that_empties_alerts_a_drop() -> None:
+    rows = [("square", T0 + w * WINDOW_MS, 80 + (w % 3), 40) for w in range(300)]
+    rows.append(("square", T0 + 300 * WINDOW_MS, 0, 0))
+    alerts = _run(CrowdAnomalyScorer(), rows)
+    assert [(a.kind, a.statistic) for a in alerts] == [("drop", "events")]
+
+
+def test_week_slot_and_config_checks() -> None:
+    assert week_slot(T0) == 5 and week_slot(T0 + 6 * 86_400_000 + 18 * 3_600_000) == 6 * 24 + 23
+    assert week_slot(T0, utc_offset_hours=-5) == 0
+    with pytest.raises(ModelError):
+        CrowdAnomalyConfig(alpha=0.0)
+
+
+def _cell_windows(events: list[dict], resolution: int = 8) -> list[tuple[str, int, int, int]]:
+    """(cell, window start, events, distinct users) of 15-minute tumbling windows, in time order."""
+    import h3
+
+    counts: dict[tuple[int, str], list] = {}
+    for event in events:
+        if event["lat"] is None:
+            continue
+        key = (event["ts"] // WINDOW_MS * WINDOW_MS, h3.latlng_to_cell(event["lat"], event["lon"], resolution))
+        entry = counts.setdefault(key, [0, set()])
+        entry[0] += 1
+        entry[1].add(event["user_id"])
+    return [(cell, start, n, len(users)) for (start, cell), (n, users) in sorted(counts.items())]
+
+
+def test_generated_city_clean_run_is_quiet_and_an_injected_gathering_is_flagged() -> None:
+    import h3
+
+    from simulation.users import BehaviorConfig, Gathering, generate_user_events, inject_gathering
+
+    config = BehaviorConfig(n_users=300, n_events=30_000, seed=5)
+    events = generate_user_events(config).events
+    clean = _run(CrowdAnomalyScorer(), _cell_windows(events))
+    days = (events[-1]["ts"] - events[0]["ts"]) / 86_400_000
+    assert clean == [], f"{len(clean)} alerts on a clean run of {days:.1f} days"
+    start = (events[0]["ts"] + int(0.7 * (events[-1]["ts"] - events[0]["ts"]))) // WINDOW_MS * WINDOW_MS
+    place = (config.center_lat + 0.01, config.center_lon - 0.02)
+    crowd = Gathering(lat=place[0], lon=place[1], start_ms=start, end_ms=start + 2 * 3_600_000, visitors=60)
+    alerts = _run(CrowdAnomalyScorer(), _cell_windows(inject_gathering(events, crowd)))
+    cell = h3.latlng_to_cell(*place, 8)
+    assert alerts and {a.cell for a in alerts} == {cell}
+    assert start <= alerts[0].window_start_ms < start + 30 * MINUTE_MS   # within the first half hour

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 
-from models.next_action.serving import GRUPredictor, MarkovPredictor
+from models.next_action.serving import GRUPredictor, MarkovPredictor, NextActionPredictor
 from stream_app.agents.behavior import attach_behavior
 from stream_app.agents.cells import attach_cells
 from stream_app.agents.traffic import attach_traffic
@@ -19,6 +19,7 @@ from stream_app.kafka_io import broker_credentials
 from stream_app.lag import attach_consumer_lag
 from stream_app.metrics import Metrics
 from stream_app.models_holder import HotModel
+from stream_app.pipelines.base import StateStore
 from stream_app.pipelines.behavior import PIPELINE as BEHAVIOR
 from stream_app.pipelines.behavior import BehaviorPipeline
 from stream_app.pipelines.cells import CellPipeline
@@ -62,12 +63,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app = _faust_app(settings)
     setup_prometheus_sensors(app, pattern="/metrics", registry=metrics.registry, name_prefix="faust")
     topics, tables = declare_topics(app, settings), declare_tables(app, settings)
-    model = HotModel(BEHAVIOR, settings.checkpoint, load=GRUPredictor.from_checkpoint, metrics=metrics,
-                     fallback=MarkovPredictor(window_size=settings.window_events, window_span_s=settings.window_span_s))
-    behavior = BehaviorPipeline(settings, tables.user_state, model, metrics)
-    cells = CellPipeline(settings, tables.cell_windows, metrics)
-    sensors = SensorWindows(settings, tables.sensor_windows, metrics)
-    networks = NetworkSnapshots(settings, tables.network_state, metrics)
+    fallback = MarkovPredictor(window_size=settings.window_events, window_span_s=settings.window_span_s)
+    model: HotModel[NextActionPredictor] = HotModel(BEHAVIOR, settings.checkpoint, load=GRUPredictor.from_checkpoint,
+                                                    fallback=fallback, metrics=metrics)
+    # Faust tables are mutable mappings of bytes: the pipelines' state stores.
+    behavior = BehaviorPipeline(settings, cast(StateStore, tables.user_state), model, metrics)
+    cells = CellPipeline(settings, cast(StateStore, tables.cell_windows), metrics)
+    sensors = SensorWindows(settings, cast(StateStore, tables.sensor_windows), metrics)
+    networks = NetworkSnapshots(settings, cast(StateStore, tables.network_state), metrics)
     attach_behavior(app, settings, topics, tables, metrics, behavior)
     attach_cells(app, settings, topics, tables, cells)
     attach_traffic(app, settings, topics, tables, metrics, sensors, networks)

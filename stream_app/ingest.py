@@ -53,7 +53,7 @@ def decode_batch(messages: Iterable[Any], decode: Callable[[bytes | None], T | R
     return valid, letters
 
 
-async def validate_batch(events: Iterable[EventT], decode: Callable[[bytes | None], T | Rejection],
+async def validate_batch(events: Iterable[EventT[Any]], decode: Callable[[bytes | None], T | Rejection],
                          metrics: Metrics, dead_letters: TopicT) -> list[Received[T]]:
     """Decode a batch of Faust events; send the rejections to ``dead_letters``; the valid ones."""
     valid, letters = decode_batch((event.message for event in events), decode, metrics)

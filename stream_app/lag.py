@@ -24,7 +24,7 @@ class ConsumerLag:
         current: set[tuple[str, str]] = set()
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
-            committed = consumer._committed_offset.get(tp)  # Faust keeps no public accessor for it
+            committed = getattr(consumer, "_committed_offset", {}).get(tp)  # Faust has no public accessor
             if highwater is None:
                 continue
             labels = (tp.topic, str(tp.partition))

@@ -40,12 +40,12 @@ class HotModel(Generic[M]):
 
     def refresh(self) -> bool:
         """Reload if the checkpoint changed; True when a new model now serves."""
-        signature = self._file_signature()
-        if signature is None or signature == self._signature:
+        path, signature = self.path, self._file_signature()
+        if path is None or signature is None or signature == self._signature:
             return False
         self._signature = signature
         try:
-            model = self._load(self.path)
+            model = self._load(path)
         except Exception as exc:  # any failure keeps the serving model; the reason is logged
             self.metrics.model_reloads.labels(pipeline=self.pipeline, outcome="failed").inc()
             log.error("%s: keeping model %s, checkpoint %s could not be loaded: %s",

@@ -15,9 +15,11 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from functools import partial
+from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from stream_app.pipelines.base import Record, partition_of
 
@@ -38,7 +40,7 @@ async def send_records(producer: AIOKafkaProducer, topic: str, records: Iterable
     if not records:
         return 0
     partitions = sorted(await producer.partitions_for(topic))
-    batches: dict[int, object] = {}
+    batches: dict[int, BatchBuilder] = {}
     sent = 0
     for key, value in records:
         partition = partitions[partition_of(key, len(partitions))]
@@ -59,11 +61,11 @@ async def partition_count(producer: AIOKafkaProducer, topic: str) -> int:
     return len(await producer.partitions_for(topic))
 
 
-async def _queue(producer: AIOKafkaProducer, batch, topic: str, partition: int) -> None:
+async def _queue(producer: AIOKafkaProducer, batch: BatchBuilder, topic: str, partition: int) -> None:
     delivery = await producer.send_batch(batch, topic, partition=partition)
     delivery.add_done_callback(partial(_report_failure, topic))
 
 
-def _report_failure(topic: str, delivery: asyncio.Future) -> None:
+def _report_failure(topic: str, delivery: asyncio.Future[Any]) -> None:
     if not delivery.cancelled() and delivery.exception() is not None:
         log.error("could not send a record batch to %s: %s", topic, delivery.exception())

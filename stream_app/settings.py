@@ -120,7 +120,7 @@ class Settings:
         return env
 
 
-def _parse(f: dataclasses.Field, raw: str) -> Any:
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     kind = str(f.type)
     try:
         if kind.startswith("int"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 from faust.web import Request, Response, View
 
@@ -43,7 +45,7 @@ def attach_pages(app: faust.App, tables: Tables, behavior: BehaviorPipeline, net
     app.page("/sensors/{sensor_id}/forecast")(SensorView)
 
 
-def _forecast_response(view: View, forecast: dict | None, sensor_id: str) -> Response:
+def _forecast_response(view: View, forecast: dict[str, Any] | None, sensor_id: str) -> Response:
     if forecast is None:
         return view.json({"error": f"no forecast for sensor {sensor_id!r} on this worker"}, status=404)
     return view.json(forecast)

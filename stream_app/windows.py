@@ -15,11 +15,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 __all__ = ["window_starts", "Watermark", "SpeedWindow", "ActivityWindow", "EventTimeWindows"]
 
-A = TypeVar("A")
+
+
+class _Aggregate(Protocol):
+    def add(self, *values: Any) -> None: ...
+
+
+A = TypeVar("A", bound=_Aggregate)
 
 
 def window_starts(ts_ms: int, size_ms: int, step_ms: int | None = None) -> list[int]:

@@ -8,7 +8,10 @@ flushes the producer), so the table's changelog and the committed offsets descri
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
+from faust.types import ConsumerT
 
 from schemas import UserEvent, decode_user_event
 from stream_app.ingest import validate_batch
@@ -33,7 +36,7 @@ class _FlushStatesBeforeCommit(faust.Sensor):
         super().__init__()
         self.pipeline = pipeline
 
-    def on_commit_initiated(self, consumer) -> None:
+    def on_commit_initiated(self, consumer: ConsumerT) -> None:
         self.pipeline.flush()
 
 
@@ -43,7 +46,7 @@ def attach_behavior(app: faust.App, settings: Settings, topics: Topics, tables: 
     and state expiry timers."""
     app.sensors.add(_FlushStatesBeforeCommit(pipeline))
 
-    async def flush_on_shutdown(app: faust.App, **kwargs) -> None:
+    async def flush_on_shutdown(app: faust.App, **kwargs: Any) -> None:
         # Runs before the app's last producer flush; the consumer's final commit follows it.
         pipeline.flush()
 
@@ -55,7 +58,7 @@ def attach_behavior(app: faust.App, settings: Settings, topics: Topics, tables: 
         await send_records(producer, topics.cell_events.get_topic_name(), outputs.cell_events)
         pipeline.emitted(outputs)
 
-    async def behavior(stream) -> None:
+    async def behavior(stream: faust.Stream[bytes]) -> None:
         await ready_for_writes(app, topics, tables.user_state)
         async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             valid = await validate_batch(batch, decode_user_event, metrics, topics.dead_letters)

@@ -20,7 +20,7 @@ def attach_cells(app: faust.App, settings: Settings, topics: Topics, tables: Tab
     """Run ``pipeline`` on ``cell-events`` in ``app``, and close windows from a timer when no record comes."""
     activity_topic = topics.cell_activity.get_topic_name()
 
-    async def count_cells(stream) -> None:
+    async def count_cells(stream: faust.Stream[bytes]) -> None:
         await ready_for_writes(app, topics, tables.cell_windows)
         async for batch in stream.take_events(settings.batch_max, within=settings.cell_batch_within_s):
             received = [Received(decode_cell_events(e.message.value), e.message.timestamp, e.message.partition)

@@ -30,7 +30,7 @@ def attach_traffic(app: faust.App, settings: Settings, topics: Topics, tables: T
     aggregates_topic = topics.sensor_aggregates.get_topic_name()
     decode_aggregate = partial(decode, cls=SensorAggregate)
 
-    async def sensor_windows(stream) -> None:
+    async def sensor_windows(stream: faust.Stream[bytes]) -> None:
         await ready_for_writes(app, topics, tables.sensor_windows)
         async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             valid = await validate_batch(batch, decode_traffic_reading, metrics, topics.dead_letters)
@@ -40,7 +40,7 @@ def attach_traffic(app: faust.App, settings: Settings, topics: Topics, tables: T
         """Idle partitions stop holding the watermark back: their windows close without a reading."""
         await send_records(await kafka_producer(app), aggregates_topic, sensors.close_windows())
 
-    async def network_steps(stream) -> None:
+    async def network_steps(stream: faust.Stream[bytes]) -> None:
         await ready_for_writes(app, topics, tables.network_state)
         async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             valid = await validate_batch(batch, decode_aggregate, metrics, topics.dead_letters)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import click
 
@@ -21,11 +22,12 @@ __all__ = ["worker"]
 @click.option("--checkpoint", default=None, help=env_help("Next-action checkpoint (hot-reloaded)", "checkpoint"))
 @click.option("--traffic-checkpoint", default=None, help=env_help("Traffic checkpoint", "traffic_checkpoint"))
 @click.option("--state-dir", default=None, help=env_help("Worker data directory", "state_dir"))
-def worker(**flags: object) -> None:
+def worker(**flags: Any) -> None:
     """Run a stream worker (Faust): consumes inputs, emits predictions, forecasts, alerts."""
     from stream_app.worker import run  # torch and Faust load only for this command
 
     settings = Settings.from_env(**flags)
     with broker_url(settings.broker) as endpoint:
-        limits = {"producer_max_batch": endpoint.producer_max_batch} if endpoint.producer_max_batch else {}
+        limits: dict[str, Any] = {"producer_max_batch": endpoint.producer_max_batch} \
+            if endpoint.producer_max_batch else {}
         run(dataclasses.replace(settings, broker=endpoint.url, **limits))

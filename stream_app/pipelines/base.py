@@ -39,5 +39,5 @@ class StateStore(Protocol):
 @lru_cache(maxsize=200_000)  # a pure function of its arguments: the cache only saves the hash
 def partition_of(key: bytes, n_partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key`` (murmur2, as the Java client)."""
-    return (murmur2(key) & 0x7FFFFFFF) % n_partitions
+    return int((murmur2(key) & 0x7FFFFFFF) % n_partitions)
 

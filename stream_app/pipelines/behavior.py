@@ -18,10 +18,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
-from models.next_action.serving import ActionEvent, EventPrediction, UserState
+from models.next_action.serving import ActionEvent, EventPrediction, NextActionPredictor, UserState
 from schemas import ActionScore, NextActionPrediction, UserEvent, encode
 from stream_app.metrics import Metrics
 from stream_app.models_holder import HotModel
@@ -102,7 +103,7 @@ class UserPlan:
         stored = user.stored
         self.recent_ids, self.last_ts_ms = list(stored.recent_ids), stored.last_ts_ms
         self.applied: list[tuple[UserEvent, int]] = []  # (event, ingested_at ms)
-        self._steps: list[tuple[str, UserEvent | None, int]] = []  # (kind, event, applied index before)
+        self._steps: list[tuple[str, UserEvent, int]] = []  # (kind, event, applied index before)
         self._values: list[bytes] = []  # encoded prediction of each applied event
         self._structs: list[NextActionPrediction] = []
 
@@ -111,7 +112,7 @@ class UserPlan:
         latest = len(self.applied) - 1
         if has_prediction and self.recent_ids and event.event_id == self.recent_ids[-1]:
             self.counts.duplicates += 1
-            self._steps.append(("again", None, latest))
+            self._steps.append(("again", event, latest))
         elif event.event_id in self.recent_ids:
             self.counts.duplicates += 1
         elif has_prediction and event.ts < self.last_ts_ms - self.grace_ms:
@@ -178,7 +179,7 @@ class BehaviorPipeline:
     reload lands between batches.
     """
 
-    def __init__(self, settings: Settings, store: StateStore, model: HotModel, metrics: Metrics,
+    def __init__(self, settings: Settings, store: StateStore, model: HotModel[NextActionPredictor], metrics: Metrics,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings, self.store, self.model, self.metrics, self.clock = settings, store, model, metrics, clock
         self.grace_ms = settings.grace_s * 1000
@@ -276,9 +277,10 @@ class BehaviorPipeline:
         self._state_bytes.set(size)
         return expired
 
-    def user_summary(self, user_id: str) -> dict | None:
+    def user_summary(self, user_id: str) -> dict[str, Any] | None:
         """What the query API shows of one user (None when this store does not know it)."""
         dirty = self.dirty.get(user_id)
+        state: UserState | None
         if dirty is not None:
             stored, state = dirty.stored, dirty.model_state()
         else:

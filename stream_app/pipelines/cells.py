@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import h3
 import msgspec
@@ -46,10 +47,11 @@ _cell_encoder, _cell_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decode
 
 def cell_of(lat: float, lon: float, resolution: int) -> str:
     """The H3 cell of a location."""
-    return h3.latlng_to_cell(lat, lon, resolution)
+    cell: str = h3.latlng_to_cell(lat, lon, resolution)
+    return cell
 
 
-def cell_batches(events: Iterable, n_partitions: int, resolution: int) -> Iterator[Record]:
+def cell_batches(events: Iterable[Any], n_partitions: int, resolution: int) -> Iterator[Record]:
     """(key, value) records for ``cell-events``: one per partition of that topic, holding the
     batch's located events of the cells that partition owns (a cell belongs to the partition its
     key hashes to, as in the cell table), keyed by one of those cells so it lands there. One record
@@ -68,7 +70,8 @@ def cell_batches(events: Iterable, n_partitions: int, resolution: int) -> Iterat
 
 def decode_cell_events(raw: bytes) -> list[CellEvent]:
     """The events of one ``cell-events`` record."""
-    return _events_decoder.decode(raw)
+    events: list[CellEvent] = _events_decoder.decode(raw)
+    return events
 
 
 class CellPipeline:

@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -189,13 +190,14 @@ class NetworkSnapshots:
             self.store[network.encode()] = self._encode(network)
         return outputs
 
-    def latest_forecast(self, sensor_id: str, network: str | None = None) -> dict | None:
+    def latest_forecast(self, sensor_id: str, network: str | None = None) -> dict[str, Any] | None:
         """The latest forecast of a sensor stepped here (any network when ``network`` is None)."""
         networks = [network] if network is not None else list(self.latest)
         for name in networks:
             value = self.latest.get(name, {}).get(sensor_id)
             if value is not None:
-                return msgspec.json.decode(value)
+                forecast: dict[str, Any] = msgspec.json.decode(value)
+                return forecast
         return None
 
     def forecaster_for(self, network: str, observed: Mapping[str, float] | None = None) -> TrafficForecaster:

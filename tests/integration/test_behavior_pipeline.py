@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import time
@@ -103,7 +104,7 @@ def _assert_online_quality_equals_offline(metrics: str, events: list[dict], expe
         by_user[event["user_id"]].append(event)
     scored, hits = 0, {1: 0, 5: 0}
     for user_events in by_user.values():
-        for event, following in zip(user_events, user_events[1:]):
+        for event, following in itertools.pairwise(user_events):
             ranked = np.argsort(-expected[event["event_id"]][2:])[:TOP_K] + 2  # ids 0/1: padding, OOV
             tokens = [vocab.decode(int(i)) for i in ranked]
             scored += 1
@@ -131,7 +132,7 @@ def test_one_prediction_per_event_equal_to_the_offline_model(deployment, tmp_pat
     predictions = _predictions(records)
     assert sorted(p.event_id for p in predictions) == sorted(e["event_id"] for e in events), \
         "exactly one prediction per event"
-    assert all(r.key == p.user_id.encode() for r, p in zip(records, predictions)), "keyed by user"
+    assert all(r.key == p.user_id.encode() for r, p in zip(records, predictions, strict=True)), "keyed by user"
     expected, vocab = _offline_predictions(checkpoint, events)
     _assert_matches(predictions, expected, vocab)
     assert {p.model_version for p in predictions} == {json.loads(records[0].value)["model_version"]}

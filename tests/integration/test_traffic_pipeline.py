@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,12 +11,12 @@ import pytest
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.traffic.graph import SensorNetwork
 from models.traffic.forecaster import TrafficForecaster
+from models.traffic.graph import SensorNetwork
 from models.traffic.model import CHECKPOINT_KIND, TrafficConfig, TrafficGRU
 from schemas import TrafficForecast, decode
-from stream_app.cli.io import to_records
 from stream_app.cli.demo import write_network_files
+from stream_app.cli.io import to_records
 from stream_app.replay import read_los_loop
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from aiokafka.partitioner import DefaultPartitioner
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stream_app.sending import partition_of
 

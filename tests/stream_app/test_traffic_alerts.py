@@ -7,10 +7,9 @@ alerts), composed without Kafka, over days of generated readings.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from models.traffic.graph import SensorNetwork
 from models.traffic.forecaster import TrafficForecaster
+from models.traffic.graph import SensorNetwork
 from simulation.city import Incident, TrafficConfig, generate_traffic
 from stream_app.settings import Settings
 from stream_app.traffic_alerts import NetworkAlerts

@@ -1,85 +1,191 @@
-"""Los-loop evaluation of the traffic graph-GRU against persistence, time-of-day and window-mean baselines.
+"""Traffic forecasts and incident alerts against the simple baselines, on three networks.
 
-Two protocols, one test split (the last 20 % of steps, T-GCN's), T-GCN's windows and metrics:
+- ``los-loop``: the shared Los-loop set (207 sensors, 5-minute speeds, one week);
+- ``city``: the simulated city's speeds (5-minute windows, weeks, incidents injected at random);
+- ``counts``: the simulated city as hourly vehicle counts, sparse (many zeros), weeks long.
 
-- strict: train on the first 64 %, early stopping on the next 16 % (validation), test once;
-- tgcn: train on the first 80 % for the number of epochs the strict run chose on validation.
+The generated sets are written as a readings CSV, an edge list and a sensors CSV, and read back
+through the same loader as ``stream-app train traffic --data FILE`` (so the generic path is the one
+measured). Protocol: strict (train on the first 64 %, early stopping and every choice on the next
+16 %, test once on the last 20 %); ``--protocols strict,tgcn`` adds T-GCN's refit on 80 %.
 
-The model is scored twice: "window" (zero state, the 12 input steps only: T-GCN-comparable) and
-"stream" (state carried over every step from the start of the data, as the worker runs it).
+Incidents: the detector's expected value is the seasonal profile (departure from normal), its
+residual scale is fitted on the training rows (leave-one-period-out profile residuals), its
+threshold calibrated on the validation rows to the alert budget (one incident per sensor and
+week); the test rows are then replayed and the incidents counted (and, for the city, matched to
+the injected ones).
 
-    .venv/bin/python benchmarks/evaluate_traffic.py [--epochs 12] [--out artifacts]
+    .venv/bin/python benchmarks/evaluate_traffic.py los-loop [--out artifacts]
+    .venv/bin/python benchmarks/evaluate_traffic.py city --weeks 4
+    .venv/bin/python benchmarks/evaluate_traffic.py counts --weeks 4
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from models.traffic.model import TrafficConfig
-from models.traffic.data import EVAL_HORIZONS, TrafficSeries, load_los_loop, strict_split, tgcn_split
-from models.traffic.evaluation import baseline_scores, format_validation, markdown_tables, model_scores
-from models.traffic.training import TrainConfig, TrainResult, save_traffic_checkpoint, train_traffic
+from models.traffic.calendar import WEEK_MS
+from models.traffic.data import TrafficSeries, strict_split, tgcn_split
+from models.traffic.evaluation import ModelUnderTest, test_profile
+from models.traffic.incidents import (
+    RAISED,
+    IncidentConfig,
+    IncidentDetector,
+    ResidualScale,
+    calibrate_threshold,
+    neighbour_lists,
+    z_scores,
+)
+from models.traffic.inputs import profile_track
+from models.traffic.profile import SeasonalProfile
+from models.traffic.training import fit_profile
+from simulation.city import Incident, TrafficConfig, generate_traffic, write_traffic_files
+from stream_app.jobs.traffic import TrafficData, evaluate_traffic, load_traffic_data, train_traffic_models
 
-__all__ = ["main"]
+__all__ = ["main", "incident_report"]
 
 logger = logging.getLogger(__name__)
+DAY_MS = 86_400_000
 
-def train_both(series: TrafficSeries, model_config: TrafficConfig, train_config: TrainConfig,
-               out: Path) -> tuple[TrainResult, TrainResult]:
-    """Strict run with early stopping, then the 80 % refit for the epochs it chose."""
-    strict = strict_split(series.n_steps)
+
+def incident_report(series: TrafficSeries, direction: str, counts: bool,
+                    injected: list[Incident] | None = None) -> dict[str, Any]:
+    """Calibrate on validation, replay the test rows; counts and, with ``injected``, precision/recall."""
+    split = strict_split(series.n_steps)
+    train = series.rows(split.train)
+    profile = fit_profile(series, split.train)
+    residuals = train.speeds - profile.leave_one_out(train.speeds, train.mask, train.local_ms())
+    scale = ResidualScale.fit(residuals, train.mask, train.local_ms(), profile.slot_ms, counts=counts)
+    neighbours = neighbour_lists(series.network.adjacency)
+    config = IncidentConfig(direction=direction)
+    val_z, val_ends = _scores(series, split.val, profile, scale, config)
+    threshold, val_raised = calibrate_threshold(val_z, val_ends, neighbours, config)
+    config = dataclasses.replace(config, threshold=threshold)
+    test_part = tgcn_split(series.n_steps).test
+    test_z, test_ends = _scores(series, test_part, test_profile(series), scale, config)
+    detector = IncidentDetector(series.network.sensor_ids, neighbours, config, name=series.network.name)
+    events = [e for t in range(len(test_ends)) for e in detector.step(int(test_ends[t]), test_z[t])]
+    raised = [e for e in events if e.status == RAISED]
+    weeks = (test_ends[-1] - test_ends[0] + series.step_ms) / WEEK_MS
+    report = {"threshold": round(threshold, 2), "validation incidents": val_raised,
+              "test incidents": len(raised), "test resolved": sum(e.status != RAISED for e in events),
+              "per sensor per week": round(len(raised) / series.network.n_sensors / weeks, 3),
+              "sensors alerted": len({e.sensor_id for e in raised}),
+              "max per sensor": max([sum(e.sensor_id == s for e in raised) for s in {e.sensor_id for e in raised}],
+                                    default=0)}
+    if injected is not None:
+        report.update(_match(events, injected, int(test_ends[0]) - series.step_ms, int(test_ends[-1]), series))
+    return report
+
+
+def _scores(series: TrafficSeries, part: slice, profile: SeasonalProfile, scale: ResidualScale,
+            config: IncidentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """z [windows, sensors] and window ends of ``part`` against the profile (history-gated)."""
+    rows = series.rows(part)
+    local = rows.local_ms()
+    expected = profile_track(rows, profile, 0)
+    history = profile.week_count[_week_slot(local, profile)] / max(1, profile.slot_ms // series.step_ms)
+    history = np.maximum(history, profile.day_count[(local % DAY_MS) // profile.slot_ms]
+                         / max(1, profile.slot_ms // series.step_ms) / 7)
+    observed = np.where(rows.mask, rows.speeds, np.nan)
+    z = z_scores(observed, expected, scale.at(local, expected), history, config.min_history)
+    return z, rows.row_ms() + series.step_ms
+
+
+def _week_slot(local: np.ndarray, profile: SeasonalProfile) -> np.ndarray:
+    weekday = (local // DAY_MS + 3) % 7
+    return weekday * profile.slots_per_day + (local % DAY_MS) // profile.slot_ms
+
+
+def _match(events: list[Any], injected: list[Incident], start_ms: int, end_ms: int,
+           series: TrafficSeries) -> dict[str, Any]:
+    """Injected incidents in the test rows found by a raised incident on their sensor or a neighbour
+    (recall), and raised incidents near an injected one (precision), within 30 minutes."""
+    slack = 30 * 60_000
+    neighbours = neighbour_lists(series.network.adjacency)
+    index = {s: i for i, s in enumerate(series.network.sensor_ids)}
+    near = {s: {s, *(series.network.sensor_ids[j] for j in neighbours[index[s]])} for s in index}
+    truth = [i for i in injected if start_ms <= i.start_ms < end_ms]
+    raised = [e for e in events if e.status == RAISED]
+
+    def hit(event: Any, incident: Incident) -> bool:
+        return (event.sensor_id in near[incident.sensor_id]
+                and incident.start_ms - slack <= event.window_end_ms <= incident.end_ms + slack)
+
+    found = [i for i in truth if any(hit(e, i) for e in raised)]
+    correct = [e for e in raised if any(hit(e, i) for i in truth)]
+    delays = [min(e.window_end_ms for e in raised if hit(e, i)) - i.start_ms for i in found]
+    return {"injected in test": len(truth), "found": len(found),
+            "recall": round(len(found) / max(len(truth), 1), 3),
+            "precision": round(len(correct) / max(len(raised), 1), 3),
+            "median delay min": round(float(np.median(delays)) / 60_000, 1) if delays else None}
+
+
+def run(data: TrafficData, protocols: tuple[str, ...], out: Path, direction: str, counts: bool,
+        injected: list[Incident] | None, **hyper: Any) -> None:
+    """Train, print the validation choices, the test tables and the incident report."""
     started = time.perf_counter()
-    strict_result = train_traffic(series, strict, model_config, train_config)
-    strict_minutes = (time.perf_counter() - started) / 60
-    save_traffic_checkpoint(out / "traffic-los-loop-strict.pt", strict_result, series, strict,
-                            train_config, protocol="strict")
-    refit_config = replace(train_config, stop_after=strict_result.best_epoch)
-    started = time.perf_counter()
-    tgcn_result = train_traffic(series, tgcn_split(series.n_steps), model_config, refit_config)
-    tgcn_minutes = (time.perf_counter() - started) / 60
-    save_traffic_checkpoint(out / "traffic-los-loop.pt", tgcn_result, series,
-                            tgcn_split(series.n_steps), refit_config, protocol="tgcn",
-                            strict_val_metrics=strict_result.val_metrics)
-    print(f"strict: best epoch {strict_result.best_epoch} of {len(strict_result.history) - 1} "
-          f"run, validation {format_validation(strict_result.val_metrics)}, {strict_minutes:.1f} min; "
-          f"tgcn refit: {tgcn_result.best_epoch} epochs, {tgcn_minutes:.1f} min")
-    return strict_result, tgcn_result
+    paths = {p: out / f"traffic-{data.name}-{p}.pt" for p in protocols}
+    trained = train_traffic_models(data, protocols=protocols, progress=False, out=paths, **hyper)
+    strict, info = trained["strict"]
+    print(f"{data.name}: {data.series.network.n_sensors} sensors, {data.series.n_steps} rows of "
+          f"{data.step_minutes:g} min; strict best epoch {strict.best_epoch} of {info['epochs_run']} run, "
+          f"{(time.perf_counter() - started) / 60:.1f} min (all protocols); time features "
+          f"{'on' if info['time_features'] else 'off'}")
+    print("validation RMSE per horizon (strict run), and what is served:")
+    for source, metrics in (info["validation_scores"] or {}).items():
+        print(f"  {source:<13}" + "".join(f"{metrics['rmse'][h - 1]:>9.4f}" for h in data.horizons))
+    print("  served       " + "".join(f"{info['sources'][h - 1]:>13}" for h in data.horizons))
+    models = {f"graph-GRU {p}": (ModelUnderTest(r.model, tuple(i["sources"])), {"version": i["version"]})
+              for p, (r, i) in trained.items()}
+    print(evaluate_traffic(data, models, hyper.get("input_steps", 12)).markdown())
+    print("incidents:", incident_report(data.series, direction, counts, injected))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=None, help="Los-loop folder "
-                        "(default: $STREAM_APP_DATA_DIR/los-loop, else ../shared/data/los-loop)")
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="epoch budget")
+    parser.add_argument("network", choices=["los-loop", "city", "counts"])
+    parser.add_argument("--weeks", type=float, default=4.0, help="length of a generated network")
+    parser.add_argument("--sensors", type=int, default=48, help="sensors of a generated network")
+    parser.add_argument("--protocols", default="strict", help="strict or strict,tgcn")
     parser.add_argument("--hidden", type=int, default=64, help="hidden units per sensor")
     parser.add_argument("--embedding", type=int, default=8, help="per-sensor embedding size")
-    parser.add_argument("--time-features", action="store_true",
-                        help="feed time of day and day of week (overfits Los-loop's 4.5 training days)")
+    parser.add_argument("--epochs", type=int, default=200, help="epoch cap (early stopping decides)")
+    parser.add_argument("--time-features", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", type=Path, default=Path("artifacts"), help="checkpoint folder")
+    parser.add_argument("--out", type=Path, default=Path("artifacts"), help="checkpoint (and generated data) folder")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    series = load_los_loop(args.data)
-    train_part = series.speeds[strict_split(series.n_steps).train]
-    model_config = TrafficConfig(n_sensors=series.network.n_sensors, hidden_dim=args.hidden,
-                                 horizons=tuple(range(1, max(EVAL_HORIZONS) + 1)),
-                                 speed_scale=float(train_part.max()),
-                                 node_embedding_dim=args.embedding,
-                                 use_time_features=args.time_features)
-    train_config = TrainConfig(epochs=args.epochs, seed=args.seed)
-    strict_result, tgcn_result = train_both(series, model_config, train_config, args.out)
-    scores = baseline_scores(series)
-    scores.update(model_scores(strict_result, series, "graph-GRU strict"))
-    scores.update(model_scores(tgcn_result, series, "graph-GRU tgcn"))
-    print(markdown_tables(scores, series.step_ms // 60_000))
+    hyper = {"hidden_dim": args.hidden, "embedding_dim": args.embedding, "epochs": args.epochs, "seed": args.seed,
+             "time_features": {"auto": None, "on": True, "off": False}[args.time_features]}
+    protocols = tuple(p.strip() for p in args.protocols.split(","))
+    if args.network == "los-loop":
+        run(load_traffic_data("los-loop"), protocols, args.out, "below", False, None, **hyper)
+        return
+    counts = args.network == "counts"
+    config = TrafficConfig(network=f"city-{args.network}", n_sensors=args.sensors, seed=args.seed,
+                           duration_hours=args.weeks * 168, interval_ms=3_600_000 if counts else 60_000,
+                           measure="count" if counts else "speed", count_scale=0.0001 if counts else 1.0,
+                           incident_rate_per_day=0.0 if counts else 3.0, dropout_prob=0.01)
+    workload = generate_traffic(config)
+    readings, edges, sensors = write_traffic_files(workload, args.out / config.network)
+    injected = workload.incidents
+    data = load_traffic_data(str(readings), edges=edges, sensors=sensors, timezone="Etc/GMT+5",
+                             interval="1h" if counts else "5min", horizons_min=(60, 120, 180) if counts else None,
+                             network=config.network, kind="count" if counts else "speed")
+    for note in data.notes:
+        print("note:", note)
+    run(data, protocols, args.out, "both" if counts else "below", counts, None if counts else injected, **hyper)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """A simulated city: loop detectors along road corridors, with rush hours and incidents.
 
 Daily cycle (morning and evening rush, a corridor direction peaking in one of them, each sensor's
-peak a little earlier or later), weekly cycle (weekday factors: Monday mornings and Friday
+peak a little earlier or later), day-to-day variation (each day's demand a little higher or lower,
+for every sensor), weekly cycle (weekday factors: Monday mornings and Friday
 evenings heavier; Saturday busier than Sunday, whose traffic is a midday hump), sensors with
 different exposure to congestion, incidents that spread upstream. Readings are speeds (with flow
 and occupancy) or, with ``measure="count"``, vehicle counts per interval (Poisson around the flow
-times ``count_scale``; a small scale gives sparse counts with many zeros).
+times ``count_scale`` and a per-sensor weight, so some stations are busy and most are quiet; a small
+scale gives sparse counts with many zeros).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -29,7 +32,8 @@ from simulation.clock import (
     utc_offset_ms,
 )
 
-__all__ = ["Incident", "TrafficConfig", "TrafficWorkload", "generate_traffic", "iter_traffic_readings"]
+__all__ = ["Incident", "TrafficConfig", "TrafficWorkload", "generate_traffic", "iter_traffic_readings",
+           "write_traffic_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ class TrafficConfig:
     measure: str = "speed"  # "speed" (speed, flow, occupancy) or "count" (vehicles per interval)
     count_scale: float = 1.0  # share of the vehicles counted (counts mode)
     peak_jitter_h: float = 0.35  # spread of each sensor's rush-hour peak times
+    day_variation: float = 0.1  # log-normal spread of each day's demand (weather, events), shared by all sensors
 
     def __post_init__(self) -> None:
         checks = {
@@ -91,6 +96,7 @@ class TrafficConfig:
             "measure": self.measure in ("speed", "count"),
             "count_scale": self.count_scale > 0,
             "peak_jitter_h": self.peak_jitter_h >= 0,
+            "day_variation": self.day_variation >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -214,6 +220,8 @@ class _TrafficSim:
         self.dead = np.zeros(n, dtype=bool)
         self.dead[self.rng.choice(n, size=config.n_dead_sensors, replace=False)] = True
         self.peak_shift_h = self.rng.normal(0.0, config.peak_jitter_h, n)
+        # Counted share per sensor (busy and quiet stations), from its own stream: speeds stay as they were.
+        self.count_weight = np.random.default_rng([config.seed, 11]).lognormal(0.0, 0.8, n)
         self.incidents = self._explicit_incidents()
         self.lag = max(1, round(config.spread_lag_s * 1000 / config.interval_ms))
         self.chunk = max(self.lag, HOUR_MS // config.interval_ms)
@@ -246,11 +254,20 @@ class _TrafficSim:
                                  severity=round(float(rng.uniform(0.5, 0.9)), 3)))
         return sorted(made, key=lambda i: i.start_ms)
 
+    def _day_factor(self, t_ms: np.ndarray, offset: int) -> np.ndarray:
+        """[steps] each local day's demand factor, drawn per day from its own stream (chunking-proof)."""
+        days = (t_ms + offset) // DAY_MS
+        spread = self.config.day_variation
+        factors = {int(d): float(np.random.default_rng([self.config.seed, 13, int(d)]).lognormal(0.0, spread))
+                   for d in np.unique(days)} if spread > 0 else {}
+        return np.array([factors.get(int(d), 1.0) for d in days])
+
     def _congestion_sources(self, t_ms: np.ndarray) -> np.ndarray:
         offset = utc_offset_ms(self.config.utc_offset_hours)
         hours, _ = local_hours(t_ms, offset)
         sources = self.net.exposure[:, None] * _rush(hours, _weekday(t_ms, offset), self.net.am_peak,
                                                      self.peak_shift_h)
+        sources = np.minimum(sources * self._day_factor(t_ms, offset)[None, :], 1.0)
         index = {sensor: i for i, sensor in enumerate(self.net.ids)}
         for incident in self.incidents:
             if incident.start_ms <= t_ms[-1] and incident.end_ms + _RECOVERY_MS >= t_ms[0]:
@@ -283,7 +300,7 @@ class _TrafficSim:
         """Greenshields' diagram: demand-limited density when free, jam branch when congested."""
         offset = utc_offset_ms(self.config.utc_offset_hours)
         hours, _ = local_hours(t_ms, offset)
-        free = _demand(hours, _weekday(t_ms, offset))[None, :] / speed
+        free = (_demand(hours, _weekday(t_ms, offset)) * self._day_factor(t_ms, offset))[None, :] / speed
         jammed = _JAM_DENSITY * (1.0 - speed / self.free_flow[:, None])
         density = np.maximum(free, jammed) * self.rng.lognormal(0.0, 0.05, speed.shape)
         per_interval = self.config.lanes * self.config.interval_ms / HOUR_MS
@@ -298,7 +315,8 @@ class _TrafficSim:
         reported = ~self.dead[:, None] & (self.rng.random(speed.shape) >= cfg.dropout_prob)
         self.step += self.chunk
         if cfg.measure == "count":
-            return self._count_readings(t_ms, self.rng.poisson(flow * cfg.count_scale), reported)
+            rate = flow * cfg.count_scale * self.count_weight[:, None]
+            return self._count_readings(t_ms, self.rng.poisson(rate), reported)
         return self._readings(t_ms, speed, flow, occupancy, reported)
 
     def _count_readings(self, t_ms: np.ndarray, counts: np.ndarray, reported: np.ndarray) -> list[dict]:
@@ -340,6 +358,19 @@ def _run(sim: _TrafficSim) -> Iterator[dict]:
 def iter_traffic_readings(config: TrafficConfig = TrafficConfig()) -> Iterator[dict]:
     """Readings of all sensors in event-time order; endless when ``config.duration_hours`` is None."""
     return _run(_TrafficSim(config))
+
+
+def write_traffic_files(workload: TrafficWorkload, folder: Path) -> tuple[Path, Path, Path]:
+    """The workload as the files ``stream-app train traffic`` reads: readings CSV (sensor_id, ts and
+    speed or count), edge list (source, target, distance in km) and sensors CSV (sensor_id, lat, lon)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    readings, edges, sensors = folder / "readings.csv", folder / "edges.csv", folder / "sensors.csv"
+    field = "count" if workload.readings and "value" in workload.readings[0] else "speed"
+    rows = (f"{r['sensor_id']},{r['ts']},{r['value' if field == 'count' else 'speed']}\n" for r in workload.readings)
+    readings.write_text(f"sensor_id,ts,{field}\n" + "".join(rows))
+    edges.write_text("source,target,distance\n" + "".join(f"{a},{b},{d}\n" for a, b, d in workload.edges))
+    sensors.write_text("sensor_id,lat,lon\n" + "".join(f"{s},{a},{o}\n" for s, a, o in workload.sensors))
+    return readings, edges, sensors
 
 
 def generate_traffic(config: TrafficConfig = TrafficConfig()) -> TrafficWorkload:

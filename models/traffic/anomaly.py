@@ -41,12 +41,13 @@ from models.traffic.incidents import (
     ResidualScale,
     calibrate_threshold,
     neighbour_lists,
+    residuals,
     z_scores,
 )
 
 __all__ = ["AnomalyConfig", "AnomalyAlert", "AnomalyDetector", "FORECAST_RESIDUAL",
            "PROFILE_DROP", "IncidentConfig", "IncidentDetector", "IncidentEvent", "ResidualScale",
-           "calibrate_threshold", "neighbour_lists", "z_scores"]
+           "calibrate_threshold", "neighbour_lists", "residuals", "z_scores"]
 
 logger = logging.getLogger(__name__)
 

@@ -1,17 +1,21 @@
 """Incidents: a sensor departing from its expected value, raised once, grouped with its neighbours,
 resolved when every member is back. Pure numpy; the caller feeds one window at a time.
 
-Score. Per window and sensor ``z = (observed - expected) / scale``: ``expected`` is what the
-sensor normally reads then (the seasonal profile, or a forecast), ``scale`` the typical size of
-its residual at that time of day (:class:`ResidualScale`: the RMS of training residuals per
+Score. Per window and sensor ``z = residual / scale``. The residual is ``observed - expected``,
+``expected`` being what the sensor normally reads then (the seasonal profile, or a forecast). For
+counts it is the count likelihood instead: the Poisson (mean ``expected``) mid-p probability of
+the observed count, as a standard normal quantile, so a quiet stop's 0 against an expected 2 is
+exactly as alarming as it is unlikely, whatever the level. ``scale`` is the typical size of the
+residual at that time of day (:class:`ResidualScale`: the RMS of training residuals per
 time-of-day slot, shrunk towards the sensor's overall RMS, so it follows the profile: rush hours
-and busy stops get wider bands than quiet nights; for counts never below the Poisson
-``sqrt(expected)``). A sensor whose expected value rests on fewer than ``min_history`` periods of
-history is not scored (no alerts from a profile that has not seen the slot yet).
+get wider bands than quiet nights; about 1 for counts that are Poisson, more when overdispersed).
+A sensor whose expected value rests on fewer than ``min_history`` periods of history is not
+scored (no alerts from a profile that has not seen the slot yet).
 
 State machine per sensor. It *departs* after ``depart_windows`` windows in a row beyond
 ``threshold`` (in ``direction``: below for speeds, where incidents are drops; above or both for
-counts) and *returns* after ``return_windows`` windows in a row within ``release * threshold``.
+counts) and *returns* after ``return_windows`` windows in a row within ``release * threshold``
+(at least one standard deviation).
 A departing sensor next to a sensor of an open incident joins that incident; otherwise it raises
 a new one (one ``raised`` event). An incident is ``resolved`` (one event) when its last member
 returns. Missing observations leave the counters as they are.
@@ -31,16 +35,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from models.exceptions import ModelError
 from models.traffic.calendar import DAY_MS, WEEK_MS
 
-__all__ = ["IncidentConfig", "IncidentEvent", "IncidentDetector", "ResidualScale", "z_scores",
+__all__ = ["IncidentConfig", "IncidentEvent", "IncidentDetector", "ResidualScale", "z_scores", "residuals",
            "calibrate_threshold", "neighbour_lists", "RAISED", "RESOLVED"]
 
 logger = logging.getLogger(__name__)
 
 RAISED, RESOLVED = "raised", "resolved"
+_MIN_RELEASE_Z = 1.0
+_MIN_COUNT_MEAN = 1e-3  # an expected count of 0 would make any count impossible
+_TAIL = 1e-12  # a sensor is back once within one standard deviation, even under a low threshold
 _DIRECTIONS = ("below", "above", "both")
 
 
@@ -49,13 +57,14 @@ class IncidentConfig:
     """Thresholds, run lengths and the alert budget of :class:`IncidentDetector`."""
 
     threshold: float = 4.0  # |z| beyond which a window counts as departed (calibrate it)
-    release: float = 0.5  # a window counts as returned within release * threshold
+    release: float = 0.5  # a window counts as returned within release * threshold (at least 1)
     depart_windows: int = 2
     return_windows: int = 3
     direction: str = "below"
     min_history: float = 2.0  # periods (days or weeks) of history behind ``expected`` before scoring
     budget_per_sensor_week: float = 1.0  # incidents allowed per sensor and week of validation data
     critical_factor: float = 2.0  # |z| above critical_factor * threshold: severity critical
+    counts: bool = False  # score counts by their Poisson likelihood
 
     def __post_init__(self) -> None:
         problems = []
@@ -91,21 +100,36 @@ class IncidentEvent:
     severity: str
 
 
+def residuals(observed: np.ndarray, expected: np.ndarray, counts: bool = False) -> np.ndarray:
+    """``observed - expected``, or for counts the Poisson mid-p quantile of the observation (module doc)."""
+    observed, expected = np.asarray(observed, np.float64), np.asarray(expected, np.float64)
+    if not counts:
+        return observed - expected
+    x = torch.from_numpy(np.round(np.nan_to_num(np.maximum(observed, 0.0))))
+    mean = torch.from_numpy(np.maximum(np.nan_to_num(expected), _MIN_COUNT_MEAN))
+    at_most = torch.special.gammaincc(x + 1, mean)  # P(X <= x)
+    below = torch.where(x > 0, torch.special.gammaincc(x.clamp(min=1), mean), torch.zeros_like(mean))
+    middle = ((at_most + below) / 2).clamp(_TAIL, 1 - _TAIL)
+    z = torch.special.ndtri(middle).numpy()
+    return np.where(np.isfinite(observed) & np.isfinite(expected), z, np.nan)
+
+
 @dataclass(eq=False)
 class ResidualScale:
     """RMS residual per time-of-day slot and sensor, shrunk towards the sensor's RMS (module doc)."""
 
     slot_ms: int
     table: np.ndarray  # [slots per day, sensors]
-    counts: bool = False  # Poisson floor sqrt(expected) (count data)
 
     @classmethod
-    def fit(cls, residuals: np.ndarray, mask: np.ndarray, local_ms: np.ndarray, slot_ms: int, *,
-            shrinkage: float = 8.0, counts: bool = False) -> ResidualScale:
-        """From residuals [time, sensors] (only where ``mask``) at rows ``local_ms`` [time]."""
+    def fit(cls, residual: np.ndarray, mask: np.ndarray, local_ms: np.ndarray, slot_ms: int, *,
+            shrinkage: float = 8.0, minimum: float = 0.0) -> ResidualScale:
+        """From residuals [time, sensors] (:func:`residuals`; only where ``mask``) at rows ``local_ms``
+        [time]; ``minimum``: 1 for count likelihoods, already in standard units (their discreteness
+        makes the measured RMS fall below 1 at low counts; only overdispersion should widen them)."""
         if DAY_MS % slot_ms:
             raise ModelError(f"slots of {slot_ms} ms do not divide a day")
-        residuals = np.where(mask, np.nan_to_num(residuals), 0.0)
+        residuals = np.where(mask, np.nan_to_num(residual), 0.0)
         slots = (np.asarray(local_ms, dtype=np.int64) % DAY_MS) // slot_ms
         n_slots = DAY_MS // slot_ms
         sums = np.zeros((n_slots, residuals.shape[1]))
@@ -117,22 +141,18 @@ class ResidualScale:
         overall = np.where(counts_.sum(axis=0) > 0, overall, pooled ** 2)
         shrunk = (sums + shrinkage * overall) / (counts_ + shrinkage)
         floor = np.maximum(0.1 * np.sqrt(overall), 1e-6 * max(pooled, 1e-6))
-        return cls(slot_ms, np.maximum(np.sqrt(shrunk), floor), counts)
+        return cls(slot_ms, np.maximum(np.maximum(np.sqrt(shrunk), floor), minimum))
 
-    def at(self, local_ms: int | np.ndarray, expected: np.ndarray | None = None) -> np.ndarray:
-        """[..., sensors] the scale at ``local_ms`` (local wall-clock ms), floored for counts."""
-        slots = (np.asarray(local_ms, dtype=np.int64) % DAY_MS) // self.slot_ms
-        scale = self.table[slots]
-        if self.counts and expected is not None:
-            scale = np.maximum(scale, np.sqrt(np.maximum(np.nan_to_num(expected), 1.0)))
-        return scale
+    def at(self, local_ms: int | np.ndarray) -> np.ndarray:
+        """[..., sensors] the scale at ``local_ms`` (local wall-clock ms, [...])."""
+        return self.table[(np.asarray(local_ms, dtype=np.int64) % DAY_MS) // self.slot_ms]
 
 
 def z_scores(observed: np.ndarray, expected: np.ndarray, scale: np.ndarray, history: np.ndarray | None = None,
-             min_history: float = 0.0) -> np.ndarray:
-    """(observed - expected) / scale, NaN where unobserved or where ``history`` < ``min_history``."""
+             min_history: float = 0.0, counts: bool = False) -> np.ndarray:
+    """residual / scale (:func:`residuals`), NaN where unobserved or where ``history`` < ``min_history``."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        z = (np.asarray(observed, np.float64) - expected) / scale
+        z = residuals(observed, expected, counts) / scale
     if history is not None:
         z = np.where(np.asarray(history) >= min_history, z, np.nan)
     return z
@@ -165,6 +185,7 @@ class IncidentDetector:
         self._within = np.zeros(n, dtype=np.uint32)  # windows in a row back within the release band
         self._incident = np.full(n, -1, dtype=np.int64)  # open incident of each departed sensor
         self._open: dict[int, tuple[int, int]] = {}  # incident number -> (started_ms, first sensor)
+        self._grouped: dict[int, list[int]] = {}  # incident number -> every sensor that joined it
         self._next = 0
 
     @property
@@ -176,7 +197,7 @@ class IncidentDetector:
         """Score one window ([sensors] each; NaN observed = not measured) and return its events."""
         observed, expected, scale = (self._as_values(v, name) for v, name in
                                      ((observed, "observed"), (expected, "expected"), (scale, "scale")))
-        z = z_scores(observed, expected, scale, history, self.config.min_history)
+        z = z_scores(observed, expected, scale, history, self.config.min_history, self.config.counts)
         return self.step(int(window_end_ms), z, observed, expected)
 
     def step(self, window_end_ms: int, z: np.ndarray, observed: np.ndarray | None = None,
@@ -185,7 +206,7 @@ class IncidentDetector:
         cfg = self.config
         scored = np.isfinite(z)
         departed_now = scored & _beyond(z, cfg.threshold, cfg.direction)
-        back_now = scored & ~_beyond(z, cfg.release * cfg.threshold, cfg.direction)
+        back_now = scored & ~_beyond(z, max(cfg.release * cfg.threshold, _MIN_RELEASE_Z), cfg.direction)
         self._beyond = np.where(departed_now, self._beyond + 1, np.where(scored, 0, self._beyond)).astype(np.uint32)
         self._within = np.where(back_now, self._within + 1, np.where(scored, 0, self._within)).astype(np.uint32)
         events = self._departures(window_end_ms, z, observed, expected)
@@ -200,9 +221,11 @@ class IncidentDetector:
             joined = next((int(self._incident[j]) for j in self.neighbours[sensor] if self._incident[j] >= 0), None)
             if joined is not None:
                 self._incident[sensor] = joined
+                self._grouped[joined].append(int(sensor))
                 continue
             number, self._next = self._next, self._next + 1
             self._open[number] = (window_end_ms, int(sensor))
+            self._grouped[number] = [int(sensor)]
             self._incident[sensor] = number
             events.append(self._event(RAISED, number, int(sensor), window_end_ms, z, observed, expected))
         return events
@@ -214,27 +237,21 @@ class IncidentDetector:
         events = []
         for sensor in np.flatnonzero(returning):
             number = int(self._incident[sensor])
-            members = self._members(number)
             self._incident[sensor] = -1
             if not (self._incident == number).any():
-                events.append(self._event(RESOLVED, number, int(sensor), window_end_ms, z, observed, expected,
-                                          members))
-                del self._open[number]
+                events.append(self._event(RESOLVED, number, int(sensor), window_end_ms, z, observed, expected))
+                del self._open[number], self._grouped[number]
         return events
 
-    def _members(self, number: int) -> tuple[str, ...]:
-        return tuple(self.sensor_ids[i] for i in np.flatnonzero(self._incident == number))
-
     def _event(self, status: str, number: int, sensor: int, window_end_ms: int, z: np.ndarray,
-               observed: np.ndarray | None, expected: np.ndarray | None,
-               members: tuple[str, ...] | None = None) -> IncidentEvent:
+               observed: np.ndarray | None, expected: np.ndarray | None) -> IncidentEvent:
         started, first = self._open[number]
         score = float(z[sensor]) if np.isfinite(z[sensor]) else 0.0
         critical = abs(score) > self.config.critical_factor * self.config.threshold
         return IncidentEvent(
             status=status, incident_id=f"{self.name}:{self.sensor_ids[first]}:{started}",
             sensor_id=self.sensor_ids[sensor],
-            sensors=members if members is not None else self._members(number), window_end_ms=window_end_ms,
+            sensors=tuple(self.sensor_ids[i] for i in self._grouped[number]), window_end_ms=window_end_ms,
             started_ms=started, observed=_at(observed, sensor), expected=_at(expected, sensor), score=score,
             severity="critical" if critical else "warning")
 
@@ -246,7 +263,7 @@ class IncidentDetector:
 
     def state_bytes(self) -> bytes:
         """Compact versioned encoding of the runs and the open incidents."""
-        incidents = json.dumps({str(k): list(v) for k, v in self._open.items()}).encode()
+        incidents = json.dumps({str(k): [*v, self._grouped[k]] for k, v in self._open.items()}).encode()
         arrays = (self._beyond.astype("<u4"), self._within.astype("<u4"), self._incident.astype("<i8"))
         header = _HEADER.pack(_MAGIC, _FORMAT, len(self.sensor_ids), self._next, len(incidents))
         return header + b"".join(a.tobytes() for a in arrays) + incidents
@@ -267,6 +284,7 @@ class IncidentDetector:
         self._incident = np.frombuffer(data, "<i8", n, offset + 8 * n).astype(np.int64)
         opened = json.loads(data[offset + 16 * n:].decode())
         self._open = {int(k): (int(v[0]), int(v[1])) for k, v in opened.items()}
+        self._grouped = {int(k): [int(i) for i in v[2]] for k, v in opened.items()}
         self._next = next_number
 
 

@@ -294,8 +294,9 @@ def _number(row: list[str], column: int | None, path: Path, number: int, name: s
     except ValueError:
         raise ModelError(f"{path}, row {number}: {name} {text!r} is not a number") from None
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        rule = "non-negative" if allow_zero else "positive (remove the row to leave the link out)"
-        raise ModelError(f"{path}, row {number}: {name} {text} must be a {rule} finite number")
+        rule = "a non-negative finite number" if allow_zero else \
+            "a positive finite number (remove the row to leave the link out)"
+        raise ModelError(f"{path}, row {number}: {name} {text} must be {rule}")
     return value
 
 

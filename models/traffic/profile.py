@@ -12,8 +12,9 @@ it:
   leave-one-period-out error (each row predicted without the values of its own day, resp. week);
   that is the profile the model reads.
 
-``leave_one_out`` gives the same blend with each row's own day and week taken out: the profile
-the model is trained on, so it never reads the value it must forecast. Serving updates the slot
+``leave_one_out`` gives the same blend with each row's own day and week taken out (only the
+sensor's overall mean, shared by every row, keeps it): the profile the model is trained on, so it
+never reads the value it must forecast. Serving updates the slot
 means online with :func:`ewma_update` (an EWMA per slot, a running mean until ``1 / alpha``
 values were seen).
 """
@@ -34,7 +35,7 @@ __all__ = ["SeasonalProfile", "ewma_update", "DEFAULT_ALPHA", "profile_slot_ms"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_ALPHA = 0.05  # EWMA weight of a new value in its slot
-_SHRINKAGE_GRID = (0.25, 1.0, 4.0, 16.0, 64.0)  # pseudo-counts tried, in periods (days or weeks) of values
+_SHRINKAGE_GRID = (0.0, 0.25, 1.0, 4.0, 16.0, 64.0)  # pseudo-counts tried, in periods (days or weeks) of values
 _MIN_SLOT_MS = 900_000  # 15 minutes: narrower slots average too few values
 
 

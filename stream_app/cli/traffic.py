@@ -46,7 +46,9 @@ _traffic_data = options(
     click.option("--data", default="los-loop", show_default=True,
                  help="los-loop (the shared data set), or a readings file: CSV or JSON lines with sensor_id, "
                       "ts (epoch ms or ISO-8601; no offset = UTC) and a value column."),
-    click.option("--value-field", default=None, help="Value column of the readings [default: value, else speed]."),
+    click.option("--value-field", default=None,
+                 help="Value column of the readings [default: value, else speed, else the one flow, count or "
+                      "occupancy column]."),
     click.option("--kind", type=click.Choice(["speed", "flow", "count", "occupancy"]), default=None,
                  help="What the values measure [default: a kind column, else the value column's name, else speed]."),
     click.option("--unit", default=None, help="Unit of the values, e.g. mph, veh/h, passengers/h (shown in reports)."),

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from simulation.city import Incident, TrafficConfig, generate_traffic, iter_traffic_readings
+from simulation.city import Incident, TrafficConfig, generate_traffic, iter_traffic_readings, write_traffic_files
 from simulation.clock import HOUR_MS, SimulationConfigError
 
 READING_KEYS = {"sensor_id", "network", "ts", "speed", "flow", "occupancy", "lat", "lon"}
@@ -116,3 +116,45 @@ def test_traffic_bad_configs():
     ghost = Incident(sensor_id="nope", start_ms=0, end_ms=1, severity=0.5)
     with pytest.raises(SimulationConfigError):
         generate_traffic(TrafficConfig(n_sensors=4, duration_hours=1.0, incidents=(ghost,)))
+
+
+# --------------------------------------------------------------------------- weekly cycle and counts
+
+def _mean_speed(config: TrafficConfig, day: int, hours: tuple[float, float]) -> float:
+    """Mean speed of every sensor between two local hours of day ``day`` (0 = the Monday of the start)."""
+    start = config.start_ms + day * 86_400_000
+    readings = generate_traffic(dataclasses.replace(config, start_ms=start, duration_hours=24.0)).readings
+    low, high = start + int(hours[0] * HOUR_MS), start + int(hours[1] * HOUR_MS)
+    return float(np.mean([r["speed"] for r in readings if low <= r["ts"] < high]))
+
+
+def test_weekly_cycle_friday_evening_and_weekend_days_differ():
+    quiet = TrafficConfig(n_sensors=12, incident_rate_per_day=0.0, day_variation=0.0, dropout_prob=0.0)
+    tuesday, friday = _mean_speed(quiet, 1, (16.5, 18.5)), _mean_speed(quiet, 4, (16.5, 18.5))
+    assert friday < tuesday - 1.0  # Friday's evening rush is heavier
+    saturday, sunday = _mean_speed(quiet, 5, (11.0, 16.0)), _mean_speed(quiet, 6, (11.0, 16.0))
+    assert saturday < sunday  # Saturday's midday is busier
+
+
+def test_days_vary_around_the_profile():
+    varied = TrafficConfig(n_sensors=12, incident_rate_per_day=0.0, dropout_prob=0.0, day_variation=0.3, seed=2)
+    tuesdays = [_mean_speed(varied, day, (7.0, 9.0)) for day in (1, 8)]
+    assert abs(tuesdays[0] - tuesdays[1]) > 0.5  # same weekday, same hours, another day's demand
+
+
+def test_counts_are_whole_sparse_schema_valid_and_written_as_files(tmp_path):
+    from schemas import TrafficReading, decode_traffic_reading, encode
+
+    config = TrafficConfig(n_sensors=10, duration_hours=7 * 24, interval_ms=HOUR_MS, measure="count",
+                           count_scale=0.0001, incident_rate_per_day=0.0)
+    workload = generate_traffic(config)
+    values = np.array([r["value"] for r in workload.readings])
+    assert all(isinstance(r["value"], int) and r["kind"] == "count" and "speed" not in r for r in workload.readings)
+    assert 0.5 < (values == 0).mean() < 0.95 and values.max() > 2  # many zeros, some busy hours
+    clock = lambda: workload.readings[-1]["ts"] / 1000  # noqa: E731
+    decoded = decode_traffic_reading(encode(workload.readings[0]), clock=clock)
+    assert isinstance(decoded, TrafficReading) and decoded.kind == "count"
+    readings, edges, sensors = write_traffic_files(workload, tmp_path)
+    assert readings.read_text().splitlines()[0] == "sensor_id,ts,count"
+    assert len(edges.read_text().splitlines()) == len(workload.edges) + 1
+    assert len(sensors.read_text().splitlines()) == 11

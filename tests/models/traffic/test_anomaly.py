@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from models.traffic.anomaly import FORECAST_RESIDUAL, PROFILE_DROP, AnomalyConfig, AnomalyDetector
 from models.exceptions import ModelError
+from models.traffic.anomaly import FORECAST_RESIDUAL, PROFILE_DROP, AnomalyConfig, AnomalyDetector
 
 STEP_MS = 300_000
 SENSORS = 20

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.traffic.baselines import TimeOfDayAverage, persistence_forecast, window_mean_forecast
 from models.exceptions import ModelError
+from models.traffic.baselines import TimeOfDayAverage, persistence_forecast, window_mean_forecast
 
 # 2 windows x 3 steps x 2 sensors
 INPUTS = np.array([[[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]],

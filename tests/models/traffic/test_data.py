@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.traffic.baselines import persistence_forecast
 from models.exceptions import ModelError
-from models.traffic.data import (INPUT_STEPS, forecast_metrics, forecast_windows, load_los_loop,
-                                 strict_split, tgcn_split)
-
+from models.traffic.baselines import persistence_forecast
+from models.traffic.data import INPUT_STEPS, forecast_metrics, forecast_windows, load_los_loop, strict_split, tgcn_split
 
 
 def test_forecast_windows_follow_tgcn_loop_bound() -> None:

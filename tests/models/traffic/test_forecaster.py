@@ -8,12 +8,15 @@ import torch
 
 from models.checkpoint import save_checkpoint
 from models.exceptions import CheckpointError, ModelError
+from models.traffic.forecaster import TrafficForecaster, checkpoint_problem
 from models.traffic.graph import SensorNetwork
-from models.traffic.forecaster import TrafficForecaster
 from models.traffic.model import CHECKPOINT_KIND, STEP_MS, TrafficConfig, TrafficGRU
+from models.traffic.profile import SeasonalProfile
 
 IDS = ("s0", "s1", "s2", "s3")
 T0 = 1_330_560_300_000  # a window end (2012-03-01 00:05 UTC)
+HOUR_MS = 3_600_000
+MONDAY = 1_704_067_200_000  # 2024-01-01T00:00Z
 
 
 def _network() -> SensorNetwork:
@@ -94,7 +97,8 @@ def test_state_bytes_round_trip() -> None:
     forecaster = _forecaster()
     rng = np.random.default_rng(0)
     for k in range(5):
-        forecaster.advance(T0 + k * STEP_MS, {i: float(v) for i, v in zip(IDS[:3], 40 + 20 * rng.random(3))})
+        values = 40 + 20 * rng.random(3)
+        forecaster.advance(T0 + k * STEP_MS, {i: float(v) for i, v in zip(IDS[:3], values, strict=True)})
     data = forecaster.state_bytes()
     restored = forecaster.from_state_bytes(data)
     assert restored.state_bytes() == data and restored.last_window_end_ms == forecaster.last_window_end_ms
@@ -191,3 +195,72 @@ def test_timezone_shifts_time_features() -> None:
     a = utc.advance(T0, dict.fromkeys(IDS, 50.0)).forecasts
     b = local.advance(T0, dict.fromkeys(IDS, 50.0)).forecasts
     assert not np.allclose(a, b)
+
+
+def _profile(sensors: int = len(IDS)) -> SeasonalProfile:
+    """A profile whose hour-of-day mean is 10 + hour and hour-of-week mean 100 + hour of the week."""
+    hours = HOUR_MS * np.arange(14 * 24)
+    values = np.repeat((100.0 + (hours // HOUR_MS) % 168)[:, None], sensors, axis=1)
+    profile = SeasonalProfile.fit(values, np.ones_like(values, bool), MONDAY + hours, HOUR_MS)
+    profile.day_mean[:] = (10.0 + np.arange(24))[:, None]
+    return profile
+
+
+def test_baselines_are_served_at_the_horizons_they_won() -> None:
+    sources = ("model", "hour-of-week", "persistence")
+    forecaster = TrafficForecaster(_network(), _model(), version="tgru-x", profile=_profile(), sources=sources,
+                                   step_ms=HOUR_MS, profile_alpha=0.0)
+    plain = TrafficForecaster(_network(), _model(), version="tgru-x", step_ms=HOUR_MS)
+    window_end = MONDAY + 8 * HOUR_MS  # the window 07:00-08:00 on a Monday
+    observed = {"s0": 50.0, "s1": 60.0, "s2": 70.0, "s3": 80.0}
+    result, reference = forecaster.advance(window_end, observed), plain.advance(window_end, observed)
+    np.testing.assert_allclose(result.forecasts[:, 0], reference.forecasts[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(result.forecasts[:, 1], 100.0 + 7 + 3)  # hour of week of 10:00 Monday
+    np.testing.assert_allclose(result.forecasts[:, 2], [50.0, 60.0, 70.0, 80.0])
+    assert result.sources == sources
+    assert forecaster.version == "tgru-x+hour-of-week@180m+persistence@360m"
+
+
+def test_window_mean_and_hour_of_day_baselines() -> None:
+    forecaster = TrafficForecaster(_network(), _model(), version="v", profile=_profile(), step_ms=HOUR_MS,
+                                   sources=("window-mean", "hour-of-day", "window-mean"), input_steps=3,
+                                   profile_alpha=0.0)
+    for k, value in enumerate([10.0, 20.0, 30.0, 40.0]):
+        result = forecaster.advance(MONDAY + (k + 1) * HOUR_MS, dict.fromkeys(IDS, value))
+    np.testing.assert_allclose(result.forecasts[:, 0], 30.0)  # mean of the last 3 windows
+    np.testing.assert_allclose(result.forecasts[:, 1], 10.0 + 3 + 3)  # hour of day of the row 3 h later
+    restored = forecaster.from_state_bytes(forecaster.state_bytes())
+    nxt = {s: 50.0 for s in IDS}
+    np.testing.assert_allclose(restored.advance(MONDAY + 5 * HOUR_MS, nxt).forecasts,
+                               forecaster.advance(MONDAY + 5 * HOUR_MS, nxt).forecasts)
+
+
+def test_profile_is_updated_online_and_its_state_round_trips() -> None:
+    forecaster = TrafficForecaster(_network(), _model(), version="v", profile=_profile(), step_ms=HOUR_MS,
+                                   sources=("model", "hour-of-week", "model"), profile_alpha=0.5)
+    before = forecaster.profile.hour_of_week(MONDAY)[0]
+    forecaster.advance(MONDAY + HOUR_MS, dict.fromkeys(IDS, before + 20.0))
+    assert forecaster.profile.hour_of_week(MONDAY)[0] == pytest.approx(before + 10.0)
+    other = TrafficForecaster(_network(), _model(), version="v", profile=_profile(), step_ms=HOUR_MS,
+                              sources=("model", "hour-of-week", "model"))
+    other.load_profile_state_bytes(forecaster.profile_state_bytes())
+    assert other.profile.hour_of_week(MONDAY)[0] == pytest.approx(before + 10.0)
+
+
+def test_sources_need_a_profile_and_known_names() -> None:
+    with pytest.raises(ModelError, match="need the seasonal profile"):
+        TrafficForecaster(_network(), _model(), version="v", sources=("model", "hour-of-week", "model"))
+    with pytest.raises(ModelError, match="sources must name one of"):
+        TrafficForecaster(_network(), _model(), version="v", sources=("model", "oracle", "model"))
+
+
+def test_checkpoint_trained_at_another_interval_is_refused(tmp_path) -> None:
+    model = _model()
+    metadata = {"version": "tgru-test", "network": "test", "sensor_ids": list(IDS), "interval_ms": HOUR_MS,
+                "config": model.config.to_dict()}
+    save_checkpoint(tmp_path / "t.pt", kind=CHECKPOINT_KIND, state_dict=model.state_dict(), metadata=metadata)
+    with pytest.raises(CheckpointError, match="trained on 3600 s intervals, the windows are 300 s"):
+        TrafficForecaster.from_checkpoint(tmp_path / "t.pt", _network(), step_ms=STEP_MS)
+    assert TrafficForecaster.from_checkpoint(tmp_path / "t.pt", _network()).step_ms == HOUR_MS
+    problem = checkpoint_problem({"sensor_ids": ["a"], "network": "x"}, _network())
+    assert problem is not None and "other ids" in problem

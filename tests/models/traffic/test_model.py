@@ -141,3 +141,51 @@ def test_time_features_known_points() -> None:
     np.testing.assert_allclose(features[0, 2:], [np.sin(week_angle), np.cos(week_angle)], atol=1e-6)
     week_angle = 2 * np.pi * (0.25 / 7)
     np.testing.assert_allclose(features[1, 2:], [np.sin(week_angle), np.cos(week_angle)], atol=1e-6)
+
+
+def _profile_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(2)
+    profile = 30 + 30 * torch.rand(BATCH, TIME, SENSORS, generator=generator)
+    ahead = 30 + 30 * torch.rand(BATCH, TIME, SENSORS, 3, generator=generator)
+    return profile, ahead
+
+
+@pytest.mark.parametrize("given_h", [False, True])
+def test_chained_step_equals_forward_with_the_profile(given_h: bool) -> None:
+    model = _model(use_profile=True)
+    torch.nn.init.normal_(model.profile_gate.weight, std=0.3)
+    model.set_value_scale(torch.linspace(20, 80, SENSORS))
+    speeds, features, observed = _inputs()
+    profile, ahead = _profile_inputs()
+    h0 = torch.randn(BATCH, SENSORS, HIDDEN) * 0.5 if given_h else None
+    with torch.no_grad():
+        full, h_full = model(speeds, features, h0, observed=observed, profile=profile, profile_ahead=ahead)
+        h, steps = h0, []
+        for t in range(TIME):
+            prediction, h = model.step(speeds[:, t], features[:, t], h, observed_t=observed[:, t],
+                                       profile_t=profile[:, t], profile_ahead_t=ahead[:, t])
+            steps.append(prediction)
+    torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(h, h_full, atol=1e-5, rtol=0)
+
+
+def test_open_profile_gate_with_a_silent_head_serves_the_profile() -> None:
+    model = _model(use_profile=True)
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.constant_(model.profile_gate.bias, 30.0)  # sigmoid(30) = 1: the profile ahead
+    speeds, features, observed = _inputs()
+    profile, ahead = _profile_inputs()
+    with torch.no_grad():
+        prediction, _ = model(speeds, features, observed=observed, profile=profile, profile_ahead=ahead)
+    torch.testing.assert_close(prediction, ahead, atol=1e-4, rtol=0)
+
+
+def test_profile_inputs_are_required_exactly_when_configured() -> None:
+    speeds, features, _ = _inputs()
+    profile, ahead = _profile_inputs()
+    with pytest.raises(ModelError, match="pass profile and profile_ahead"):
+        _model(use_profile=True)(speeds, features)
+    with pytest.raises(ModelError, match="without use_profile"):
+        _model()(speeds, features, profile=profile, profile_ahead=ahead)
+    with pytest.raises(ModelError, match="value_scale must be"):
+        _model().set_value_scale(torch.zeros(SENSORS))

@@ -6,12 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from models.traffic.graph import SensorNetwork
-from models.traffic.forecaster import TrafficForecaster, load_traffic_model
-from models.traffic.model import TrafficConfig
 from models.traffic.data import TrafficSeries, load_los_loop, strict_split
-from models.traffic.training import (TrainConfig, model_version, save_traffic_checkpoint,
-                                     stream_predictions, train_traffic, window_predictions)
+from models.traffic.forecaster import TrafficForecaster, load_traffic_model
+from models.traffic.graph import SensorNetwork
+from models.traffic.model import TrafficConfig
+from models.traffic.training import (
+    TrainConfig,
+    model_version,
+    save_traffic_checkpoint,
+    stream_predictions,
+    train_traffic,
+    window_predictions,
+)
 
 pytestmark = pytest.mark.data
 SENSORS, STEPS = 24, 700

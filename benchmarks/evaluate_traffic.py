@@ -42,6 +42,7 @@ from models.traffic.incidents import (
     ResidualScale,
     calibrate_threshold,
     neighbour_lists,
+    residuals,
     z_scores,
 )
 from models.traffic.inputs import profile_track
@@ -62,10 +63,11 @@ def incident_report(series: TrafficSeries, direction: str, counts: bool,
     split = strict_split(series.n_steps)
     train = series.rows(split.train)
     profile = fit_profile(series, split.train)
-    residuals = train.speeds - profile.leave_one_out(train.speeds, train.mask, train.local_ms())
-    scale = ResidualScale.fit(residuals, train.mask, train.local_ms(), profile.slot_ms, counts=counts)
+    expected = profile.leave_one_out(train.speeds, train.mask, train.local_ms())
+    scale = ResidualScale.fit(residuals(train.speeds, expected, counts), train.mask, train.local_ms(), profile.slot_ms,
+                              minimum=1.0 if counts else 0.0)
     neighbours = neighbour_lists(series.network.adjacency)
-    config = IncidentConfig(direction=direction)
+    config = IncidentConfig(direction=direction, counts=counts)
     val_z, val_ends = _scores(series, split.val, profile, scale, config)
     threshold, val_raised = calibrate_threshold(val_z, val_ends, neighbours, config)
     config = dataclasses.replace(config, threshold=threshold)
@@ -96,7 +98,7 @@ def _scores(series: TrafficSeries, part: slice, profile: SeasonalProfile, scale:
     history = np.maximum(history, profile.day_count[(local % DAY_MS) // profile.slot_ms]
                          / max(1, profile.slot_ms // series.step_ms) / 7)
     observed = np.where(rows.mask, rows.speeds, np.nan)
-    z = z_scores(observed, expected, scale.at(local, expected), history, config.min_history)
+    z = z_scores(observed, expected, scale.at(local), history, config.min_history, config.counts)
     return z, rows.row_ms() + series.step_ms
 
 

@@ -22,7 +22,8 @@ returns. Missing observations leave the counters as they are.
 
 Threshold. :func:`calibrate_threshold` picks the smallest threshold whose replay over validation
 scores raises no more than the alert budget (``budget_per_sensor_week`` incidents per sensor and
-week of validation data).
+week of validation data), never below ``min_threshold`` (2.5 standard deviations): on well-behaved
+residuals the budget is a cap that is not reached, on heavy-tailed ones it decides.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class IncidentConfig:
     direction: str = "below"
     min_history: float = 2.0  # periods (days or weeks) of history behind ``expected`` before scoring
     budget_per_sensor_week: float = 1.0  # incidents allowed per sensor and week of validation data
+    min_threshold: float = 2.5  # calibration never goes below it: the budget is a cap, not a target
     critical_factor: float = 2.0  # |z| above critical_factor * threshold: severity critical
     counts: bool = False  # score counts by their Poisson likelihood
 
@@ -289,10 +291,10 @@ class IncidentDetector:
 
 
 def calibrate_threshold(z: np.ndarray, window_ends: np.ndarray, neighbours: Sequence[np.ndarray],
-                        config: IncidentConfig = IncidentConfig(), *, low: float = 1.0,
-                        high: float = 100.0) -> tuple[float, int]:
-    """The smallest threshold (to 1 %) whose replay of ``z`` [windows, sensors] raises at most the
-    budget; returns (threshold, incidents it raises there)."""
+                        config: IncidentConfig = IncidentConfig(), *, high: float = 100.0) -> tuple[float, int]:
+    """The smallest threshold (to 1 %, at least ``config.min_threshold``) whose replay of ``z``
+    [windows, sensors] raises at most the budget; returns (threshold, incidents it raises there)."""
+    low = config.min_threshold
     windows, sensors = z.shape
     span_ms = float(window_ends[-1] - window_ends[0]) + (float(np.median(np.diff(window_ends))) if windows > 1 else 0)
     budget = config.budget_per_sensor_week * sensors * span_ms / WEEK_MS
@@ -305,6 +307,8 @@ def calibrate_threshold(z: np.ndarray, window_ends: np.ndarray, neighbours: Sequ
     if raised(high) > budget:
         logger.warning("even threshold %s raises more than the budget of %.1f incidents", high, budget)
         return high, raised(high)
+    if raised(low) <= budget:
+        return low, raised(low)
     while high / low > 1.01:  # the count falls as the threshold rises: bisect on a log scale
         middle = math.sqrt(low * high)
         low, high = (low, middle) if raised(middle) <= budget else (middle, high)

@@ -85,18 +85,19 @@ def test_clean_network_stays_within_the_alert_budget(kind: str, direction: str) 
     assert per_sensor <= 4 * 3
 
 
-@pytest.mark.parametrize(("kind", "sensor", "neighbour", "factor"), [("speeds", 3, 2, 0.2), ("counts", 7, 6, 0.0)])
-def test_injected_incident_is_raised_once_grouped_and_resolved(kind: str, sensor: int, neighbour: int,
-                                                               factor: float) -> None:
+@pytest.mark.parametrize(("kind", "sensor", "neighbour", "factor", "follows", "hour"),
+                         [("speeds", 3, 2, 0.2, 0.5, 17), ("counts", 7, 6, 0.0, 0.0, 16)])
+def test_injected_incident_is_raised_once_grouped_and_resolved(kind: str, sensor: int, neighbour: int, factor: float,
+                                                               follows: float, hour: int) -> None:
     step = STEP if kind == "speeds" else HOUR
     observed, expected, ends = (_speeds if kind == "speeds" else _counts)(weeks=4, seed=2)
     config, scale = _calibrated((observed, expected, ends), step,
                                 IncidentConfig(direction="below", counts=kind == "counts"))
-    start = 3 * WEEK // step + (17 * HOUR) // step  # day 22, 17:00: the evening peak
+    start = 3 * WEEK // step + (hour * HOUR) // step  # day 22, at the evening peak
     length = 90 * 60_000 // step if kind == "speeds" else 4
     observed = observed.copy()
     observed[start:start + length, sensor] *= factor  # the sensor collapses (counts: a closed station)
-    observed[start + 1:start + length, neighbour] *= 0.5  # its upstream neighbour follows
+    observed[start + 1:start + length, neighbour] *= follows  # its neighbour follows a window later
     events = _replay((observed, expected, ends), step, config, scale, slice(3 * WEEK // step, None))
     here = {f"s{sensor}", f"s{neighbour}"}
     during = [e for e in events if e.sensor_id in here and start - 3 <= e.window_end_ms // step - 1 < start + length]

@@ -2,7 +2,9 @@
 
 Each network is timed with a dense and a sparse (COO) normalized adjacency in the same run, and
 the whole ``TrafficForecaster.advance`` (dict in, imputation, step, numpy out) with the layout the
-model picks by itself. Median of repeats after a warm-up, inference mode, one thread by default.
+model picks by itself; "profile" is that advance for a model that reads the seasonal profile, with
+the profile updated online and one horizon served by the hour-of-week average (what training
+produces now). Median of repeats after a warm-up, inference mode, one thread by default.
 
     .venv/bin/python benchmarks/bench_traffic_step.py [--threads 1] [--hidden 64] [--neighbors 8]
 """
@@ -18,10 +20,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from models.traffic.graph import SensorNetwork
 from models.paths import shared_data_dir
 from models.traffic.forecaster import TrafficForecaster
+from models.traffic.graph import SensorNetwork
 from models.traffic.model import N_TIME_FEATURES, STEP_MS, TrafficConfig, TrafficGRU
+from models.traffic.profile import SeasonalProfile, profile_slot_ms
 
 __all__ = ["main"]
 
@@ -81,9 +84,28 @@ def time_advance(network: SensorNetwork, hidden: int, repeats: int) -> tuple[flo
     forecaster = TrafficForecaster(network, model, version="bench")
     rng = np.random.default_rng(0)
     reporting = [s for s in network.sensor_ids if rng.random() < 0.95]
-    observed = {s: float(v) for s, v in zip(reporting, 40 + 20 * rng.random(len(reporting)))}
+    observed = {s: float(v) for s, v in zip(reporting, 40 + 20 * rng.random(len(reporting)), strict=True)}
     clock = iter(range(STEP_MS, STEP_MS * (repeats + 100), STEP_MS))
     return median_ms(lambda: forecaster.advance(next(clock), observed), repeats), model.sparse
+
+
+def time_advance_with_profile(network: SensorNetwork, hidden: int, repeats: int) -> float:
+    """Median ms of ``advance`` with the profile read, updated online, and a baseline served."""
+    horizons = tuple(range(1, 13))
+    config = TrafficConfig(n_sensors=network.n_sensors, hidden_dim=hidden, horizons=horizons, use_profile=True)
+    rng = np.random.default_rng(1)
+    rows = 14 * 288
+    values = 40 + 20 * rng.random((rows, network.n_sensors))
+    times = np.int64(1_704_067_200_000) + STEP_MS * np.arange(rows)
+    profile = SeasonalProfile.fit(values, np.ones(values.shape, bool), times, profile_slot_ms(STEP_MS),
+                                  step_ms=STEP_MS)
+    sources = ["model"] * 11 + ["hour-of-week"]
+    forecaster = TrafficForecaster(network, TrafficGRU(config, network.adjacency), version="bench", profile=profile,
+                                   sources=sources)
+    reporting = [s for s in network.sensor_ids if rng.random() < 0.95]
+    observed = {s: float(v) for s, v in zip(reporting, 40 + 20 * rng.random(len(reporting)), strict=True)}
+    clock = iter(range(int(times[-1]), int(times[-1]) + STEP_MS * (repeats + 100), STEP_MS))
+    return median_ms(lambda: forecaster.advance(next(clock), observed), repeats)
 
 
 def main() -> None:
@@ -96,7 +118,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), hidden {args.hidden}, batch 1")
     print(f"{'network':<16} {'sensors':>7} {'edges/sensor':>12} {'dense ms':>9} {'sparse ms':>9} "
-          f"{'speed-up':>8} {'advance ms':>10} {'layout':>7}")
+          f"{'speed-up':>8} {'advance ms':>10} {'layout':>7} {'profile ms':>10}")
     started = time.perf_counter()
     large = generated_network(args.large, args.neighbors)
     logger.info("generated network built in %.1f s", time.perf_counter() - started)
@@ -104,10 +126,11 @@ def main() -> None:
         dense = time_step(network, args.hidden, sparse=False, repeats=repeats)
         sparse = time_step(network, args.hidden, sparse=True, repeats=repeats)
         advance, used_sparse = time_advance(network, args.hidden, repeats)
+        with_profile = time_advance_with_profile(network, args.hidden, repeats)
         edges = float((network.adjacency > 0).sum()) / network.n_sensors
         print(f"{network.name:<16} {network.n_sensors:>7} {edges:>12.1f} {dense:>9.3f} "
               f"{sparse:>9.3f} {dense / sparse:>7.1f}x {advance:>10.3f} "
-              f"{'sparse' if used_sparse else 'dense':>7}")
+              f"{'sparse' if used_sparse else 'dense':>7} {with_profile:>10.3f}")
 
 
 if __name__ == "__main__":

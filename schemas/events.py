@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from msgspec import Meta
 from msgspec.structs import force_setattr
@@ -36,7 +36,7 @@ PropertyValue = (
 Speed = Annotated[float, Meta(ge=0.0, le=300.0, description="Same unit as the training data (km/h or mph).")]
 NonNegative = Annotated[float, Meta(ge=0.0)]
 ReadingKind = Literal["speed", "flow", "count", "occupancy"]
-READING_KINDS: tuple[str, ...] = ReadingKind.__args__
+READING_KINDS: tuple[str, ...] = get_args(ReadingKind)
 Unit = Annotated[str, Meta(max_length=32, description="Free text, e.g. mph, km/h, veh/h, passengers/h, %.")]
 
 
@@ -109,7 +109,7 @@ class TrafficReading(Record, kw_only=True):
     def measured(self) -> float:
         """The value as a float whatever the kind (inf for a count beyond the float range)."""
         try:
-            return float(self.value)
+            return float(self.value or 0)
         except OverflowError:
             return math.inf
 

@@ -45,7 +45,8 @@ from models.traffic.incidents import (
     residuals,
     z_scores,
 )
-from models.traffic.inputs import model_inputs, profile_track
+from models.traffic.inputs import model_inputs
+from models.traffic.monitor import calibrate_incidents, seasonal_scores
 from models.traffic.profile import SeasonalProfile
 from models.traffic.training import TrainResult, fit_profile
 from simulation.city import Incident, TrafficConfig, generate_traffic, write_traffic_files
@@ -65,18 +66,21 @@ def incident_report(series: TrafficSeries, direction: str, counts: bool, injecte
     (None: the seasonal profile, gated on two periods of history).
     """
     split = strict_split(series.n_steps)
-    train = series.rows(split.train)
     profile = fit_profile(series, split.train)
-    expected = (profile.leave_one_out(train.speeds, train.mask, train.local_ms()) if forecasts is None
-                else forecasts[split.train])
-    mask = train.mask & np.isfinite(expected)
-    scale = ResidualScale.fit(residuals(train.speeds, expected, counts), mask, train.local_ms(), profile.slot_ms,
-                              minimum=1.0 if counts else 0.0)
     neighbours = neighbour_lists(series.network.adjacency)
-    config = IncidentConfig(direction=direction, counts=counts)
-    val_z, val_ends = _scores(series, split.val, profile, scale, config, forecasts)
-    threshold, val_raised = calibrate_threshold(val_z, val_ends, neighbours, config)
-    config = dataclasses.replace(config, threshold=threshold)
+    if forecasts is None:  # what the checkpoint's monitor does
+        calibration = calibrate_incidents(series, split, profile)
+        config, scale, val_raised = calibration.config, calibration.scale, calibration.validation_incidents
+    else:
+        train = series.rows(split.train)
+        mask = train.mask & np.isfinite(forecasts[split.train])
+        scale = ResidualScale.fit(residuals(train.speeds, forecasts[split.train], counts), mask, train.local_ms(),
+                                  profile.slot_ms, minimum=1.0 if counts else 0.0)
+        config = IncidentConfig(direction=direction, counts=counts)
+        val_z, val_ends = _scores(series, split.val, profile, scale, config, forecasts)
+        threshold, val_raised = calibrate_threshold(val_z, val_ends, neighbours, config)
+        config = dataclasses.replace(config, threshold=threshold)
+    threshold = config.threshold
     test_part = tgcn_split(series.n_steps).test
     test_z, test_ends = _scores(series, test_part, test_profile(series), scale, config, forecasts)
     detector = IncidentDetector(series.network.sensor_ids, neighbours, config, name=series.network.name)
@@ -111,23 +115,12 @@ def one_step_forecasts(result: TrainResult, series: TrafficSeries) -> np.ndarray
 def _scores(series: TrafficSeries, part: slice, profile: SeasonalProfile, scale: ResidualScale,
             config: IncidentConfig, forecasts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """z [windows, sensors] and window ends of ``part`` against the profile (history-gated) or the forecasts."""
+    if forecasts is None:
+        return seasonal_scores(series, part, profile, scale, config)
     rows = series.rows(part)
-    local = rows.local_ms()
     observed = np.where(rows.mask, rows.speeds, np.nan)
-    if forecasts is not None:
-        z = z_scores(observed, forecasts[part], scale.at(local), counts=config.counts)
-        return z, rows.row_ms() + series.step_ms
-    expected = profile_track(rows, profile, 0)
-    per_slot = max(1, profile.slot_ms // series.step_ms)
-    history = np.maximum(profile.week_count[_week_slot(local, profile)],
-                         profile.day_count[(local % DAY_MS) // profile.slot_ms]) / per_slot
-    z = z_scores(observed, expected, scale.at(local), history, config.min_history, config.counts)
+    z = z_scores(observed, forecasts[part], scale.at(rows.local_ms()), counts=config.counts)
     return z, rows.row_ms() + series.step_ms
-
-
-def _week_slot(local: np.ndarray, profile: SeasonalProfile) -> np.ndarray:
-    weekday = (local // DAY_MS + 3) % 7
-    return weekday * profile.slots_per_day + (local % DAY_MS) // profile.slot_ms
 
 
 def _match(events: list[Any], injected: list[Incident], start_ms: int, end_ms: int,

@@ -60,6 +60,8 @@ class StepResult:
     state_reset: bool = False  # the gap was too long: the hidden state restarted from zeros
     unknown_sensors: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()  # per horizon: "model" or the baseline served there
+    seasonal: np.ndarray | None = None  # [sensors] the profile's value for this window (before it folds in)
+    seasonal_history: np.ndarray | None = None  # [sensors] periods (days or weeks) of history behind it
 
 
 class TrafficForecaster:
@@ -86,7 +88,7 @@ class TrafficForecaster:
                  max_gap_windows: int = 12, max_forecast_fill: int = 12,
                  timezone: str | None = None, profile: SeasonalProfile | None = None,
                  sources: Sequence[str] | None = None, input_steps: int = 12,
-                 profile_alpha: float = DEFAULT_ALPHA) -> None:
+                 profile_alpha: float = DEFAULT_ALPHA, kind: str = "speed", unit: str = "") -> None:
         if model is not None and model.config.n_sensors != network.n_sensors:
             raise ModelError(f"model has {model.config.n_sensors} sensors, network "
                              f"{network.name!r} has {network.n_sensors}")
@@ -101,6 +103,7 @@ class TrafficForecaster:
         self.profile = profile.copy() if profile is not None else None
         self.profile_alpha = profile_alpha
         self.input_steps = input_steps
+        self.kind, self.unit = kind, unit  # what the values measure (from the checkpoint)
         self.sources = self._check_sources(sources)
         self.version = served_version(version, self.sources, self.horizons, step_ms) if model is not None else version
         self._fallback = model.config.speed_scale / 2 if model is not None else 0.0
@@ -145,6 +148,8 @@ class TrafficForecaster:
         options.setdefault("step_ms", int(metadata.get("interval_ms") or STEP_MS))
         options.setdefault("timezone", metadata.get("timezone"))
         options.setdefault("input_steps", int(metadata.get("input_steps") or 12))
+        options.setdefault("kind", str(metadata.get("kind") or "speed"))
+        options.setdefault("unit", str(metadata.get("unit") or ""))
         if metadata.get("profile") is not None:
             options.setdefault("profile", _profile_from_metadata(metadata["profile"], network.n_sensors))
         if metadata.get("sources"):
@@ -230,15 +235,20 @@ class TrafficForecaster:
         filled = self._impute(values, reported, expected)
         self._remember(filled)
         forecasts = self._serve(window_end_ms, filled, self._predict(window_end_ms, filled, reported))
-        if self.profile is not None and self.profile_alpha > 0:
-            self.profile.observe(int(self._row_local_ms(window_end_ms)), values, reported, self.profile_alpha)
+        seasonal = history = None
+        if self.profile is not None:
+            local = self._row_local_ms(window_end_ms)
+            seasonal, history = self.profile.expected(local), self.profile.history(local, self.step_ms)
+            if self.profile_alpha > 0:
+                self.profile.observe(int(local), values, reported, self.profile_alpha)
         self._last_values = np.where(reported, values, self._last_values).astype(np.float32)
         self._last_input, self._last_forecast = filled, forecasts
         self._stale = np.where(reported, 0, self._stale + 1).astype(np.uint32)
         self._last_ms = window_end_ms
         return StepResult(window_end_ms=window_end_ms, horizons=self.horizons,
                           forecasts=forecasts, values=filled, imputed=~reported,
-                          expected=expected, stale_windows=self._stale.copy(), sources=self.sources)
+                          expected=expected, stale_windows=self._stale.copy(), sources=self.sources,
+                          seasonal=seasonal, seasonal_history=history)
 
     def _remember(self, filled: np.ndarray) -> None:
         """Keep the last ``input_steps`` fed values (the window-mean baseline's inputs)."""

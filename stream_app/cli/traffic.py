@@ -138,6 +138,9 @@ def train_traffic_command(out: Path, protocol: str, threads: int | None, progres
                      f"{data.step_minutes:g} min, {data.series.kind}"),
             ("validation", f"{format_validation(info['validation'])} {unit} (strict validation split, all horizons)"),
             ("time features", "on" if info["time_features"] else "off"),
+            ("incidents", f"threshold {info['incidents']['threshold']:.2f} (z, {info['incidents']['direction']}), "
+                          f"{info['incidents']['validation_incidents']} raised on validation (budget: one per "
+                          "sensor and week)"),
             ("time", f"{time.monotonic() - started:.0f} s on CPU"), ("checkpoint", str(out))]
     _validation_table(info, data.step_minutes, data.horizons)
     if data.name == "los-loop":

@@ -18,6 +18,7 @@ from models.traffic.evaluation import ModelUnderTest, TrafficReport, traffic_rep
 from models.traffic.forecaster import load_traffic_model
 from models.traffic.graph import SensorNetwork
 from models.traffic.model import TrafficConfig
+from models.traffic.monitor import calibrate_incidents
 from models.traffic.network_files import build_network
 from models.traffic.readings import read_readings, to_series
 from models.traffic.training import TrainConfig, TrainResult, model_version, save_traffic_checkpoint, train_traffic
@@ -154,7 +155,8 @@ def train_traffic_models(data: TrafficData | TrafficSeries, *, protocols: tuple[
     """Train under each protocol in ``protocols``.
 
     ``strict``: train on the first 64 % of rows, early stopping on the next 16 % (validation), which
-    also scores the baselines per horizon and picks what to serve. ``tgcn``: that strict run picks
+    also scores the baselines per horizon, picks what to serve and calibrates the incident monitor
+    (:mod:`models.traffic.monitor`) to the alert budget. ``tgcn``: that strict run picks
     the epoch count and learning-rate schedule, then the model is refitted on the first 80 % (the
     strict run is done once for both; the refit serves the strict run's choices). ``time_features``
     None: on when the training rows span two weeks. Saves ``out[protocol]`` when given. Returns
@@ -171,6 +173,8 @@ def train_traffic_models(data: TrafficData | TrafficSeries, *, protocols: tuple[
     config = TrainConfig(epochs=epochs, patience=patience, learning_rate=lr, seed=seed, progress=progress,
                          input_steps=input_steps)
     strict = _train(series, split, model_config, config)
+    assert strict.profile is not None
+    incidents = calibrate_incidents(series, split, strict.profile)
     runs = {"strict": (strict, split, config, {"protocol": "strict"})}
     if "tgcn" in protocols:
         schedule = tuple(r["lr"] for r in strict.history if "lr" in r)[:max(1, strict.best_epoch)]
@@ -184,13 +188,16 @@ def train_traffic_models(data: TrafficData | TrafficSeries, *, protocols: tuple[
     for protocol in protocols:
         result, part, used, extra = runs[protocol]
         if protocol in out:
-            save_traffic_checkpoint(out[protocol], result, series, part, used, data=data.source, **extra)
+            save_traffic_checkpoint(out[protocol], result, series, part, used, data=data.source,
+                                    incidents=incidents.to_metadata(), **extra)
         trained[protocol] = (result, {
             "version": model_version(result.model, result.profile), "protocol": protocol,
             "best_epoch": result.best_epoch, "strict_best_epoch": strict.best_epoch,
             "epochs_run": len(strict.history) - 1, "validation": strict.val_metrics or {},
             "validation_scores": strict.validation_scores, "sources": strict.sources,
-            "time_features": model_config.use_time_features})
+            "time_features": model_config.use_time_features,
+            "incidents": {"threshold": incidents.config.threshold, "direction": incidents.config.direction,
+                          "validation_incidents": incidents.validation_incidents}})
     return trained
 
 

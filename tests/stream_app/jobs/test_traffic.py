@@ -16,6 +16,7 @@ import torch
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.traffic.forecaster import TrafficForecaster
 from models.traffic.model import CHECKPOINT_KIND
+from models.traffic.monitor import IncidentMonitor
 from models.traffic.scoring import BASELINE_SOURCES, MODEL, choose_sources
 from models.traffic.training import window_predictions
 from simulation.city import TrafficConfig, generate_traffic, write_traffic_files
@@ -118,6 +119,31 @@ def test_served_forecast_falls_back_to_the_average_where_the_model_loses_on_vali
         np.testing.assert_allclose(result.forecasts[:, 1], np.maximum(average, 0), rtol=1e-5)
         np.testing.assert_allclose(result.forecasts[:, [0, 2]], reference.forecasts[:, [0, 2]], rtol=1e-5)
         assert result.sources == (MODEL, best, MODEL)
+
+
+def test_checkpoint_carries_an_incident_monitor_calibrated_on_validation(data: TrafficData, trained) -> None:
+    _, info, path = trained
+    network, series = data.series.network, data.series
+    metadata = load_checkpoint(path, kind=CHECKPOINT_KIND)["metadata"]
+    monitor = IncidentMonitor.from_metadata(metadata, network)
+    config = monitor.calibration.config
+    assert config.counts and config.direction == "both" and config.threshold >= config.min_threshold
+    assert info["incidents"]["threshold"] == config.threshold
+    forecaster = TrafficForecaster.from_checkpoint(path, network)
+    busiest = int(np.argmax(series.speeds[:300].mean(axis=0)))
+    closed = range(450, 454)  # a Friday, 18:00-22:00 local: the station counts nothing
+    events = []
+    for row in range(400, 480):
+        values = series.speeds[row].copy()
+        values[busiest] = 0.0 if row in closed else values[busiest]
+        observed = {s: float(values[i]) for i, s in enumerate(network.sensor_ids) if series.mask[row, i]}
+        events += [(row, e) for e in monitor.update(forecaster.advance(series.start_ms + (row + 1) * HOUR_MS,
+                                                                       observed))]
+    mine = [(row, e) for row, e in events if network.sensor_ids[busiest] in e.sensors]
+    assert [e.status for _, e in mine] == ["raised", "resolved"], mine
+    (raised_at, raised), (resolved_at, resolved) = mine
+    assert closed[0] <= raised_at <= closed[0] + config.depart_windows and raised.score < 0
+    assert resolved.incident_id == raised.incident_id and closed[-1] < resolved_at <= closed[-1] + 8
 
 
 def test_readings_file_errors_name_the_file_the_row_and_the_fix(tmp_path: Path) -> None:

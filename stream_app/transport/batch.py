@@ -59,8 +59,8 @@ class Batch(NamedTuple, Generic[T]):
     state: State
 
 
-class Processor(Protocol[T]):
-    def __call__(self, batch: Batch[T]) -> Outputs: ...
+#: The pipeline: one call per batch, outputs per topic; state changes go through ``batch.state``.
+Processor = Callable[[Batch[T]], Outputs]
 
 
 class PartitionListener(Protocol):

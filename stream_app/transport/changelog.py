@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -171,7 +172,7 @@ async def restore(consumer: AIOKafkaConsumer, plans: Sequence[RestorePlan], time
     return result
 
 
-def _apply(plan: RestorePlan, records: Sequence, orphans: set[bytes]) -> None:
+def _apply(plan: RestorePlan, records: Sequence[Any], orphans: set[bytes]) -> None:
     load, mark = plan.store.load, plan.mark
     for record in records:
         if record.key is None:
@@ -186,7 +187,7 @@ def _finish(plan: RestorePlan, end: int, orphans: set[bytes]) -> None:
     """The store now equals the changelog up to the mark; orphaned keys are rewritten at the next
     flush (their restored value, or a tombstone), so replaying past the orphans gives it too."""
     store = plan.store
-    if orphans:
+    if orphans and plan.mark is not None:  # orphans exist only past a known mark
         store.mark_dirty(orphans)
         store.changelog_end = plan.mark
         log.info("store %s[%d]: %d changelog records past the committed mark %s were orphaned by an earlier "

@@ -47,6 +47,7 @@ class TransportConfig:
     producer_linger_ms: int = 5
     producer_max_batch_bytes: int = 256 * 1024
     transaction_timeout_ms: int = 60_000
+    shutdown_timeout_s: float = 30.0  # the last checkpoint at stop; after it the worker closes dirty
     changelog_replication: int = 1
     # An orphaned changelog record (flushed, offsets not committed) must not be compacted over the
     # committed value it shadows before the next owner restores past it: see changelog.py.

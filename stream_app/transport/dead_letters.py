@@ -22,7 +22,7 @@ from typing import NamedTuple
 from schemas import DeadLetter, Rejection, encode
 
 __all__ = ["Rejected", "KEY_MISMATCH", "PAYLOAD_HEADER", "OMITTED_HEADER", "MAX_EXACT_PAYLOAD",
-           "REJECTION_TYPES", "dead_letter_record", "key_mismatch"]
+           "REJECTION_TYPES", "LetterRecord", "dead_letter_record", "key_mismatch"]
 
 KEY_MISMATCH = "key_mismatch"
 PAYLOAD_HEADER = "dlq.payload"
@@ -44,6 +44,8 @@ class Rejected(NamedTuple):
 REJECTION_TYPES: tuple[type, ...] = (Rejection, Rejected)
 
 Headers = Sequence[tuple[str, bytes]]
+#: A dead letter ready to send: (key, value, headers).
+LetterRecord = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 
 
 def key_mismatch(key: bytes | None, field: str, expected: str) -> Rejected:
@@ -54,8 +56,7 @@ def key_mismatch(key: bytes | None, field: str, expected: str) -> Rejected:
 
 
 def dead_letter_record(*, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                       headers: Headers, reason: str, detail: str, received_at_ms: int
-                       ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+                       headers: Headers, reason: str, detail: str, received_at_ms: int) -> LetterRecord:
     """(key, value, headers) of the dead letter for one rejected record."""
     letter = DeadLetter.from_record(value, key, source_topic=topic, partition=partition, offset=offset,
                                     reason=reason, detail=detail, received_at=received_at_ms)

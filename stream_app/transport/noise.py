@@ -14,7 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["OutageLogFilter", "install_outage_filter", "AIOKAFKA_LOGGERS", "CONNECTION_ERROR_MESSAGES"]
+__all__ = ["OutageLogFilter", "install_outage_filter", "AIOKAFKA_LOGGERS", "CONNECTION_ERROR_MESSAGES",
+           "REQUEST_ERROR_MESSAGES"]
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +25,22 @@ AIOKAFKA_LOGGERS = (
     "aiokafka.producer.sender", "aiokafka.producer.transaction_manager", "aiokafka.admin.client",
 )
 
-#: Beginnings of aiokafka's log templates (``record.msg``, before formatting) that mean "cannot reach a broker".
+#: Beginnings of aiokafka's log templates (``record.msg``, before formatting) that always mean
+#: "cannot reach a broker".
 CONNECTION_ERROR_MESSAGES = (
     'Unable connect to "%s:%s"', "Unable connect to node with id", "Unable to update metadata from",
-    "Failed fetch messages from", "Failed fetch offsets from", "Heartbeat send request failed",
-    "Heartbeat session expired", "Group Coordinator Request failed", "FindCoordinator Request failed",
-    "Cannot send %r to %s", "Could not send %r", "Got error produce response", "Marking the coordinator dead",
-    "Error sending ", "Coordinator dead", "OffsetCommit failed before join",
+    "Heartbeat session expired", "Marking the coordinator dead",
 )
+#: Templates that report any failed request: counted only when their error is a connection failure
+#: (a coordinator still loading at a group's first join is not an outage).
+REQUEST_ERROR_MESSAGES = (
+    "Failed fetch messages from", "Failed fetch offsets from", "Heartbeat send request failed",
+    "Group Coordinator Request failed", "FindCoordinator Request failed", "Cannot send %r to %s",
+    "Could not send %r", "Got error produce response", "OffsetCommit failed before join", "Error sending %s to node",
+)
+_CONNECTION_ERRORS = ("KafkaConnectionError", "NodeNotReadyError", "RequestTimedOutError", "KafkaTimeoutError",
+                      "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "TimeoutError",
+                      "OSError")
 
 
 class OutageLogFilter(logging.Filter):
@@ -83,7 +92,16 @@ class OutageLogFilter(logging.Filter):
     @staticmethod
     def _is_connection_error(record: logging.LogRecord) -> bool:
         message = record.msg if isinstance(record.msg, str) else ""
-        return record.levelno >= logging.WARNING and message.startswith(CONNECTION_ERROR_MESSAGES)
+        if record.levelno < logging.WARNING:
+            return False
+        if message.startswith(CONNECTION_ERROR_MESSAGES):
+            return True
+        return message.startswith(REQUEST_ERROR_MESSAGES) and any(map(_is_connection_failure, record.args or ()))
+
+
+def _is_connection_failure(arg: object) -> bool:
+    kind = arg if isinstance(arg, type) else type(arg)
+    return any(cls.__name__ in _CONNECTION_ERRORS for cls in getattr(kind, "__mro__", ()))
 
 
 _installed: OutageLogFilter | None = None

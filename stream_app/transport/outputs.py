@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -28,7 +29,7 @@ class Delivery:
 
     __slots__ = ("future", "topic", "partition", "count")
 
-    def __init__(self, future: asyncio.Future, topic: str, partition: int, count: int) -> None:
+    def __init__(self, future: asyncio.Future[Any], topic: str, partition: int, count: int) -> None:
         self.future, self.topic, self.partition, self.count = future, topic, partition, count
 
 
@@ -55,7 +56,7 @@ class OutputWriter:
                     partition: int | None = None) -> list[Delivery]:
         """Queue ``(key, value)`` records for ``topic`` (into ``partition`` if given, else by key)."""
         n = await self.partition_count(producer, topic)
-        builders: dict[int, tuple[object, int]] = {}
+        builders: dict[int, tuple[Any, int]] = {}
         queued: list[Delivery] = []
         for key, value in records:
             target = partition if partition is not None else self._partition(key, n)
@@ -108,7 +109,7 @@ class OutputWriter:
         self._next_null_partition = (self._next_null_partition + 1) % n
         return self._next_null_partition
 
-    async def _queue(self, producer: AIOKafkaProducer, builder: object, topic: str, partition: int,
+    async def _queue(self, producer: AIOKafkaProducer, builder: Any, topic: str, partition: int,
                      count: int) -> Delivery:
         future = await producer.send_batch(builder, topic, partition=partition)
         delivery = Delivery(future, topic, partition, count)
@@ -116,6 +117,6 @@ class OutputWriter:
         return delivery
 
 
-def _consume_exception(future: asyncio.Future) -> None:
+def _consume_exception(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # mark retrieved: an aborted batch's error is expected, not "never retrieved"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -108,7 +109,8 @@ def write_snapshot(path: Path, snapshot: Snapshot) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = encode_snapshot(snapshot.store, snapshot.changelog_topic, snapshot.partition,
                           snapshot.changelog_offset, snapshot.data)
-    temporary = path.with_name(path.name + _TEMP_SUFFIX)
+    # A name of its own per writer: a periodic snapshot still being written never shares a file with the next.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}{_TEMP_SUFFIX}")
     with open(temporary, "wb") as file:
         file.write(raw)
         file.flush()
@@ -138,7 +140,7 @@ def read_snapshot(path: Path, *, store: str, changelog_topic: str, partition: in
 def remove_stale_temporaries(state_dir: Path) -> int:
     """Delete temporaries a crash left mid-write; returns how many."""
     removed = 0
-    for temporary in state_dir.glob(f"*.snapshot{_TEMP_SUFFIX}"):
+    for temporary in state_dir.glob(f"*.snapshot.*{_TEMP_SUFFIX}"):
         temporary.unlink(missing_ok=True)
         removed += 1
     return removed

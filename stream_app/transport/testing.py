@@ -17,9 +17,10 @@ import signal
 import struct
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -34,6 +35,8 @@ __all__ = ["CountOutput", "count_processor", "passthrough_processor", "decode_co
            "check_outputs", "main"]
 
 _STATE = struct.Struct("<qq")  # count, sum of ts
+#: A user event or an output as JSON-ready fields.
+Event = dict[str, Any]
 
 
 class CountOutput(msgspec.Struct, frozen=True):
@@ -54,7 +57,7 @@ def decode_count_state(raw: bytes) -> tuple[int, int]:
     return _STATE.unpack(raw)
 
 
-def count_processor(output_topic: str):
+def count_processor(output_topic: str) -> Callable[[Batch[UserEvent]], Outputs]:
     """A processor: per-user running count and ts sum in the default store, one output per event."""
 
     def process(batch: Batch[UserEvent]) -> Outputs:
@@ -78,7 +81,7 @@ def passthrough_processor(batch: Batch[UserEvent]) -> Outputs:
     return {}
 
 
-def make_events(n: int, users: int, seed: int = 0, start_ms: int | None = None) -> list[dict]:
+def make_events(n: int, users: int, seed: int = 0, start_ms: int | None = None) -> list[Event]:
     """``n`` user events with ids ``e<i>``, users ``u<j>`` drawn at random, event times increasing
     (from an hour ago by default: valid for the schema, which refuses future times)."""
     rng = random.Random(seed)
@@ -87,12 +90,12 @@ def make_events(n: int, users: int, seed: int = 0, start_ms: int | None = None) 
             for i in range(n)]
 
 
-def keyed(events: Iterable[dict]) -> list[tuple[bytes, bytes]]:
+def keyed(events: Iterable[Event]) -> list[tuple[bytes, bytes]]:
     """(key, value) input records: each event keyed by its user, as the producers of the app do."""
     return [(e["user_id"].encode(), json.dumps(e).encode()) for e in events]
 
 
-def expected_outputs(events: Iterable[dict]) -> dict[str, dict]:
+def expected_outputs(events: Iterable[Event]) -> dict[str, Event]:
     """The output ``count_processor`` gives each event id on an uninterrupted run."""
     running: dict[str, tuple[int, int]] = defaultdict(lambda: (0, 0))
     expected = {}
@@ -103,7 +106,7 @@ def expected_outputs(events: Iterable[dict]) -> dict[str, dict]:
     return expected
 
 
-def expected_state(events: Iterable[dict]) -> dict[bytes, tuple[int, int]]:
+def expected_state(events: Iterable[Event]) -> dict[bytes, tuple[int, int]]:
     """The store an uninterrupted run ends with: user key -> (count, sum of ts)."""
     state: dict[bytes, tuple[int, int]] = {}
     for e in events:
@@ -120,10 +123,10 @@ class OutputCheck:
     outputs: int
     duplicates: int
     missing: list[str]
-    wrong: list[dict]
+    wrong: list[Event]
 
 
-def check_outputs(values: Iterable[dict], events: Iterable[dict]) -> OutputCheck:
+def check_outputs(values: Iterable[Event], events: Iterable[Event]) -> OutputCheck:
     expected = expected_outputs(events)
     seen: Counter[str] = Counter()
     wrong = []
@@ -137,11 +140,12 @@ def check_outputs(values: Iterable[dict], events: Iterable[dict]) -> OutputCheck
 
 
 def count_transport(config: TransportConfig, output_topic: str, *, check_keys: bool = True,
-                    metrics: TransportMetrics | None = None) -> Transport:
+                    metrics: TransportMetrics | None = None,
+                    before_checkpoint: Callable[[], object] | None = None) -> Transport[UserEvent]:
     """A transport running ``count_processor`` on decoded user events, keys checked against user_id."""
     return Transport(config, decode=decode_events, process=count_processor(output_topic),
                      id_of=(lambda event: event.user_id) if check_keys else None, id_name="user_id",
-                     metrics=metrics)
+                     metrics=metrics, before_checkpoint=before_checkpoint)
 
 
 async def _serve(args: argparse.Namespace) -> None:

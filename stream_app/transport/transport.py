@@ -38,25 +38,42 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 from stream_app.transport.assignor import OwnerAssignor
 from stream_app.transport.batch import Batch, BatchDecoder, Outputs, PartitionListener, Processor, State
 from stream_app.transport.changelog import (
-    RestorePlan, RestoreResult, decode_mark, encode_mark, ensure_changelog_topics, restore, topic_partitions,
+    RestorePlan,
+    RestoreResult,
+    decode_mark,
+    encode_mark,
+    ensure_changelog_topics,
+    restore,
+    topic_partitions,
 )
 from stream_app.transport.config import TransportConfig
-from stream_app.transport.dead_letters import REJECTION_TYPES, Rejected, dead_letter_record, key_mismatch
+from stream_app.transport.dead_letters import (
+    REJECTION_TYPES,
+    LetterRecord,
+    Rejected,
+    dead_letter_record,
+    key_mismatch,
+)
 from stream_app.transport.exceptions import NotLocalError, SnapshotError, TransportError
 from stream_app.transport.metrics import TransportMetrics
 from stream_app.transport.noise import install_outage_filter
 from stream_app.transport.outputs import Delivery, OutputWriter
 from stream_app.transport.partitioning import partition_of
 from stream_app.transport.snapshot import (
-    Snapshot, read_snapshot, remove_stale_temporaries, snapshot_path, write_snapshot,
+    Snapshot,
+    read_snapshot,
+    remove_stale_temporaries,
+    snapshot_path,
+    write_snapshot,
 )
-from stream_app.transport.store import PartitionStore
+from stream_app.transport.store import PartitionStore, RoutedStore
 
 __all__ = ["Transport"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+C = TypeVar("C")
 _NO_OFFSET = -1
 
 
@@ -67,14 +84,19 @@ class Transport(Generic[T]):
     see ``BatchDecoder``); ``process`` is called once per batch (once per partition and batch in
     ``exactly_once``) and returns the outputs per topic; ``id_of`` gives the id a valid record's
     Kafka key must equal (``id_name`` names it in dead letters), so one key's state never splits.
+    ``before_checkpoint`` lets a pipeline that writes its state behind put it into the stores at
+    the start of every checkpoint; ``listener`` tells it when partitions' stores are (re)loaded or
+    dropped, so it forgets what it cached from them.
     """
 
     def __init__(self, config: TransportConfig, *, decode: BatchDecoder, process: Processor[T],
                  id_of: Callable[[T], str] | None = None, id_name: str = "id",
-                 metrics: TransportMetrics | None = None, listener: PartitionListener | None = None) -> None:
+                 metrics: TransportMetrics | None = None, listener: PartitionListener | None = None,
+                 before_checkpoint: Callable[[], object] | None = None) -> None:
         self.config = config
         self._decode = decode
         self._process = process
+        self._before_checkpoint = before_checkpoint
         self._id_of = id_of
         self._id_name = id_name
         self._listener = listener
@@ -89,7 +111,7 @@ class Transport(Generic[T]):
         self._lock = asyncio.Lock()
         self._stop_requested = asyncio.Event()
         self._fatal: BaseException | None = None
-        self._background: set[asyncio.Task] = set()
+        self._background: set[asyncio.Future[None]] = set()
         self._writer = OutputWriter()                      # at_least_once
         self._producer: AIOKafkaProducer | None = None     # at_least_once
         self._txn_producers: dict[int, AIOKafkaProducer] = {}  # exactly_once, per input partition
@@ -105,7 +127,7 @@ class Transport(Generic[T]):
         self._next_checkpoint = 0.0
         self._next_snapshot = 0.0
         self._children = self._metric_children()
-        self._running = False
+        self._commit_failures = 0
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -153,15 +175,18 @@ class Transport(Generic[T]):
         """
         if self._consumer is None:
             await self.start()
-        self._running = True
         clean = False
         try:
             while not self._stop_requested.is_set():
                 await self._step()
             clean = True
         finally:
-            self._running = False
             await self._close(clean)
+
+    async def checkpoint(self) -> bool:
+        """Checkpoint now (as the interval would): True when everything processed is committed."""
+        async with self._lock:
+            return await self._checkpoint("request")
 
     def stop(self) -> None:
         """Ask ``run()`` to finish after the current batch (with a last checkpoint)."""
@@ -171,17 +196,24 @@ class Transport(Generic[T]):
         if self._closed:
             return
         self._closed = True
-        if clean:
-            async with self._lock:
-                if await self._checkpoint("shutdown"):
-                    await self._snapshot_stores(self._owned_stores(), wait=True)
-        if self._background:
+        if self._background:  # earlier snapshots first, so the last one written is the newest
             await asyncio.gather(*self._background, return_exceptions=True)
+        if clean:
+            try:
+                await asyncio.wait_for(self._final_checkpoint(), self.config.shutdown_timeout_s)
+            except TimeoutError:
+                log.warning("no checkpoint at shutdown within %.0f s (is the broker reachable?): the next owner "
+                            "resumes from the last committed one", self.config.shutdown_timeout_s)
         for client in (self._consumer, self._restorer, self._producer, *self._txn_producers.values()):
             if client is not None:
                 await _quietly(client.stop())
         if self._admin is not None:
             await _quietly(self._admin.close())
+
+    async def _final_checkpoint(self) -> None:
+        async with self._lock:
+            if await self._checkpoint("shutdown"):
+                await self._snapshot_stores(self._owned_stores(), wait=True)
 
     # ------------------------------------------------------------------ queries
 
@@ -203,6 +235,11 @@ class Transport(Generic[T]):
                                 f"{self.owner_of(partition) or 'no worker yet'}")
         return self._stores[store or self.config.store_names[0]][partition].get(key)
 
+    def store_view(self, store: str | None = None) -> RoutedStore:
+        """The owned partitions of a store as one ``StateStore`` routed by key (after ``start()``),
+        for a pipeline built with a single store."""
+        return self._started(self._state).routed(store)
+
     def items(self, store: str | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) of a store on the partitions this worker owns."""
         for partition_store in list(self._stores[store or self.config.store_names[0]].values()):
@@ -214,7 +251,7 @@ class Transport(Generic[T]):
         if self._fatal is not None:
             raise TransportError(f"transport {self.config.name!r} cannot continue") from self._fatal
         try:
-            fetched = await self._consumer.getmany(timeout_ms=self.config.fetch_timeout_ms,
+            fetched = await self._started(self._consumer).getmany(timeout_ms=self.config.fetch_timeout_ms,
                                                    max_records=self.config.max_records)
         except KafkaError as exc:
             if not exc.retriable:
@@ -233,7 +270,7 @@ class Transport(Generic[T]):
     async def _handle(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         now_ms = int(time.time() * 1000)
         valid_by_partition: dict[int, list[T]] = {}
-        letters_by_partition: dict[int, list[tuple[bytes | None, bytes, list]]] = {}
+        letters_by_partition: dict[int, list[LetterRecord]] = {}
         reasons: Counter[str] = Counter()
         consumed = 0
         for tp, raw in fetched.items():
@@ -269,13 +306,13 @@ class Transport(Generic[T]):
         return raw
 
     def _screen(self, partition: int, raw: list[ConsumerRecord], now_ms: int, reasons: Counter[str]
-                ) -> tuple[list[T], list[tuple[bytes | None, bytes, list]]]:
+                ) -> tuple[list[T], list[LetterRecord]]:
         """Decode; rejections and key mismatches become dead letters, the rest is returned."""
         results = self._decoded(raw)
         valid: list[T] = []
-        letters = []
+        letters: list[LetterRecord] = []
         id_of = self._id_of
-        for record, result in zip(raw, results):
+        for record, result in zip(raw, results, strict=True):
             rejection = result if type(result) in REJECTION_TYPES else None
             if rejection is None and id_of is not None:
                 expected = id_of(result)
@@ -307,17 +344,17 @@ class Transport(Generic[T]):
         except Exception as exc:
             return Rejected("undecodable", f"decoder raised {exc!r}"[:500])
 
-    async def _process_at_least_once(self, valid: dict[int, list[T]], letters: dict[int, list]) -> None:
+    async def _process_at_least_once(self, valid: dict[int, list[T]], letters: dict[int, list[LetterRecord]]
+                                     ) -> None:
         outputs = self._call(valid)
         try:
             await self._write(self._producer, self._writer, outputs, [x for group in letters.values() for x in group])
         except KafkaError as exc:
             self._children["fail_deliver"].inc()
             log.error("could not queue outputs (%r): rewinding to the committed offsets and reloading state", exc)
-            await self._replace_producer()
-            await self._reload(sorted(self._ready))
+            await self._recover(sorted(self._ready), replace_producer=True)
 
-    async def _process_exactly_once(self, partition: int, valid: list[T], letters: list) -> None:
+    async def _process_exactly_once(self, partition: int, valid: list[T], letters: list[LetterRecord]) -> None:
         try:
             producer = await self._begin(partition)
         except Exception as exc:
@@ -333,11 +370,12 @@ class Transport(Generic[T]):
         if not any(valid.values()):
             return {}
         started = time.perf_counter()
-        outputs = self._process(Batch(valid, self._state))
+        outputs = self._process(Batch(valid, self._started(self._state)))
         self._children["process_seconds"].observe(time.perf_counter() - started)
         return outputs
 
-    async def _write(self, producer: AIOKafkaProducer, writer: OutputWriter, outputs: Outputs, letters: list) -> None:
+    async def _write(self, producer: AIOKafkaProducer, writer: OutputWriter, outputs: Outputs,
+                     letters: list[LetterRecord]) -> None:
         for topic, records in outputs.items():
             deliveries = await writer.write(producer, topic, records)
             self.metrics.outputs.labels(topic=topic).inc(sum(d.count for d in deliveries))
@@ -349,6 +387,8 @@ class Transport(Generic[T]):
     async def _checkpoint(self, reason: str) -> bool:
         """Flush state, wait for every send, commit offsets; True when everything committed."""
         self._next_checkpoint = time.monotonic() + self.config.commit_interval_s
+        if self._before_checkpoint is not None:
+            self._before_checkpoint()
         if self._consumer is None or (not self._progressed and not self._in_txn and not self._dirty_partitions()):
             return True
         started = time.perf_counter()
@@ -374,18 +414,22 @@ class Transport(Generic[T]):
             self._children["fail_deliver"].inc()
             log.error("checkpoint: a record batch was not delivered (%r); rewinding to the committed offsets "
                       "and reloading state", exc)
-            await self._replace_producer()
-            await self._reload(sorted(self._ready))
+            await self._recover(sorted(self._ready), replace_producer=True)
             return False
         self._apply_changelog_ends(changelog)
         offsets = await self._offsets_to_commit(partitions)
         try:
-            await self._consumer.commit(offsets)
+            await self._started(self._consumer).commit(offsets)
         except KafkaError as exc:
             self._children["fail_commit"].inc()
-            log.warning("checkpoint: offset commit failed (%r); outputs and state are flushed, the next "
-                        "checkpoint commits again", exc)
+            self._commit_failures += 1
+            level = logging.WARNING if self._commit_failures == 1 else logging.DEBUG
+            log.log(level, "checkpoint: offset commit failed (%r); outputs and state are flushed, the next "
+                    "checkpoint commits again (further failures in a row are counted, not logged)", exc)
             return False
+        if self._commit_failures:
+            log.warning("offsets committed again after %d failed commits", self._commit_failures)
+            self._commit_failures = 0
         self._progressed.difference_update(partitions)
         return True
 
@@ -393,7 +437,7 @@ class Transport(Generic[T]):
         partitions = sorted((self._progressed | self._in_txn | self._dirty_partitions()) - self._lost)
         results = await asyncio.gather(*(self._commit_transaction(p) for p in partitions), return_exceptions=True)
         committed = True
-        for partition, result in zip(partitions, results):
+        for partition, result in zip(partitions, results, strict=True):
             if isinstance(result, BaseException):
                 committed = False
                 await self._transaction_failed(partition, result)
@@ -409,8 +453,30 @@ class Transport(Generic[T]):
             return
         self._children["fail_deliver"].inc()
         log.error("transaction of partition %d failed (%r): aborting, rewinding, reloading its state", partition, exc)
-        await self._abort(partition)
-        await self._reload([partition])
+        await self._recover([partition], abort=True)
+
+    async def _recover(self, partitions: Sequence[int], *, replace_producer: bool = False, abort: bool = False
+                       ) -> None:
+        """Undo uncommitted work: new producer or aborted transaction, stores reloaded, input rewound.
+        Every step needs the broker: while it is unreachable, retry (with backoff) until it answers."""
+        delay = 0.5
+        while True:
+            try:
+                if replace_producer:
+                    await self._replace_producer()
+                    replace_producer = False
+                if abort:
+                    for partition in partitions:
+                        await self._abort(partition)
+                    abort = False
+                await self._reload(partitions)
+                return
+            except KafkaError as exc:
+                if self._stop_requested.is_set():
+                    raise
+                log.debug("recovery needs the broker (%r); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _commit_transaction(self, partition: int) -> None:
         producer = await self._begin(partition)
@@ -464,8 +530,9 @@ class Transport(Generic[T]):
     def _new_producer(self, transactional_id: str | None = None) -> AIOKafkaProducer:
         config = self.config
         return AIOKafkaProducer(acks="all", enable_idempotence=True, transactional_id=transactional_id,
-                                transaction_timeout_ms=config.transaction_timeout_ms, linger_ms=config.producer_linger_ms,
-                                max_batch_size=config.producer_max_batch_bytes, **config.client_options)
+                                transaction_timeout_ms=config.transaction_timeout_ms,
+                                linger_ms=config.producer_linger_ms, max_batch_size=config.producer_max_batch_bytes,
+                                **config.client_options)
 
     def _transactional_id(self, partition: int) -> str:
         return f"{self.config.group}-{self.config.input_topic}-{partition}"
@@ -476,7 +543,11 @@ class Transport(Generic[T]):
         if partition in self._txn_producers:
             return
         producer = self._new_producer(self._transactional_id(partition))
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await _quietly(producer.stop())
+            raise
         self._txn_producers[partition] = producer
         self._txn_writers[partition] = OutputWriter()
 
@@ -517,16 +588,23 @@ class Transport(Generic[T]):
         self._progressed.discard(partition)
         await self._drop_txn_producer(partition)
         self._drop_stores([partition], keep=False)
+        if self._listener is not None:
+            self._listener.on_revoked(frozenset([partition]))
         try:
-            self._consumer.pause(TopicPartition(self.config.input_topic, partition))
+            self._started(self._consumer).pause(TopicPartition(self.config.input_topic, partition))
         except Exception:  # already unassigned
             pass
 
     async def _replace_producer(self) -> None:
         """A failed delivery may leave an idempotent producer unusable (its sequence broken): start a new one."""
         self._writer.forget()
-        old, self._producer = self._producer, self._new_producer()
-        await self._producer.start()
+        fresh = self._new_producer()
+        try:
+            await fresh.start()
+        except BaseException:
+            await _quietly(fresh.stop())
+            raise
+        old, self._producer = self._producer, fresh
         if old is not None:
             await _quietly(old.stop())
 
@@ -548,11 +626,18 @@ class Transport(Generic[T]):
         async with self._lock:
             if self._closed:
                 return
-            try:
-                await self._assign(partitions)
-            except Exception as exc:  # aiokafka only logs listener errors: make the loop raise it
-                self._fatal = exc
-                raise
+            delay = 0.5
+            while True:
+                try:
+                    await self._assign(partitions)
+                    return
+                except KafkaError as exc:  # the broker went away mid-restore: try again when it answers
+                    log.warning("restoring partitions %s failed (%r); retrying in %.1f s", partitions, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                except Exception as exc:  # aiokafka only logs listener errors: make the loop raise it
+                    self._fatal = exc
+                    raise
 
     async def _assign(self, partitions: list[int]) -> None:
         self._lost.clear()
@@ -587,7 +672,7 @@ class Transport(Generic[T]):
                 if committed[partition][0] == _NO_OFFSET:
                     mark = 0  # nothing committed yet: everything in the changelog is orphaned
                 plans.append(self._plan(name, partition, mark, reuse_standby))
-        self.last_restore = await restore(self._restorer, plans)
+        self.last_restore = await restore(self._started(self._restorer), plans)
         for plan in plans:
             self._stores[plan.store.name][plan.store.partition] = plan.store
             key = (plan.store.name, plan.store.partition)
@@ -597,7 +682,8 @@ class Transport(Generic[T]):
             await self._seek(partition, committed[partition][0])
             self._ready.add(partition)
             self._progressed.discard(partition)
-        self._children["restore_seconds"].observe(time.perf_counter() - started)
+        self.last_restore.seconds = time.perf_counter() - started  # snapshot files and committed offsets too
+        self._children["restore_seconds"].observe(self.last_restore.seconds)
         log.info("restored partitions %s of %s: %d snapshot entries, %d changelog records read in %.2f s", partitions,
                  self.config.input_topic, sum(self.last_restore.snapshot_entries.values()),
                  self.last_restore.total_read, self.last_restore.seconds)
@@ -629,7 +715,7 @@ class Transport(Generic[T]):
     async def _committed(self, partitions: Sequence[int]) -> dict[int, tuple[int, dict[str, int] | None]]:
         """Committed input offset (-1: none) and changelog marks of each partition."""
         tps = [TopicPartition(self.config.input_topic, p) for p in partitions]
-        found = await self._admin.list_consumer_group_offsets(self.config.group, partitions=tps)
+        found = await self._started(self._admin).list_consumer_group_offsets(self.config.group, partitions=tps)
         result = {}
         for tp in tps:
             entry = found.get(tp)
@@ -644,13 +730,13 @@ class Transport(Generic[T]):
         tp = TopicPartition(self.config.input_topic, partition)
         if offset == _NO_OFFSET:
             if self.config.auto_offset_reset == "latest":
-                await self._consumer.seek_to_end(tp)
+                await self._started(self._consumer).seek_to_end(tp)
                 self._expected.pop(partition, None)  # unknown until the first record
             else:
-                await self._consumer.seek_to_beginning(tp)
+                await self._started(self._consumer).seek_to_beginning(tp)
                 self._expected[partition] = 0
         else:
-            self._consumer.seek(tp, offset)
+            self._started(self._consumer).seek(tp, offset)
             self._expected[partition] = offset
 
     def _drop_stores(self, partitions: Sequence[int], *, keep: bool) -> None:
@@ -681,6 +767,12 @@ class Transport(Generic[T]):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    @staticmethod
+    def _started(client: C | None) -> C:
+        if client is None:
+            raise TransportError("the transport is not started: await start() first")
+        return client
+
     # ------------------------------------------------------------------ metrics
 
     def _metric_children(self) -> dict[str, Any]:
@@ -708,8 +800,8 @@ class Transport(Generic[T]):
             self.metrics.dead_letters.labels(topic=self.config.input_topic, reason=reason).inc(count)
 
 
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, transport: Transport) -> None:
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, transport: Transport[Any]) -> None:
         self._transport = transport
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -748,8 +840,8 @@ def _fenced(producer: AIOKafkaProducer | None) -> bool:
             and isinstance(task.exception(), ProducerFenced))
 
 
-async def _quietly(closing: Any) -> None:
+async def _quietly(closing: Any, timeout_s: float = 10.0) -> None:
     try:
-        await closing
-    except Exception as exc:  # closing after a failure: nothing left to save
+        await asyncio.wait_for(closing, timeout_s)  # a client closing during an outage may wait on the broker
+    except (TimeoutError, Exception) as exc:  # closing after a failure: nothing left to save
         log.debug("error while closing a client: %r", exc)

@@ -181,7 +181,7 @@ class WorkerProcess:
     def log_path(self) -> Path:
         return self.state_dir.with_suffix(".log")
 
-    def start(self, timeout_s: float = 30.0) -> "WorkerProcess":
+    def start(self, timeout_s: float = 30.0) -> WorkerProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "started.json").unlink(missing_ok=True)
         k = self.kafka

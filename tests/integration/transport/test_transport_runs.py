@@ -13,7 +13,12 @@ from prometheus_client import CollectorRegistry
 
 from stream_app.transport import PAYLOAD_HEADER, Transport, TransportMetrics
 from stream_app.transport.testing import (
-    check_outputs, count_transport, decode_count_state, expected_state, keyed, make_events,
+    check_outputs,
+    count_transport,
+    decode_count_state,
+    expected_state,
+    keyed,
+    make_events,
 )
 
 pytestmark = pytest.mark.integration
@@ -72,8 +77,10 @@ def restore_only(kafka, state_dir: Path) -> tuple[Transport, dict]:
 def test_a_run_gives_one_output_per_record_and_state_and_offsets_that_match(kafka_topics, tmp_path: Path):
     events = make_events(3000, users=80, seed=1)
     kafka_topics.produce(keyed(events))
+    checkpoints_started = []
 
-    transport, state = run_to_end(kafka_topics, tmp_path / "state")
+    transport, state = run_to_end(kafka_topics, tmp_path / "state",
+                                  before_checkpoint=lambda: checkpoints_started.append(1))
 
     check = check_outputs(kafka_topics.outputs(), events)
     assert (check.outputs, check.duplicates, check.missing, check.wrong) == (3000, 0, [], [])
@@ -82,6 +89,7 @@ def test_a_run_gives_one_output_per_record_and_state_and_offsets_that_match(kafk
     group = transport.config.group
     assert kafka_topics.committed(group) == kafka_topics.end_offsets(kafka_topics.topic("in"))
     assert transport.checkpoints >= 1
+    assert len(checkpoints_started) >= transport.checkpoints, "the pipeline's write-behind hook ran first"
 
 
 def test_e_restore_reads_only_the_changelog_tail_after_an_intact_snapshot(kafka_topics, tmp_path: Path):

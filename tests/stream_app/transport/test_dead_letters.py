@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 
 from stream_app.transport.dead_letters import (
-    MAX_EXACT_PAYLOAD, OMITTED_HEADER, PAYLOAD_HEADER, dead_letter_record, key_mismatch,
+    MAX_EXACT_PAYLOAD,
+    OMITTED_HEADER,
+    PAYLOAD_HEADER,
+    dead_letter_record,
+    key_mismatch,
 )
 
 
@@ -39,5 +43,6 @@ def test_incoming_dlq_headers_are_not_forwarded_as_ours() -> None:
 
 def test_key_mismatch_names_both_sides() -> None:
     assert key_mismatch(b"u2", "user_id", "u1").reason == "key_mismatch"
-    assert "b'u2'" in key_mismatch(b"u2", "user_id", "u1").detail and "'u1'" in key_mismatch(b"u2", "user_id", "u1").detail
+    detail = key_mismatch(b"u2", "user_id", "u1").detail
+    assert "b'u2'" in detail and "'u1'" in detail
     assert "null" in key_mismatch(None, "user_id", "u1").detail

@@ -15,8 +15,8 @@ class Clock:
         return self.now
 
 
-def _record(msg: str, level: int = logging.ERROR) -> logging.LogRecord:
-    return logging.LogRecord("aiokafka.client", level, __file__, 1, msg, ("127.0.0.1", 9092, "refused"), None)
+def _record(msg: str, level: int = logging.ERROR, args: tuple = ("127.0.0.1", 9092, "refused")) -> logging.LogRecord:
+    return logging.LogRecord("aiokafka.client", level, __file__, 1, msg, args, None)
 
 
 def test_one_line_per_outage_then_a_summary(caplog) -> None:
@@ -56,3 +56,14 @@ def test_a_quiet_outage_with_nothing_suppressed_ends_silently(caplog) -> None:
         noise.tick()
     assert caplog.text == ""
     assert not noise.in_outage
+
+
+def test_request_errors_count_only_when_the_broker_cannot_be_reached() -> None:
+    from aiokafka.errors import GroupCoordinatorNotAvailableError, KafkaConnectionError
+
+    noise = OutageLogFilter(quiet_s=5.0, clock=Clock())
+    starting_group = _record("Group Coordinator Request failed: %s", args=(GroupCoordinatorNotAvailableError(),))
+    assert noise.filter(starting_group) and not noise.in_outage, "a coordinator still loading is no outage"
+    unreachable = _record("Group Coordinator Request failed: %s", args=(KafkaConnectionError("refused"),))
+    assert noise.filter(unreachable) and noise.in_outage
+    assert not noise.filter(_record("Failed fetch messages from %s: %s", args=(1, KafkaConnectionError("refused"))))

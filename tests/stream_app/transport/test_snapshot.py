@@ -8,7 +8,12 @@ import pytest
 
 from stream_app.transport.exceptions import SnapshotError
 from stream_app.transport.snapshot import (
-    Snapshot, decode_snapshot, encode_snapshot, read_snapshot, remove_stale_temporaries, snapshot_path,
+    Snapshot,
+    decode_snapshot,
+    encode_snapshot,
+    read_snapshot,
+    remove_stale_temporaries,
+    snapshot_path,
     write_snapshot,
 )
 
@@ -70,7 +75,7 @@ def test_rewrite_replaces_the_previous_snapshot(tmp_path: Path) -> None:
 
 
 def test_stale_temporaries_are_removed(tmp_path: Path) -> None:
-    (tmp_path / "s-0.snapshot.tmp").write_bytes(b"half a snapshot")
+    (tmp_path / "s-0.snapshot.123-456.tmp").write_bytes(b"half a snapshot")
     (tmp_path / "s-1.snapshot").write_bytes(_raw())
 
     assert remove_stale_temporaries(tmp_path) == 1

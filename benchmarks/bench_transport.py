@@ -189,16 +189,17 @@ def make_passthrough(config: TransportConfig) -> Callable[[Callable], Transport]
                                       id_name="user_id")
 
 
-def make_count(config: TransportConfig, output: str) -> Callable[[Callable], Transport]:
+def make_count(config: TransportConfig, output: str, state_padding: int = 0) -> Callable[[Callable], Transport]:
     return lambda counting: Transport(config, decode=per_record(decode_user_event),
-                                      process=counting(count_processor(output)), id_of=lambda e: e.user_id,
-                                      id_name="user_id")
+                                      process=counting(count_processor(output, state_padding)),
+                                      id_of=lambda e: e.user_id, id_name="user_id")
 
 
 # --------------------------------------------------------------------------- restore
 
-async def measure_restore(bootstrap: str, users: int, partitions: int, work: Path) -> dict:
-    """A store of ``users`` keys: restore time from the whole changelog, then from a snapshot."""
+async def measure_restore(bootstrap: str, users: int, value_bytes: int, partitions: int, work: Path) -> dict:
+    """A store of ``users`` keys of ``value_bytes`` each: restore time from the whole changelog, then
+    from a snapshot (the whole restore: snapshot files read, offsets looked up, changelog tail read)."""
     prefix = f"restore-{uuid.uuid4().hex[:6]}-"
     topic, output = f"{prefix}in", f"{prefix}out"
     await create_topics(bootstrap, [topic, output, f"{topic}-dead-letters"], partitions)
@@ -206,10 +207,12 @@ async def measure_restore(bootstrap: str, users: int, partitions: int, work: Pat
     events = [{"event_id": f"e{i}", "user_id": f"u{i}", "ts": start_ms + i, "action": "view"} for i in range(users)]
     await preload(bootstrap, topic, keyed(events))
     config = _transport_config(bootstrap, topic, f"{prefix}app", work / "a")
-    await drain_transport(config, make_count(config, output), users)  # builds the changelog, snapshots at stop
+    padding = max(0, value_bytes - 16)
+    await drain_transport(config, make_count(config, output, padding), users)  # the changelog; snapshots at stop
     results = {}
     for label, state_dir in (("whole changelog", work / "b"), ("snapshot + tail", work / "a")):
-        transport = count_transport(_transport_config(bootstrap, topic, f"{prefix}app", state_dir), output)
+        transport = count_transport(_transport_config(bootstrap, topic, f"{prefix}app", state_dir), output,
+                                    state_padding=padding)
         await transport.start()
         task = asyncio.create_task(transport.run())
         while not all(transport.is_local(p) for p in range(partitions)):
@@ -244,7 +247,8 @@ async def run(args: argparse.Namespace, bootstrap: str, work: Path) -> tuple[lis
             result = Result(reader, repeat, args.events, wall, cpu)
             results.append(result)
             log.info("repeat %d %-22s %9.0f events/s %6.1f CPU us/event", repeat, reader, result.rate, result.cpu_us)
-    restore = await measure_restore(bootstrap, args.restore_users, args.partitions, work) if args.restore_users else {}
+    restore = (await measure_restore(bootstrap, args.restore_users, args.restore_value_bytes, args.partitions, work)
+               if args.restore_users else {})
     return results, restore
 
 
@@ -272,7 +276,8 @@ def print_table(rows: list[dict], restore: dict, args: argparse.Namespace) -> No
         print(f"| {row['reader']} | {row['events_per_s']:,} | {row['ratio_to_raw']:.2f} | "
               f"{row['cpu_us_per_event']:.1f} | {', '.join(f'{r:,}' for r in row['runs'])} |")
     if restore:
-        print(f"\nrestore of {args.restore_users:,} keys ({args.partitions} partitions)\n")
+        print(f"\nrestore of {args.restore_users:,} keys of {args.restore_value_bytes:,} bytes "
+              f"({args.partitions} partitions)\n")
         print("| from | seconds | changelog records read | snapshot entries | keys restored |")
         print("|---|---:|---:|---:|---:|")
         for label, r in restore.items():
@@ -291,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="simulation seed")
     parser.add_argument("--restore-users", type=int, default=100_000,
                         help="keys in the restore measurement; 0 skips it (default 100000)")
+    parser.add_argument("--restore-value-bytes", type=int, default=1024,
+                        help="bytes per stored value in the restore measurement (default 1024: a user's "
+                             "GRU state and window are about that size)")
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -69,36 +69,35 @@ def decode_snapshot(raw: bytes) -> Snapshot:
     """Parse snapshot bytes; ``SnapshotError`` says what is wrong with them."""
     if len(raw) < len(MAGIC) + 16 or not raw.startswith(MAGIC):
         raise SnapshotError("not a state snapshot (bad magic or too short)")
-    body, (crc,) = memoryview(raw)[:-4], _U32.unpack_from(raw, len(raw) - 4)
-    if zlib.crc32(body) != crc:
+    end = len(raw) - 4
+    (crc,) = _U32.unpack_from(raw, end)
+    if zlib.crc32(memoryview(raw)[:end]) != crc:
         raise SnapshotError("checksum mismatch (file truncated or corrupt)")
     try:
-        return _parse_body(body)
+        return _parse_body(raw, end)
     except (struct.error, ValueError, KeyError, TypeError) as exc:  # only reachable past a matching CRC
         raise SnapshotError(f"malformed snapshot body: {exc}") from exc
 
 
-def _parse_body(body: memoryview) -> Snapshot:
+def _parse_body(raw: bytes, end: int) -> Snapshot:
     at = len(MAGIC)
-    (header_len,) = _U32.unpack_from(body, at)
+    (header_len,) = _U32.unpack_from(raw, at)
     at += 4
-    header = json.loads(bytes(body[at:at + header_len]))
+    header = json.loads(raw[at:at + header_len])
     at += header_len
     if header.get("version") != FORMAT_VERSION:
         raise SnapshotError(f"snapshot format version {header.get('version')!r}, expected {FORMAT_VERSION}")
-    (count,) = _U64.unpack_from(body, at)
+    (count,) = _U64.unpack_from(raw, at)
     at += 8
     data: dict[bytes, bytes] = {}
     unpack = _U32.unpack_from
-    for _ in range(count):
-        (key_len,) = unpack(body, at)
-        key = bytes(body[at + 4:at + 4 + key_len])
-        at += 4 + key_len
-        (value_len,) = unpack(body, at)
-        data[key] = bytes(body[at + 4:at + 4 + value_len])
-        at += 4 + value_len
-    if at != len(body):
-        raise SnapshotError(f"snapshot has {len(body) - at} bytes after its {count} entries")
+    for _ in range(count):  # slicing the bytes object copies each key and value once
+        key_end = at + 4 + unpack(raw, at)[0]
+        value_end = key_end + 4 + unpack(raw, key_end)[0]
+        data[raw[at + 4:key_end]] = raw[key_end + 4:value_end]
+        at = value_end
+    if at != end:
+        raise SnapshotError(f"snapshot has {end - at} bytes more or less than its {count} entries")
     return Snapshot(store=header["store"], changelog_topic=header["changelog_topic"],
                     partition=int(header["partition"]), changelog_offset=int(header["changelog_offset"]),
                     data=data)

@@ -54,11 +54,14 @@ decode_events = per_record(decode_user_event)
 
 def decode_count_state(raw: bytes) -> tuple[int, int]:
     """(count, sum of ts) from a stored value."""
-    return _STATE.unpack(raw)
+    count, total = _STATE.unpack_from(raw)
+    return count, total
 
 
-def count_processor(output_topic: str) -> Callable[[Batch[UserEvent]], Outputs]:
-    """A processor: per-user running count and ts sum in the default store, one output per event."""
+def count_processor(output_topic: str, state_padding: int = 0) -> Callable[[Batch[UserEvent]], Outputs]:
+    """A processor: per-user running count and ts sum in the default store, one output per event.
+    ``state_padding`` bytes are added to every stored value (a realistic state size for benchmarks)."""
+    padding = bytes(state_padding)
 
     def process(batch: Batch[UserEvent]) -> Outputs:
         out = []
@@ -67,9 +70,9 @@ def count_processor(output_topic: str) -> Callable[[Batch[UserEvent]], Outputs]:
             for event in events:
                 key = event.user_id.encode()
                 raw = store.get(key)
-                count, total = _STATE.unpack(raw) if raw is not None else (0, 0)
+                count, total = _STATE.unpack_from(raw) if raw is not None else (0, 0)
                 count, total = count + 1, total + event.ts
-                store[key] = _STATE.pack(count, total)
+                store[key] = _STATE.pack(count, total) + padding
                 out.append((key, _encode(CountOutput(event.event_id, event.user_id, count, total))))
         return {output_topic: out}
 
@@ -140,10 +143,10 @@ def check_outputs(values: Iterable[Event], events: Iterable[Event]) -> OutputChe
 
 
 def count_transport(config: TransportConfig, output_topic: str, *, check_keys: bool = True,
-                    metrics: TransportMetrics | None = None,
-                    before_checkpoint: Callable[[], object] | None = None) -> Transport[UserEvent]:
+                    metrics: TransportMetrics | None = None, before_checkpoint: Callable[[], object] | None = None,
+                    state_padding: int = 0) -> Transport[UserEvent]:
     """A transport running ``count_processor`` on decoded user events, keys checked against user_id."""
-    return Transport(config, decode=decode_events, process=count_processor(output_topic),
+    return Transport(config, decode=decode_events, process=count_processor(output_topic, state_padding),
                      id_of=(lambda event: event.user_id) if check_keys else None, id_name="user_id",
                      metrics=metrics, before_checkpoint=before_checkpoint)
 

@@ -193,7 +193,7 @@ def main() -> None:
         run(load_traffic_data("los-loop"), protocols, args.out, "below", False, None, **hyper)
         return
     counts = args.network == "counts"
-    config = TrafficConfig(network=f"city-{args.network}", n_sensors=args.sensors, seed=args.seed,
+    config = TrafficConfig(network="city-counts" if counts else "city-speeds", n_sensors=args.sensors, seed=args.seed,
                            duration_hours=args.weeks * 168, interval_ms=3_600_000 if counts else 300_000,
                            measure="count" if counts else "speed", count_scale=0.0001 if counts else 1.0,
                            incident_rate_per_day=0.0 if counts else 3.0, dropout_prob=0.01)

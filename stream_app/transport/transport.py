@@ -59,6 +59,7 @@ from stream_app.transport.metrics import TransportMetrics
 from stream_app.transport.noise import install_outage_filter
 from stream_app.transport.outputs import Delivery, OutputWriter
 from stream_app.transport.partitioning import partition_of
+from stream_app.transport.producers import PartitionProducers, close_quietly, new_producer
 from stream_app.transport.snapshot import (
     Snapshot,
     read_snapshot,
@@ -114,9 +115,7 @@ class Transport(Generic[T]):
         self._background: set[asyncio.Future[None]] = set()
         self._writer = OutputWriter()                      # at_least_once
         self._producer: AIOKafkaProducer | None = None     # at_least_once
-        self._txn_producers: dict[int, AIOKafkaProducer] = {}  # exactly_once, per input partition
-        self._txn_writers: dict[int, OutputWriter] = {}
-        self._in_txn: set[int] = set()
+        self._txn = PartitionProducers(config)              # exactly_once
         self._consumer: AIOKafkaConsumer | None = None
         self._restorer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
@@ -154,7 +153,7 @@ class Transport(Generic[T]):
                                           isolation_level="read_committed", **config.client_options)
         await self._restorer.start()
         if not config.exactly_once:
-            self._producer = self._new_producer()
+            self._producer = new_producer(self.config)
             await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             group_id=config.group, enable_auto_commit=False, auto_offset_reset=config.auto_offset_reset,
@@ -204,11 +203,12 @@ class Transport(Generic[T]):
             except TimeoutError:
                 log.warning("no checkpoint at shutdown within %.0f s (is the broker reachable?): the next owner "
                             "resumes from the last committed one", self.config.shutdown_timeout_s)
-        for client in (self._consumer, self._restorer, self._producer, *self._txn_producers.values()):
+        await self._txn.close()
+        for client in (self._consumer, self._restorer, self._producer):
             if client is not None:
-                await _quietly(client.stop())
+                await close_quietly(client.stop())
         if self._admin is not None:
-            await _quietly(self._admin.close())
+            await close_quietly(self._admin.close())
 
     async def _final_checkpoint(self) -> None:
         async with self._lock:
@@ -252,7 +252,7 @@ class Transport(Generic[T]):
             raise TransportError(f"transport {self.config.name!r} cannot continue") from self._fatal
         try:
             fetched = await self._started(self._consumer).getmany(timeout_ms=self.config.fetch_timeout_ms,
-                                                   max_records=self.config.max_records)
+                                                                  max_records=self.config.max_records)
         except KafkaError as exc:
             if not exc.retriable:
                 raise
@@ -356,13 +356,13 @@ class Transport(Generic[T]):
 
     async def _process_exactly_once(self, partition: int, valid: list[T], letters: list[LetterRecord]) -> None:
         try:
-            producer = await self._begin(partition)
+            producer = await self._txn.begin(partition)
         except Exception as exc:
             await self._transaction_failed(partition, exc)
             return
         outputs = self._call({partition: valid})
         try:
-            await self._write(producer, self._txn_writers[partition], outputs, letters)
+            await self._write(producer, self._txn.writers[partition], outputs, letters)
         except Exception as exc:
             await self._transaction_failed(partition, exc)
 
@@ -389,7 +389,8 @@ class Transport(Generic[T]):
         self._next_checkpoint = time.monotonic() + self.config.commit_interval_s
         if self._before_checkpoint is not None:
             self._before_checkpoint()
-        if self._consumer is None or (not self._progressed and not self._in_txn and not self._dirty_partitions()):
+        idle = not self._progressed and not self._txn.in_transaction and not self._dirty_partitions()
+        if self._consumer is None or idle:
             return True
         started = time.perf_counter()
         if self.config.exactly_once:
@@ -434,7 +435,7 @@ class Transport(Generic[T]):
         return True
 
     async def _checkpoint_exactly_once(self) -> bool:
-        partitions = sorted((self._progressed | self._in_txn | self._dirty_partitions()) - self._lost)
+        partitions = sorted((self._progressed | self._txn.in_transaction | self._dirty_partitions()) - self._lost)
         results = await asyncio.gather(*(self._commit_transaction(p) for p in partitions), return_exceptions=True)
         committed = True
         for partition, result in zip(partitions, results, strict=True):
@@ -447,7 +448,7 @@ class Transport(Generic[T]):
 
     async def _transaction_failed(self, partition: int, exc: BaseException) -> None:
         """Fenced: give the partition up. Otherwise: abort, rewind to committed, reload its stores."""
-        if isinstance(exc, ProducerFenced) or _fenced(self._txn_producers.get(partition)):
+        if isinstance(exc, ProducerFenced) or self._txn.fenced(partition):
             self._children["fail_fenced"].inc()
             await self._fence(partition)
             return
@@ -467,7 +468,7 @@ class Transport(Generic[T]):
                     replace_producer = False
                 if abort:
                     for partition in partitions:
-                        await self._abort(partition)
+                        await self._txn.abort(partition)
                     abort = False
                 await self._reload(partitions)
                 return
@@ -479,8 +480,8 @@ class Transport(Generic[T]):
                 delay = min(delay * 2, 10.0)
 
     async def _commit_transaction(self, partition: int) -> None:
-        producer = await self._begin(partition)
-        writer = self._txn_writers[partition]
+        producer = await self._txn.begin(partition)
+        writer = self._txn.writers[partition]
         changelog = await self._flush_changelog(producer, writer, [partition])
         await writer.acknowledged()
         self._apply_changelog_ends(changelog)
@@ -488,7 +489,7 @@ class Transport(Generic[T]):
         if offsets:
             await producer.send_offsets_to_transaction(offsets, self.config.group)
         await producer.commit_transaction()
-        self._in_txn.discard(partition)
+        self._txn.committed(partition)
 
     async def _flush_changelog(self, producer: AIOKafkaProducer, writer: OutputWriter, partitions: Sequence[int]
                                ) -> dict[tuple[str, int], list[Delivery]]:
@@ -525,60 +526,7 @@ class Transport(Generic[T]):
     def _dirty_partitions(self) -> set[int]:
         return {p for stores in self._stores.values() for p, store in stores.items() if store.dirty_count}
 
-    # ------------------------------------------------------------------ exactly_once producers
-
-    def _new_producer(self, transactional_id: str | None = None) -> AIOKafkaProducer:
-        config = self.config
-        return AIOKafkaProducer(acks="all", enable_idempotence=True, transactional_id=transactional_id,
-                                transaction_timeout_ms=config.transaction_timeout_ms,
-                                linger_ms=config.producer_linger_ms, max_batch_size=config.producer_max_batch_bytes,
-                                **config.client_options)
-
-    def _transactional_id(self, partition: int) -> str:
-        return f"{self.config.group}-{self.config.input_topic}-{partition}"
-
-    async def _ensure_txn_producer(self, partition: int) -> None:
-        """Start the partition's producer: its InitProducerId fences any earlier owner and ends its open
-        transaction, before this worker reads the partition's committed offsets."""
-        if partition in self._txn_producers:
-            return
-        producer = self._new_producer(self._transactional_id(partition))
-        try:
-            await producer.start()
-        except BaseException:
-            await _quietly(producer.stop())
-            raise
-        self._txn_producers[partition] = producer
-        self._txn_writers[partition] = OutputWriter()
-
-    async def _begin(self, partition: int) -> AIOKafkaProducer:
-        producer = self._txn_producers[partition]
-        if partition not in self._in_txn:
-            await producer.begin_transaction()
-            self._in_txn.add(partition)
-        return producer
-
-    async def _abort(self, partition: int) -> None:
-        """End the partition's transaction without effect; a producer that cannot abort is replaced."""
-        producer = self._txn_producers.get(partition)
-        self._txn_writers.get(partition, OutputWriter()).forget()
-        if producer is None:
-            return
-        if partition in self._in_txn:
-            try:
-                await producer.abort_transaction()
-            except Exception as exc:
-                log.warning("abort of partition %d failed (%r): replacing its producer", partition, exc)
-                await self._drop_txn_producer(partition)
-                await self._ensure_txn_producer(partition)
-        self._in_txn.discard(partition)
-
-    async def _drop_txn_producer(self, partition: int) -> None:
-        producer = self._txn_producers.pop(partition, None)
-        self._txn_writers.pop(partition, None)
-        self._in_txn.discard(partition)
-        if producer is not None:
-            await _quietly(producer.stop())
+    # ------------------------------------------------------------------ exactly_once fencing
 
     async def _fence(self, partition: int) -> None:
         """Another worker took this partition: drop it (its state and producer) until the next rebalance."""
@@ -586,7 +534,7 @@ class Transport(Generic[T]):
                     "rebalance", partition, self.config.input_topic)
         self._lost.add(partition)
         self._progressed.discard(partition)
-        await self._drop_txn_producer(partition)
+        await self._txn.drop(partition)
         self._drop_stores([partition], keep=False)
         if self._listener is not None:
             self._listener.on_revoked(frozenset([partition]))
@@ -598,15 +546,15 @@ class Transport(Generic[T]):
     async def _replace_producer(self) -> None:
         """A failed delivery may leave an idempotent producer unusable (its sequence broken): start a new one."""
         self._writer.forget()
-        fresh = self._new_producer()
+        fresh = new_producer(self.config)
         try:
             await fresh.start()
         except BaseException:
-            await _quietly(fresh.stop())
+            await close_quietly(fresh.stop())
             raise
         old, self._producer = self._producer, fresh
         if old is not None:
-            await _quietly(old.stop())
+            await close_quietly(old.stop())
 
     # ------------------------------------------------------------------ rebalance and restore
 
@@ -641,11 +589,8 @@ class Transport(Generic[T]):
 
     async def _assign(self, partitions: list[int]) -> None:
         self._lost.clear()
-        if self.config.exactly_once:
-            for partition in set(self._txn_producers) - set(partitions):
-                await self._drop_txn_producer(partition)
-            for partition in partitions:
-                await self._ensure_txn_producer(partition)
+        if self.config.exactly_once:  # fences earlier owners before their committed offsets are read
+            await self._txn.keep_only(partitions)
         await self._load(partitions, reuse_standby=True)
         leaving = {name: {p: s for p, s in stores.items() if p not in partitions}
                    for name, stores in self._standby.items()}
@@ -830,18 +775,3 @@ def _past_markers(consumer: AIOKafkaConsumer, tp: TopicPartition, processed: int
     except AttributeError:  # another aiokafka layout: the processed position is always right
         return processed
     return max(processed, position)
-
-
-def _fenced(producer: AIOKafkaProducer | None) -> bool:
-    """Whether a producer died of ProducerFenced. aiokafka surfaces the fence on the first waiter only
-    and then fails later calls with assertion errors, so the sender task's own exception is read."""
-    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
-    return (task is not None and task.done() and not task.cancelled()
-            and isinstance(task.exception(), ProducerFenced))
-
-
-async def _quietly(closing: Any, timeout_s: float = 10.0) -> None:
-    try:
-        await asyncio.wait_for(closing, timeout_s)  # a client closing during an outage may wait on the broker
-    except (TimeoutError, Exception) as exc:  # closing after a failure: nothing left to save
-        log.debug("error while closing a client: %r", exc)

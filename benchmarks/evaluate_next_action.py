@@ -1,132 +1,143 @@
-"""Train the next-action model on a shared data set and compare it with the baselines on test."""
+"""Next-action model against its baselines on the shared data sets, and event logs of other kinds.
+
+    python benchmarks/evaluate_next_action.py --data foursquare [--split time|last] [--json F] [--markdown F]
+    python benchmarks/evaluate_next_action.py --derive categories --out fsq-categories.csv
+    python benchmarks/evaluate_next_action.py --derive first-visits --out fsq-first-visits.csv
+    python benchmarks/evaluate_next_action.py --derive habits --out habits.csv
+    python benchmarks/evaluate_next_action.py --derive ratings --out ratings.csv
+
+Training and scoring are `stream-app evaluate next-action` (the same job, defaults chosen from the
+data's shape); this script adds the model before training ("same model untrained") as a reference
+row, and writes the logs of other kinds the defaults are checked on, derived from Foursquare or
+simulated: check-in categories (a POI's id bucketed into 10 categories, its place kept), first
+visits only (every check-in a POI the user never visited before: a log that never repeats), and
+``simulation.users.habit_events`` logs (10 habitual actions with bursts; ratings never repeated).
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from models.next_action.datasets import ActionDataset, Split, load_diginetica, load_foursquare, merge_validation
-from models.next_action.evaluation import (EvaluationResult, evaluate_next_action, markdown_table, paired_bootstrap,
-                               training_runs)
+from models.next_action.datasets import load_foursquare
+from models.next_action.evaluation import evaluate_next_action, training_runs
 from models.next_action.features import FeatureSpec, Vocabulary
-from models.next_action.model import NextActionConfig, NextActionModel
-from models.next_action.training import load_next_action, save_next_action, train_next_action
+from models.next_action.model import NextActionConfig
+from models.next_action.training import load_next_action, prepare_model, save_next_action
+from simulation.users import HabitConfig, habit_events
+from stream_app.jobs import shared_folder
+from stream_app.jobs.next_action import evaluate_actions, load_action_data, parse_ks, train_actions
 
-__all__ = ["CONFIGS", "main"]
+__all__ = ["main", "derive"]
 
 logger = logging.getLogger(__name__)
 
-MODEL = "GRU + window copy + transitions (trained)"
 UNTRAINED = "same model untrained (epoch 0)"
-CONFIGS = {
-    "foursquare": (NextActionConfig(vocab_size=1, embed_dim=64, hidden_dim=128, n_cell_buckets=4096, cell_dim=16,
-                                    window_size=200, window_span_s=365 * 86_400.0, dropout=0.2),
-                   dict(epochs=5, lr=2e-3, patience=2)),
-    "diginetica": (NextActionConfig(vocab_size=1, embed_dim=32, hidden_dim=64, attn_dim=32, use_location=False,
-                                    window_size=50, window_span_s=86_400.0, dropout=0.3),
-                   dict(epochs=30, lr=3e-3, patience=5)),
-}
+DERIVED = ("categories", "first-visits", "habits", "ratings")
+_CATEGORIES = 10
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    config, train_args = CONFIGS[args.dataset]
-    if args.epochs is not None:
-        train_args = {**train_args, "epochs": args.epochs}
+    if args.derive:
+        rows = derive(args.derive, args.data_dir)
+        _write_csv(args.out, rows)
+        print(f"wrote {len(rows)} events of {len({r['user_id'] for r in rows})} users to {args.out}")
+        return 0
     started = time.monotonic()
-    if args.dataset == "foursquare":
-        data = load_foursquare(args.data_dir / "foursquare-nyc" if args.data_dir else None)
-    else:
-        data = load_diginetica(args.data_dir / "diginetica-sample" if args.data_dir else None)
+    data = load_action_data(args.data, data_dir=args.data_dir, split=args.split, action_field=args.action_field)
     if args.load:
         loaded = load_next_action(args.load)
         model, metadata = loaded.model, loaded.metadata
-        data = merge_validation(data) if args.dataset == "diginetica" else data
-    elif args.dataset == "foursquare":
-        model, metadata = _train(data, config, train_args, args)
     else:
-        model, metadata, data = _train_then_refit(data, config, train_args, args)
-    result = _evaluate(data, model, metadata, args.seed)
+        model, metadata = train_actions(data, seed=args.seed, epochs=args.epochs, progress=not args.no_progress)
+    report = evaluate_actions(data, model, metadata, ks=parse_ks(args.k))
+    untrained = _untrained(data, metadata, args.seed)
+    report.result.add(UNTRAINED, untrained.ranks[UNTRAINED], untrained.nll[UNTRAINED])
     seconds = time.monotonic() - started
-    print(_report(args.dataset, result, metadata, seconds))
+    print(report.markdown())
+    print(f"{seconds:.0f} s in all")
     if args.checkpoint:
         save_next_action(args.checkpoint, model, metadata)
     if args.json:
-        args.json.write_text(json.dumps({"metrics": result.metrics, "seconds": seconds,
-                                         "best_epoch": metadata["best_epoch"], "version": metadata["version"]},
-                                        indent=2))
+        args.json.write_text(json.dumps({**report.as_json(), "seconds_all": seconds}, indent=2))
+    if args.markdown:
+        args.markdown.write_text(report.markdown())
     return 0
 
 
-def _evaluate(data: ActionDataset, model: NextActionModel, metadata: dict[str, Any], seed: int) -> EvaluationResult:
-    """Test metrics of the baselines, the model, and the same model before training (its epoch 0)."""
+def _untrained(data, metadata: dict, seed: int):  # type: ignore[no-untyped-def]
+    """The model at its initialization (the seed training starts from), transitions filled."""
     vocab, spec = Vocabulary.from_list(metadata["vocabulary"]), FeatureSpec.from_dict(metadata["features"])
-    result = evaluate_next_action(data.sequences, vocab, spec, Split.TEST, model=model, model_name=MODEL)
-    torch.manual_seed(seed)  # the initialization train_next_action starts from
-    untrained = NextActionModel(NextActionConfig.from_dict(metadata["config"]))
-    untrained.set_transitions(training_runs(data.sequences, vocab))
-    extra = evaluate_next_action(data.sequences, vocab, spec, Split.TEST, model=untrained.eval(),
-                                 model_name=UNTRAINED, baselines=False)
-    result.add(UNTRAINED, extra.ranks[UNTRAINED], extra.nll[UNTRAINED])
-    return result
+    torch.manual_seed(seed)
+    model = prepare_model(NextActionConfig.from_dict(metadata["config"]), vocab, spec,
+                          training_runs(data.dataset.sequences, vocab)).eval()
+    return evaluate_next_action(data.scored.sequences, vocab, spec, model=model, model_name=UNTRAINED,
+                                baselines=False)
+
+
+def derive(kind: str, data_dir: Path | None = None) -> list[dict]:
+    """The events of a derived log (see the module doc), in time order."""
+    if kind in ("habits", "ratings"):
+        config = HabitConfig(n_users=600, events_per_user=80, seed=7) if kind == "habits" else \
+            HabitConfig(n_users=600, events_per_user=60, n_actions=3_000, favourites=3, repeat=False, seed=7)
+        return [{"user_id": e["user_id"], "ts": e["ts"], "action": e["action"]} for e in habit_events(config)]
+    dataset = load_foursquare(shared_folder("foursquare", data_dir), split="time")
+    rows = []
+    for seq in dataset.sequences:
+        seen: set[str] = set()
+        for event in seq.events:
+            if kind == "first-visits" and event.token in seen:
+                continue
+            seen.add(event.token)
+            action = f"category-{int(event.token) % _CATEGORIES}" if kind == "categories" else event.token
+            rows.append({"user_id": seq.key, "ts": event.ts_ms, "action": action, "lat": event.lat, "lon": event.lon})
+    return sorted(rows, key=lambda r: (r["ts"], r["user_id"]))
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    fields = ["user_id", "ts", "action"] + (["lat", "lon"] if rows and "lat" in rows[0] else [])
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dataset", choices=sorted(CONFIGS), required=True)
-    parser.add_argument("--epochs", type=int, default=None, help="override the data set's epoch budget")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None, help="foursquare, diginetica, generated or an event file")
+    parser.add_argument("--split", choices=["time", "last"], default="time")
+    parser.add_argument("--action-field", default="action", choices=["action", "item_id", "category"])
+    parser.add_argument("--k", default="1,5,10,20", help="Acc@k cut-offs (default 1,5,10,20)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the epoch budget of the defaults")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--data-dir", type=Path, default=None,
-                        help="folder holding foursquare-nyc/ and diginetica-sample/ "
-                             "(default: $STREAM_APP_DATA_DIR, else ../shared/data)")
+                        help="folder holding foursquare-nyc/ and diginetica-sample/ (default: the app's search path)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="also save the trained model here")
-    parser.add_argument("--load", type=Path, default=None,
-                        help="evaluate this checkpoint (written by --checkpoint) instead of training")
-    parser.add_argument("--json", type=Path, default=None, help="also write the metrics here")
+    parser.add_argument("--load", type=Path, default=None, help="evaluate this checkpoint instead of training")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the markdown report here")
+    parser.add_argument("--derive", choices=DERIVED, default=None, help="write a derived event log instead")
+    parser.add_argument("--out", type=Path, default=None, help="with --derive: the CSV file to write")
     parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
-
-
-def _train(data: ActionDataset, config: NextActionConfig, train_args: dict[str, Any],
-           args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    return train_next_action(data, config, seed=args.seed, progress=not args.no_progress, **train_args)
-
-
-def _train_then_refit(data: ActionDataset, config: NextActionConfig, train_args: dict[str, Any],
-                      args: argparse.Namespace) -> tuple[Any, dict[str, Any], ActionDataset]:
-    """Pick the epoch count on validation, then refit on train + validation (SR-GNN's training part)."""
-    _, first = _train(data, config, train_args, args)
-    merged = merge_validation(data)
-    refit_args = {**train_args, "epochs": max(1, first["best_epoch"])}
-    model, metadata = _train(merged, config, refit_args, args)
-    metadata["validation"], metadata["selection_history"] = first["validation"], first["history"]
-    return model, metadata, merged
-
-
-def _report(dataset: str, result: EvaluationResult, metadata: dict[str, Any], seconds: float) -> str:
-    lines = [f"## {dataset}: test split, {int(result.metrics[MODEL]['n'])} targets "
-             f"(model {metadata['version']}, best epoch {metadata['best_epoch']}, {seconds:.0f} s)", "",
-             markdown_table(result.metrics, with_se=dataset == "diginetica"), "",
-             "Paired bootstrap (10,000 resamples, 95 %) of model minus baseline:"]
-    for baseline in result.metrics:
-        if baseline == MODEL:
-            continue
-        cells = []
-        for metric in ("acc@1", "acc@10", "acc@20", "mrr", "mrr@20"):
-            diff, low, high = paired_bootstrap(result.ranks[MODEL], result.ranks[baseline], metric=metric)
-            cells.append(f"{metric} {diff:+.3f} [{low:+.3f}, {high:+.3f}]")
-        lines.append(f"- vs {baseline}: " + "; ".join(cells))
-    return "\n".join(lines)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each epoch")
+    args = parser.parse_args(argv)
+    if args.derive and args.out is None:
+        parser.error("--derive needs --out FILE")
+    if not args.derive and args.data is None:
+        parser.error("give --data (or --derive KIND --out FILE)")
+    return args
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ _MASKED = -1e9
 _MIN_PROB = 1e-12
 _MS_PER_HOUR = 3_600_000.0
 _EARTH_RADIUS_KM = 6371.0088
-_N_PAIR = 8
+_N_PAIR = 10
 COMPONENTS = ("generate", "copy", "transition", "profile")
 
 
@@ -50,14 +50,20 @@ class NextActionConfig:
     window_size: int = 200
     window_span_s: float = 365 * 86_400.0
     dropout: float = 0.2
+    # Units of a hidden layer between the output state and the generate logits (0: linear logits).
+    head_dim: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "embed_dim", "hidden_dim", "n_cell_buckets", "cell_dim", "attn_dim",
+        if self.cell_dim < 0:
+            raise ModelError(f"NextActionConfig.cell_dim must be >= 0 (0: no cell embedding), got {self.cell_dim}")
+        for name in ("vocab_size", "embed_dim", "hidden_dim", "n_cell_buckets", "attn_dim",
                      "pair_dim", "window_size"):
             if getattr(self, name) < 1:
                 raise ModelError(f"NextActionConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.window_span_s <= 0:
             raise ModelError(f"NextActionConfig.window_span_s must be > 0, got {self.window_span_s}")
+        if self.head_dim < 0:
+            raise ModelError(f"NextActionConfig.head_dim must be >= 0, got {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ModelError(f"NextActionConfig.dropout must be in [0, 1), got {self.dropout}")
 
@@ -75,15 +81,19 @@ class NextActionConfig:
 
 @dataclass(frozen=True)
 class _WindowView:
-    """Each position's window, newest first: tokens, attention logits and validity [batch, time, window]."""
+    """Each position's window, newest first: tokens, the copy and read attention logits and
+    validity [batch, time, window], and the read values [batch, time, window, embed]."""
 
     tokens: Tensor
     scores: Tensor
+    read_scores: Tensor
+    values: Tensor
     valid: Tensor
 
     def select(self, rows: Tensor, cols: Tensor) -> "_WindowView":
         """Positions (rows[i], cols[i]) as [n, 1, window]."""
-        return _WindowView(*(t[rows, cols].unsqueeze(1) for t in (self.tokens, self.scores, self.valid)))
+        return _WindowView(*(t[rows, cols].unsqueeze(1) for t in (self.tokens, self.scores, self.read_scores,
+                                                                   self.values, self.valid)))
 
 
 @dataclass(frozen=True)
@@ -131,15 +141,19 @@ class NextActionModel(nn.Module):
         self.cell_embedding = nn.Embedding(c.n_cell_buckets + 1, cell_dim, padding_idx=0) if cell_dim else None
         self.input_gates = nn.Linear(c.embed_dim + cell_dim + N_DENSE, 3 * c.hidden_dim)
         self.hidden_gates = nn.Linear(c.hidden_dim, 3 * c.hidden_dim)
-        self.query = nn.Linear(c.hidden_dim, c.attn_dim)
-        self.key = nn.Linear(c.embed_dim + cell_dim + len(STATIC_DENSE), c.attn_dim)
-        self.pair_bias = nn.Sequential(nn.Linear(_N_PAIR, c.pair_dim), nn.Tanh(), nn.Linear(c.pair_dim, 1))
+        # Two attentions over the window share its keys' inputs: copy (scattered onto the window's
+        # tokens) and read (a weighted sum of values, an input of the output state).
+        self.query = nn.Linear(c.hidden_dim, 2 * c.attn_dim)
+        self.key = nn.Linear(c.embed_dim + cell_dim + len(STATIC_DENSE), 2 * c.attn_dim + c.embed_dim)
+        self.pair_bias = nn.Sequential(nn.Linear(_N_PAIR, c.pair_dim), nn.Tanh(), nn.Linear(c.pair_dim, 2))
         self.profile_query = nn.Linear(c.hidden_dim, c.attn_dim)
         self.profile_key = nn.Linear(c.embed_dim, c.attn_dim)
         self.profile_sharpness = nn.Parameter(torch.ones(()))
         self.repeat_bias = nn.Parameter(torch.zeros(()))
-        self.generate_head = nn.Linear(c.hidden_dim + c.embed_dim, c.vocab_size)
-        self.gate_layer = nn.Linear(c.hidden_dim + c.embed_dim + 3, len(COMPONENTS))
+        state_dim = c.hidden_dim + 2 * c.embed_dim
+        self.head_layer = nn.Sequential(nn.Linear(state_dim, c.head_dim), nn.Tanh()) if c.head_dim else None
+        self.generate_head = nn.Linear(c.head_dim or state_dim, c.vocab_size)
+        self.gate_layer = nn.Linear(state_dim + 3, len(COMPONENTS))
         self.dropout = nn.Dropout(c.dropout)
         self.register_buffer("dense_mask", _dense_mask(c), persistent=False)
         # Global (token -> next token) counts from the training data, sorted by token * vocab + next.
@@ -261,7 +275,7 @@ class NextActionModel(nn.Module):
             leave_out = targets[:, None] if leave_one_out else None
             mixed = self._mixture(out, view, current, context, leave_out=leave_out)
             return torch.log(mixed.gather(2, targets[:, None, None]).clamp_min(_MIN_PROB))[:, 0, 0]
-        state = self._output_state(out, context.profile)
+        state = self._output_state(out, context.profile, view)
         logits = self._generate_logits(state, context.profile)
         p_generate = torch.softmax(logits, dim=-1).gather(2, targets[:, None, None])
         p_copy = (self._copy_weights(view) * (view.tokens == targets[:, None, None])).sum(-1, keepdim=True)
@@ -329,7 +343,8 @@ class NextActionModel(nn.Module):
         return torch.cat(parts, dim=-1)
 
     def _keys(self, events: EventTensors) -> Tensor:
-        """Attention keys from each event alone (token, time of day/week, place): [*lead, attn]."""
+        """Copy keys, read keys and read values from each event alone (token, time of day/week,
+        place): [*lead, 2 attn + embed]."""
         parts = [self.token_embedding(events.tokens)]
         if self.cell_embedding is not None:
             parts.append(self.cell_embedding(events.cells))
@@ -345,9 +360,12 @@ class NextActionModel(nn.Module):
         flat = index.clamp_min(0).reshape(-1)
         events = batch.map(lambda t: t[:, flat].reshape(n_batch, n_time - first, len(offset), *t.shape[2:]))
         events = replace(events, mask=events.mask & (index >= 0))
-        all_scores = self.query(out) @ self._keys(batch).transpose(1, 2)
-        scores = all_scores.gather(2, index.clamp_min(0).expand(n_batch, -1, -1))
-        return self._window_view(batch.map(lambda t: t[:, first:].unsqueeze(2)), events, scores, offset)
+        keys, query, a = self._keys(batch), self.query(out), self.config.attn_dim
+        at = index.clamp_min(0).expand(n_batch, -1, -1)
+        scores = torch.stack([(query[..., h * a:(h + 1) * a] @ keys[..., h * a:(h + 1) * a].transpose(1, 2)).gather(2, at)
+                              for h in range(2)], dim=-1)
+        values = keys[:, flat, 2 * a:].reshape(n_batch, n_time - first, len(offset), -1)
+        return self._window_view(batch.map(lambda t: t[:, first:].unsqueeze(2)), events, scores, values, offset)
 
     def _windows_at(self, batch: EventTensors, out: Tensor, rows: Tensor, cols: Tensor, width: int) -> _WindowView:
         """The windows of positions (rows[i], cols[i]) of the padded sequence [batch, time] as
@@ -366,32 +384,40 @@ class NextActionModel(nn.Module):
 
         events = batch.map(lambda t: take(t, flat).reshape(n, 1, width, *t.shape[2:]))
         events = replace(events, mask=events.mask & (index >= 0).unsqueeze(1))
-        keys = take(self._keys(batch), flat).reshape(n, width, -1)
-        scores = torch.einsum("na,nwa->nw", self.query(out), keys).unsqueeze(1)
+        keys, a = take(self._keys(batch), flat).reshape(n, width, -1), self.config.attn_dim
+        query = self.query(out).reshape(n, 2, a)
+        scores = torch.einsum("nha,nwha->nwh", query, keys[..., :2 * a].reshape(n, width, 2, a)).unsqueeze(1)
         current = batch.map(lambda t: take(t, here)[:, None, None])
-        return self._window_view(current, events, scores, offset)
+        return self._window_view(current, events, scores, keys[..., 2 * a:].unsqueeze(1), offset)
 
     def _given_window(self, current: EventTensors, window: EventTensors, out: Tensor) -> _WindowView:
         """A streaming window [batch, window] (oldest first) as a newest-first [batch, 1, window] view."""
         window = window.map(lambda t: t[:, -self.config.window_size:].flip(1).unsqueeze(1))
-        scores = torch.einsum("bta,btwa->btw", self.query(out), self._keys(window))
+        keys, a = self._keys(window), self.config.attn_dim
+        query = self.query(out).unflatten(-1, (2, a))
+        scores = torch.einsum("btha,btwha->btwh", query, keys[..., :2 * a].unflatten(-1, (2, a)))
         offset = torch.arange(window.tokens.shape[2], device=out.device)
-        return self._window_view(current.map(lambda t: t.unsqueeze(2)), window, scores, offset)
+        return self._window_view(current.map(lambda t: t.unsqueeze(2)), window, scores, keys[..., 2 * a:], offset)
 
-    def _window_view(self, current: EventTensors, events: EventTensors, scores: Tensor,
+    def _window_view(self, current: EventTensors, events: EventTensors, scores: Tensor, values: Tensor,
                      offset: Tensor) -> _WindowView:
-        """Current event [batch, time, 1] against its window events [batch, time, window]."""
+        """Current event [batch, time, 1] against its window events [batch, time, window]; scores
+        [batch, time, window, 2] (copy, read) before the pairwise terms."""
         span_ms = int(round(self.config.window_span_s * 1000.0))
         valid = current.mask & events.mask & (events.ts_ms > current.ts_ms - span_ms)
         scores = scores / math.sqrt(self.config.attn_dim)
-        scores = scores + self.pair_bias(self._pair_features(current, events, valid, offset)).squeeze(-1)
-        return _WindowView(tokens=events.tokens, scores=scores, valid=valid)
+        scores = scores + self.pair_bias(self._pair_features(current, events, valid, offset))
+        return _WindowView(tokens=events.tokens, scores=scores[..., 0], read_scores=scores[..., 1], values=values,
+                           valid=valid)
 
     def _pair_features(self, current: EventTensors, events: EventTensors, valid: Tensor,
                        offset: Tensor) -> Tensor:
         """Per (position, window event): log age in hours, log offset, log km apart, both located,
         same token as the current event, its predecessor in the window was the current token
-        (the user's own transition), hour-of-day and weekday similarity. [batch, time, window, 8]."""
+        (the user's own transition), hour-of-day and weekday similarity, log hours since its
+        predecessor in the window and whether it has one there (a long pause marks the start of a
+        session; only the window is read, so streaming and training see the same).
+        [batch, time, window, 10]."""
         age_h = (current.ts_ms - events.ts_ms).clamp_min(0).double() / _MS_PER_HOUR
         age = torch.log1p(age_h).float() * float(self.config.use_time)
         rank = torch.log1p(offset.float()).expand_as(age)
@@ -404,7 +430,13 @@ class NextActionModel(nn.Module):
         cur, ev = current.dense * self.dense_mask, events.dense * self.dense_mask
         hour = cur[..., 0] * ev[..., 0] + cur[..., 1] * ev[..., 1]
         weekday = cur[..., 2] * ev[..., 2] + cur[..., 3] * ev[..., 3]
-        return torch.stack([age, rank, km, located, same.float(), followed.float(), hour, weekday], dim=-1)
+        has_older = torch.zeros_like(valid)
+        has_older[..., :-1] = valid[..., 1:] & valid[..., :-1]
+        pause_h = torch.zeros_like(age_h)
+        pause_h[..., :-1] = (events.ts_ms[..., :-1] - events.ts_ms[..., 1:]).clamp_min(0).double() / _MS_PER_HOUR
+        pause = torch.log1p(pause_h).float() * has_older * float(self.config.use_time)
+        return torch.stack([age, rank, km, located, same.float(), followed.float(), hour, weekday, pause,
+                            has_older.float()], dim=-1)
 
     # -- distributions and gates --------------------------------------------------------------
 
@@ -416,7 +448,7 @@ class NextActionModel(nn.Module):
                  leave_out: Tensor | None = None) -> Tensor:
         """The gated mixture of the four distributions [batch, time, vocab] (probabilities);
         ``leave_out`` [batch, time]: target ids whose own pair leaves the transition counts."""
-        state = self._output_state(out, context.profile)
+        state = self._output_state(out, context.profile, view)
         totals = self.transition_totals[current]
         if leave_out is not None:
             totals = totals - (self._transition_count(current, leave_out) > 0).to(totals.dtype)
@@ -432,18 +464,23 @@ class NextActionModel(nn.Module):
             mixed = mixed / mixed.sum(-1, keepdim=True).clamp_min(_MIN_PROB)
         return mixed
 
-    def _output_state(self, out: Tensor, profile: ProfileTensors | None) -> Tensor:
-        """The GRU state with the profile's summary (its probability-weighted token embedding):
-        [*lead, hidden + embed]."""
+    def _output_state(self, out: Tensor, profile: ProfileTensors | None, view: _WindowView) -> Tensor:
+        """The GRU state with the window's read (its events' values weighted by the read
+        attention) and the profile's summary (its probability-weighted token embedding):
+        [*lead, hidden + 2 embed]."""
+        weights = torch.softmax(view.read_scores.masked_fill(~view.valid, _MASKED), dim=-1) * view.valid
+        read = (weights.unsqueeze(-1) * view.values).sum(-2)
         if profile is None:
-            return torch.cat([out, out.new_zeros(*out.shape[:-1], self.config.embed_dim)], dim=-1)
-        summary = (profile.probs.unsqueeze(-1) * self.token_embedding(profile.ids)).sum(-2)
-        return torch.cat([out, summary], dim=-1)
+            summary = out.new_zeros(*out.shape[:-1], self.config.embed_dim)
+        else:
+            summary = (profile.probs.unsqueeze(-1) * self.token_embedding(profile.ids)).sum(-2)
+        return torch.cat([out, read, summary], dim=-1)
 
     def _generate_logits(self, state: Tensor, profile: ProfileTensors | None) -> Tensor:
         """Logits over the vocabulary from the output state [*lead, vocab]; the user's known
         actions get the learned repeat bias; padding never wins."""
-        logits = self.generate_head(self.dropout(state))
+        state = self.dropout(state)
+        logits = self.generate_head(self.head_layer(state) if self.head_layer is not None else state)
         if profile is not None:
             known = torch.zeros_like(logits).scatter(-1, profile.ids, (profile.probs > 0).to(logits.dtype))
             logits = logits + self.repeat_bias * known

@@ -306,7 +306,7 @@ class GRUPredictor:
         if self._baseline is not None:
             last = np.array([self._vocab.encode(s.window[-1].token) if s.window else -1 for s in states])
             scores = self._baseline_scores(last, history.before, history.filter_before)
-            probs = torch.from_numpy(np.log(baseline_probabilities(scores, self._popularity)))
+            probs = torch.from_numpy(np.log(np.maximum(baseline_probabilities(scores, self._popularity), 1e-12)))
             return [probs[u] if has[u] else None for u in range(len(states))]
         profile = ProfileTensors.stack(history.before).to(self._device) if self._spec.profile_size else None
         consumed = self._bits(history.filter_before)

@@ -74,7 +74,7 @@ class _Prepared:
 
 
 def train_next_action(sequences: ActionDataset | Sequence[ActionSequence], config: NextActionConfig | None = None, *,
-                      epochs: int | None = None, lr: float | None = None, lr_decay: float = 1.0,
+                      epochs: int | None = None, lr: float | None = None, lr_decay: float | None = None,
                       patience: int | None = None, seed: int = 0, device: torch.device | str = "cpu",
                       progress: bool = True, max_batch_events: int | None = None, weight_decay: float = 0.0,
                       grad_clip: float = 5.0, h3_resolution: int = 8, min_count: int = 1,
@@ -103,23 +103,26 @@ def train_next_action(sequences: ActionDataset | Sequence[ActionSequence], confi
     dataset = sequences if isinstance(sequences, ActionDataset) else None
     prepared = _prepare(tuple(dataset.sequences if dataset else sequences), config, features, model_overrides,
                         h3_resolution=h3_resolution, min_count=min_count)
-    plan = {**prepared.recipe.training, **{k: v for k, v in dict(epochs=epochs, lr=lr, patience=patience,
-                                                                  max_batch_events=max_batch_events).items()
-                                           if v is not None}}
+    plan = {"lr_decay": 1.0, **prepared.recipe.training,
+            **{k: v for k, v in dict(epochs=epochs, lr=lr, patience=patience, max_batch_events=max_batch_events,
+                                     lr_decay=lr_decay).items() if v is not None}}
     torch.manual_seed(seed)
-    model = prepare_model(prepared.config, prepared.vocab, prepared.spec, prepared.runs).to(device)
+    model = prepare_model(prepared.config, prepared.vocab, prepared.spec, prepared.runs)
+    mixture = _start_from_baselines(model, prepared.train, prepared.counts)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=plan["lr"], weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=plan["lr_decay"])
     started = time.monotonic()
     history, best_epoch = _fit(model, optimizer, scheduler, prepared, np.random.default_rng(seed),
                                epochs=plan["epochs"], patience=plan["patience"], device=device, progress=progress,
                                max_batch_events=plan["max_batch_events"], grad_clip=grad_clip, stop_metric=stop_metric)
     seconds = time.monotonic() - started
     choice = _choose_server(model, prepared, device, stop_metric)
-    metadata = _metadata(model, prepared, history, best_epoch, seed=seed, lr=plan["lr"], lr_decay=lr_decay,
+    metadata = _metadata(model, prepared, history, best_epoch, seed=seed, lr=plan["lr"], lr_decay=plan["lr_decay"],
                          epochs=plan["epochs"], patience=plan["patience"], max_batch_events=plan["max_batch_events"],
                          stop_metric=stop_metric, fingerprint=fingerprint or (dataset.fingerprint if dataset else None),
-                         dataset=dataset.name if dataset else None, seconds=seconds, **choice)
+                         dataset=dataset.name if dataset else None, seconds=seconds, initial_mixture=mixture,
+                         **choice)
     return model, metadata
 
 
@@ -131,6 +134,45 @@ def prepare_model(config: NextActionConfig, vocab: Vocabulary, spec: FeatureSpec
     model.set_transitions(runs)
     model.set_consumed_index(consumed_index(vocab, spec), spec.consumed_bits)
     return model
+
+
+def _start_from_baselines(model: NextActionModel, train: TargetSet, counts: TrainingCounts) -> dict[str, float]:
+    """Start the model as the best static mixture of what needs no training: the generate head
+    at the training popularity, the gate at the weights (fitted by EM on the training targets) of
+    popularity, the transition counts (each target's own pair left out) and the user's profile
+    (shared with the window copy, the other repeat source). Learning then starts from a model
+    about as good as the baselines' best mix, instead of from a random one."""
+    owner, before = train.owners()
+    current = np.array([train.encoded[s].tokens[i] for s, i in zip(owner.tolist(), before.tolist())], dtype=np.int64)
+    targets = train.targets
+    size = counts.vocab_size
+    popularity = (counts.popularity + 1.0) / (counts.popularity.sum() + size)
+    p_pop = popularity[targets]
+    pair = np.zeros(len(targets))
+    totals = np.zeros(len(targets))
+    for i, (c, t) in enumerate(zip(current.tolist(), targets.tolist())):
+        row = counts._transitions.get(c)
+        if row:
+            pair[i], totals[i] = row.get(t, 0), sum(row.values())
+    found = (pair > 0).astype(float)
+    p_trans = np.where(totals - found > 0, (pair - found) / np.maximum(totals - found, 1.0), 0.0)
+    p_prof = np.array([float(train.profiles[s].probs[i][train.profiles[s].ids[i] == t].sum()) if
+                       train.profiles[s].ids.shape[1] else 0.0
+                       for s, i, t in zip(owner.tolist(), before.tolist(), targets.tolist())])
+    parts = np.stack([p_pop, p_trans, p_prof], axis=1)
+    weights = np.full(3, 1 / 3)
+    for _ in range(50):
+        joint = parts * weights
+        weights = (joint / np.maximum(joint.sum(axis=1, keepdims=True), 1e-300)).mean(axis=0)
+    weights = np.maximum(weights, 1e-3)
+    w_pop, w_trans, w_prof = weights / weights.sum()
+    gate = np.log(np.array([w_pop, w_prof / 2, w_trans, w_prof / 2]))
+    with torch.no_grad():
+        model.generate_head.bias.copy_(torch.from_numpy(np.log(popularity)).float())
+        model.generate_head.weight.mul_(0.1)
+        model.gate_layer.bias.copy_(torch.from_numpy(gate - gate.mean()).float())
+        model.gate_layer.weight.mul_(0.1)
+    return {"popularity": float(w_pop), "transition": float(w_trans), "repeat": float(w_prof)}
 
 
 def _prepare(seqs: Sequence[ActionSequence], config: NextActionConfig | None, features: dict[str, Any] | None,

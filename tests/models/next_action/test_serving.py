@@ -311,3 +311,96 @@ def test_switching_between_predictors(checkpoint: Path) -> None:
     assert state.hidden is None and state.model_version == "markov-online"
     gru.predict([state], [ActionEvent("p3", T0 + 2)], k=1)
     assert state.model_version == gru.version and state.hidden is not None and len(state.window) == 3
+
+
+# -- serving a baseline that beat the model -------------------------------------------------------
+
+def _cycle_sequences() -> list[ActionSequence]:
+    """Every user walks a -> b -> c -> a ...: first-order Markov is perfect."""
+    seqs = []
+    for u in range(10):
+        tokens = ["a", "b", "c"] * 8
+        events = tuple(EventRecord(t, T0 + (u * 100 + i) * HOUR_MS) for i, t in enumerate(tokens[u % 3:u % 3 + 20]))
+        seqs.append(ActionSequence(f"u{u}", events, (Split.TRAIN,) * 14 + (Split.VALID,) * 3 + (Split.TEST,) * 3))
+    return seqs
+
+
+def test_a_checkpoint_that_loses_to_a_baseline_serves_the_baseline(tmp_path: Path) -> None:
+    config = NextActionConfig(vocab_size=1, embed_dim=8, hidden_dim=8, n_cell_buckets=16, cell_dim=2, attn_dim=4,
+                              pair_dim=4, window_size=1, use_transitions=False, use_profile=False, use_location=False)
+    model, metadata = train_next_action(_cycle_sequences(), config, epochs=1, lr=1e-6, seed=0, progress=False)
+    assert metadata["serve"] == "markov"
+    assert metadata["baselines"]["markov"]["mrr"] == 1.0 > metadata["validation"]["mrr"]
+    path = save_next_action(tmp_path / "loser.pt", model, metadata)
+    predictor = GRUPredictor.from_checkpoint(path, surprisal=True)
+    assert predictor.version == f"baseline:markov@{metadata['version']}"
+    state = UserState()
+    results = predictor.predict_many([state], [[ActionEvent("a", T0), ActionEvent("b", T0 + 1),
+                                                ActionEvent("c", T0 + 2)]], k=2)[0]
+    assert [r.top[0][0] for r in results] == ["b", "c", "a"]
+    popularity = model.popularity.numpy().astype(float) + 1.0
+    popularity[0] = 0.0                                              # the 1 % smoothing of baseline probabilities
+    p_b = 0.99 + 0.01 * popularity[metadata["vocabulary"].index("b") + 2] / popularity.sum()
+    p_c = 0.99 + 0.01 * popularity[metadata["vocabulary"].index("c") + 2] / popularity.sum()
+    assert results[0].surprisal is None                              # nothing was predicted before it
+    assert results[2].surprisal == pytest.approx(-np.log(p_c), abs=1e-9)
+    assert state.model_version == predictor.version and state.profile is not None
+    again = UserState.from_bytes(state.to_bytes())
+    assert predictor.predict([again], [ActionEvent("a", T0 + 3)], k=1) == [[("b", pytest.approx(p_b))]]
+
+
+@pytest.mark.parametrize("serve", ["popularity", "markov", "user-frequency", "mix"])
+def test_a_served_baseline_equals_its_validation_scorer(checkpoint: Path, tmp_path: Path, serve: str) -> None:
+    """What a worker serves for a baseline is what training scored it on: same scores from the
+    state (the profile is the user-frequency counts; Markov reads the checkpoint's table)."""
+    from models.next_action.baselines import TargetContext, servable_baselines
+    from models.next_action.evaluation import baseline_probabilities, training_counts
+
+    loaded = load_next_action(checkpoint)
+    loaded.metadata["serve"] = serve
+    path = save_next_action(tmp_path / f"{serve}.pt", loaded.model, loaded.metadata)
+    predictor = GRUPredictor.from_checkpoint(path)
+    counts = training_counts(_toy_sequences(), loaded.vocab)
+    scorer = servable_baselines(counts)[serve]
+    events = list(_toy_sequences()[1].events)
+    state, profiles = UserState(), encode_profiles(events, loaded.vocab, loaded.spec)
+    for t, event in enumerate(events):
+        top = predictor.predict([state], [event], k=3)[0]
+        context = TargetContext([loaded.vocab.encode_many(e.token for e in events[:t + 1])],
+                                profiles.ids[t:t + 1].astype(np.int64), profiles.probs[t:t + 1])
+        scores = scorer.scores(context)[0]
+        probs = baseline_probabilities(scores[None], counts.popularity)[0]
+        scores[:2] = -np.inf
+        order = np.lexsort((np.arange(len(scores)), -counts.popularity, -scores))[:3]
+        assert [tok for tok, _ in top] == [loaded.vocab.decode(int(i)) for i in order]
+        np.testing.assert_allclose([p for _, p in top], probs[order], atol=1e-9)
+        state = UserState.from_bytes(state.to_bytes())
+
+
+def test_surprisal_is_minus_log_p_of_the_prediction_before_each_event(checkpoint: Path) -> None:
+    """Across calls and chunks (the first event of a call is scored against the stored state's
+    prediction), each event's surprisal equals -log p from ``forward`` one position earlier."""
+    predictor = GRUPredictor.from_checkpoint(checkpoint, surprisal=True)
+    loaded = load_next_action(checkpoint)
+    rng = np.random.default_rng(8)
+    seqs = [list(s.events) for s in _toy_sequences()[:4]]
+    states, got = [UserState() for _ in seqs], [[] for _ in seqs]
+    position = [0] * len(seqs)
+    while any(p < len(s) for p, s in zip(position, seqs)):
+        chunks = []
+        for u, s in enumerate(seqs):
+            chunks.append(s[position[u]:position[u] + int(rng.integers(0, 4))])
+            position[u] += len(chunks[-1])
+        states = [UserState.from_bytes(state.to_bytes()) for state in states]
+        for u, results in enumerate(predictor.predict_many(states, chunks, k=2)):
+            got[u] += [r.surprisal for r in results]
+    for u, seq in enumerate(seqs):
+        with torch.no_grad():
+            log_probs = loaded.model(EventTensors.collate([encode_events(seq, loaded.vocab, loaded.spec)]),
+                                     profile=ProfileTensors.collate([encode_profiles(seq, loaded.vocab, loaded.spec)]))[0]
+        ids = [loaded.vocab.encode(e.token) for e in seq]
+        want = [None] + [-float(log_probs[t - 1, ids[t]]) if ids[t] > 1 else None for t in range(1, len(seq))]
+        assert [g is None for g in got[u]] == [w is None for w in want]
+        np.testing.assert_allclose([g for g in got[u] if g is not None], [w for w in want if w is not None], atol=1e-5)
+    plain = GRUPredictor.from_checkpoint(checkpoint)
+    assert all(r.surprisal is None for r in plain.predict_many([UserState()], [seqs[0][:3]], k=1)[0])

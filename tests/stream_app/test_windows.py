@@ -88,3 +88,28 @@ def test_a_partition_not_heard_from_holds_the_watermark_until_idle():
     assert mark.value is None, "partition 1 may still hold older records"
     clock.now = 6.0
     assert mark.value == 50_000
+
+
+def test_an_all_silent_input_closes_its_last_window_then_follows_processing_time():
+    clock = FakeClock()
+    mark = Watermark(grace_ms=60_000, idle_s=5.0, partitions=2, clock=clock, end_of_input_ms=300_000)
+    windows: EventTimeWindows[SpeedWindow] = EventTimeWindows(size_ms=300_000, new_window=SpeedWindow)
+    for partition, ts in ((0, 600_000), (1, 610_000)):
+        mark.observe(ts, partition)
+        windows.add(f"s{partition}", ts, 40.0, None)
+    clock.now = 5.0
+    assert list(windows.close(mark.value)) == [], "still within idle_s: the last window waits"
+    clock.now = 5.5
+    assert [(key, start) for key, start, _ in windows.close(mark.value)] == [("s0", 600_000), ("s1", 600_000)]
+    assert mark.value == 610_000 + 300_000 + 500, "one window past the last event, plus the silent processing time"
+    clock.now = 7.5
+    assert mark.value == 910_000 + 2_500
+    assert not windows.add("s0", 700_000, 1.0, None), "a reading behind the advanced watermark is late"
+
+
+def test_without_end_of_input_an_all_silent_input_stops_at_its_last_event():
+    clock = FakeClock()
+    mark = Watermark(grace_ms=0, idle_s=5.0, clock=clock)
+    mark.observe(610_000)
+    clock.now = 60.0
+    assert mark.value == 610_000

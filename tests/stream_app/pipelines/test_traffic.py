@@ -156,3 +156,19 @@ def test_a_sensor_that_departs_from_its_forecast_raises_alerts_keyed_by_sensor()
     assert all(a.network == "ring" and a.ts >= T0 + 21 * STEP_MS for a in decoded)
     kinds = {a.kind for a in decoded}
     assert sum(_sample(metrics, "stream_app_anomaly_alerts_total", kind=k) for k in kinds) == len(decoded)
+
+
+def test_the_last_window_of_a_replay_closes_after_the_idle_timeout_and_gets_forecasts() -> None:
+    clock = FakeClock()
+    sensors = SensorWindows(SETTINGS, {}, Metrics(), clock=clock)
+    snapshots, _ = _snapshots()
+    replay = [_reading(s, T0 + step * STEP_MS + 100_000, 40.0 + step, partition=i % 2)
+              for step in range(3) for i, s in enumerate(SENSORS)]
+    stepped = _forecasts(snapshots.process(_aggregates(sensors.process(replay))).forecasts)
+    assert {f.window_end for f in stepped} == {T0 + STEP_MS, T0 + 2 * STEP_MS}, "the last window is still open"
+    clock.now = SETTINGS.watermark_idle_s
+    assert sensors.close_windows() == [], "not idle for longer than STREAM_APP_WATERMARK_IDLE_S yet"
+    clock.now = SETTINGS.watermark_idle_s + 0.5  # the agent's timer calls close_windows every second
+    last = _forecasts(snapshots.process(_aggregates(sensors.close_windows())).forecasts)
+    assert [(f.sensor_id, f.window_end, f.observed) for f in last] == \
+        [(s, T0 + 3 * STEP_MS, 42.0) for s in SENSORS]

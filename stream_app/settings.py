@@ -35,7 +35,9 @@ class Settings:
     checkpoint: str | None = _setting(None, "STREAM_APP_CHECKPOINT",
                                       "Next-action checkpoint (watched and hot-reloaded); empty = online Markov")
     traffic_checkpoint: str | None = _setting(None, "STREAM_APP_TRAFFIC_CHECKPOINT",
-                                              "Traffic checkpoint; empty = persistence forecasts")
+                                              "Traffic checkpoints: NETWORK=PATH,..., a folder of <network>.pt, or "
+                                              "one file (for the network it records); watched and hot-reloaded, "
+                                              "refused when trained on other sensors; none = persistence forecasts")
     networks: str | None = _setting(None, "STREAM_APP_NETWORKS",
                                     "Sensor-network files: NAME=ADJ.csv[:SENSORS.csv],... ; others are built "
                                     "from reading coordinates")
@@ -52,7 +54,8 @@ class Settings:
                                  "Event field the model predicts: action, item_id or category")
     grace_s: float = _setting(60.0, "STREAM_APP_GRACE_S", "Allowed event-time lateness before an event is late")
     watermark_idle_s: float = _setting(5.0, "STREAM_APP_WATERMARK_IDLE_S",
-                                       "A partition silent this long stops holding the event-time watermark back")
+                                       "A partition silent this long stops holding the event-time watermark back; "
+                                       "all of them silent this long: the input has ended, the last windows close")
     state_ttl_s: float = _setting(7 * 86400.0, "STREAM_APP_STATE_TTL_S", "Idle time after which a user's state expires")
     state_cache_users: int = _setting(20_000, "STREAM_APP_STATE_CACHE_USERS",
                                       "Decoded states of recently active users kept in memory (speed only)")
@@ -67,8 +70,6 @@ class Settings:
     cell_step_s: int = _setting(60, "STREAM_APP_CELL_STEP_S", "Cell-activity hopping window step")
     sensor_window_s: int = _setting(300, "STREAM_APP_SENSOR_WINDOW_S", "Per-sensor tumbling window size")
     horizons_min: tuple[int, ...] = _setting((15, 30, 60), "STREAM_APP_HORIZONS", "Forecast horizons in minutes")
-    anomaly_z: float = _setting(4.0, "STREAM_APP_ANOMALY_Z", "Residual z-score that counts as anomalous")
-    anomaly_consecutive: int = _setting(2, "STREAM_APP_ANOMALY_CONSECUTIVE", "Anomalous windows in a row to alert")
     producer_linger_ms: int = _setting(5, "STREAM_APP_PRODUCER_LINGER_MS",
                                        "How long the producer waits to fill a request: fewer, larger requests "
                                        "(less broker and worker CPU) against that much added latency")

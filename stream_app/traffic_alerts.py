@@ -1,36 +1,50 @@
-"""Per-network anomaly alerts and online forecast error, around ``models.traffic.anomaly.AnomalyDetector``."""
+"""Per-network incident alerts and online forecast error, around ``models.traffic.monitor.IncidentMonitor``.
+
+An alert is an incident: one ``anomaly-alerts`` record (kind ``incident``, status ``raised``) when a
+sensor departs from its seasonal profile, one (status ``resolved``) when every sensor grouped into it
+(neighbours departing meanwhile) is back. The threshold is the one training calibrated to the alert
+budget and stored in the checkpoint; a network served without such a checkpoint raises no alerts, and
+no sensor is scored before its profile has ``min_history`` periods behind it.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
 
-from models.traffic.anomaly import AnomalyAlert as DetectedAlert
-from models.traffic.anomaly import AnomalyConfig, AnomalyDetector
+from models.exceptions import ModelError
 from models.traffic.forecaster import StepResult
-from models.traffic.graph import SensorNetwork
+from models.traffic.incidents import IncidentEvent
+from models.traffic.monitor import IncidentMonitor
 from schemas import AnomalyAlert
-from stream_app.settings import Settings
 
-__all__ = ["NetworkAlerts", "anomaly_config"]
+__all__ = ["NetworkAlerts", "incident_alert"]
+
+log = logging.getLogger(__name__)
 
 
-def anomaly_config(settings: Settings) -> AnomalyConfig:
-    """Detector thresholds from the settings (z threshold, windows in a row)."""
-    return AnomalyConfig(threshold=settings.anomaly_z, critical_threshold=max(6.0, 2 * settings.anomaly_z),
-                         consecutive=settings.anomaly_consecutive)
+def incident_alert(network: str, event: IncidentEvent) -> AnomalyAlert:
+    """The ``anomaly-alerts`` record of an incident raised or resolved (a missing value is sent as 0)."""
+    return AnomalyAlert(alert_id=f"{event.incident_id}:{event.status}", kind="incident", key=event.sensor_id,
+                        network=network, ts=event.window_end_ms, observed=_finite(event.observed),
+                        expected=_finite(event.expected),
+                        score=event.score, severity=event.severity, incident_id=event.incident_id,
+                        status=event.status, sensors=list(event.sensors),
+                        detail=f"{len(event.sensors)} sensor(s), since {event.started_ms}")
+
+
+def _finite(value: float) -> float:
+    return value if np.isfinite(value) else 0.0  # JSON has no NaN
 
 
 class NetworkAlerts:
-    """Alerts and forecast errors of one network, fed one ``StepResult`` per window."""
+    """Incident alerts and forecast errors of one network, fed one ``StepResult`` per window."""
 
-    def __init__(self, name: str, network: SensorNetwork, settings: Settings) -> None:
-        self.name = name
-        self.sensor_ids = network.sensor_ids
-        self.step_ms = settings.sensor_window_s * 1000
-        self.detector = AnomalyDetector(network.sensor_ids, anomaly_config(settings))
+    def __init__(self, name: str, step_ms: int, monitor: IncidentMonitor | None = None) -> None:
+        self.name, self.step_ms, self.monitor = name, step_ms, monitor
         self._past: deque[tuple[int, tuple[int, ...], np.ndarray]] = deque(maxlen=64)
 
     def horizon_errors(self, result: StepResult) -> Iterator[tuple[int, float]]:
@@ -46,22 +60,27 @@ class NetworkAlerts:
                 yield from ((minutes, float(e)) for e in errors[np.isfinite(errors)])
         self._past.append((result.window_end_ms, tuple(result.horizons), result.forecasts.copy()))
 
-    def score(self, result: StepResult) -> list[DetectedAlert]:
-        """The detectors' alerts for one window (imputed values are not observations)."""
-        observed = np.where(result.imputed, np.nan, result.values)
-        return self.detector.update(result.window_end_ms, observed, result.expected)
-
     def alerts(self, result: StepResult) -> list[AnomalyAlert]:
-        """Score the window: one ``anomaly-alerts`` message per firing sensor."""
-        return [AnomalyAlert(alert_id=f"{self.name}:{alert.sensor_id}:{alert.kind}:{alert.window_end_ms}",
-                             kind=alert.kind, key=alert.sensor_id, network=self.name, ts=alert.window_end_ms,
-                             observed=alert.observed, expected=alert.expected, score=alert.score,
-                             severity=alert.severity, detail=f"{alert.consecutive} windows in a row")
-                for alert in self.score(result)]
+        """The incidents this window raised or resolved (none without a calibrated monitor)."""
+        if self.monitor is None:
+            return []
+        return [incident_alert(self.name, event) for event in self.monitor.update(result)]
+
+    def replaced_by(self, monitor: IncidentMonitor | None) -> NetworkAlerts:
+        """These alerts under a reloaded checkpoint's monitor: open incidents carry over when it fits."""
+        fresh = NetworkAlerts(self.name, self.step_ms, monitor)
+        fresh._past = self._past
+        fresh.load(self.to_bytes())
+        return fresh
 
     def to_bytes(self) -> bytes:
-        return self.detector.state_bytes()
+        return self.monitor.state_bytes() if self.monitor is not None else b""
 
     def load(self, data: bytes) -> None:
-        if data:
-            self.detector.load_state_bytes(data)
+        """Restore :meth:`to_bytes`; a state that does not fit this monitor is dropped (logged)."""
+        if not data or self.monitor is None:
+            return
+        try:
+            self.monitor.load_state_bytes(data)
+        except ModelError as exc:
+            log.warning("network %s: incident state not restored (%s); open incidents start over", self.name, exc)

@@ -8,7 +8,10 @@ reading for a window already closed is counted late and dropped. Each closed win
 Stage 2 (:class:`NetworkSnapshots`, key: network): aggregates are gathered per window end. A
 snapshot is stepped when every sensor of the network reported, or when an aggregate of a later
 window arrived (the watermark passed it). Missing sensors are imputed by the forecaster and
-flagged in the forecasts; each step is scored for anomalies.
+flagged in the forecasts. Each network is served the checkpoint configured for it
+(:mod:`stream_app.traffic_models`; persistence without one), per horizon the model or the baseline
+that beat it on validation, and reloaded when the file changes; each step is scored by the
+checkpoint's calibrated incident monitor (:mod:`stream_app.traffic_alerts`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from stream_app.networks import load_networks, network_from_sensors
 from stream_app.pipelines.base import Received, Record, StateStore
 from stream_app.settings import Settings
 from stream_app.traffic_alerts import NetworkAlerts
+from stream_app.traffic_models import ServedModel, TrafficModels
 from stream_app.windows import EventTimeWindows, SpeedWindow, Watermark
 
 __all__ = ["SensorWindows", "NetworkSnapshots", "NetworkOutputs"]
@@ -158,13 +162,16 @@ class NetworkSnapshots:
 
     Each network's forecaster state, pending windows and alert state are restored from ``store``
     the first time the network is seen and written back after every batch that touched it. The
-    latest forecast of every sensor stepped here is kept for the query API.
+    latest forecast of every sensor stepped here is kept for the query API. :meth:`reload_models`
+    (called from a timer) swaps in a network's checkpoint when its file changed.
     """
 
     def __init__(self, settings: Settings, store: StateStore, metrics: Metrics,
-                 networks: Mapping[str, SensorNetwork] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 networks: Mapping[str, SensorNetwork] | None = None, clock: Callable[[], float] = time.time,
+                 models: TrafficModels | None = None) -> None:
         self.settings, self.store, self.metrics, self.clock = settings, store, metrics, clock
         self.window_ms = settings.sensor_window_s * 1000
+        self.models = models or TrafficModels(settings.traffic_checkpoint, metrics, step_ms=self.window_ms)
         self.steps_per_horizon = {m: max(1, m * 60 // settings.sensor_window_s) for m in settings.horizons_min}
         self.registered = dict(load_networks(settings.networks) if networks is None else networks)
         self.forecasters: dict[str, TrafficForecaster] = {}
@@ -201,21 +208,44 @@ class NetworkSnapshots:
         return None
 
     def forecaster_for(self, network: str, observed: Mapping[str, float] | None = None) -> TrafficForecaster:
-        """The forecaster of ``network``, created on first use (trained model when it fits, else persistence)."""
+        """The forecaster of ``network``, created on first use (its checkpoint when one fits, else persistence)."""
         if network not in self.forecasters:
             graph = self.registered.get(network) or network_from_sensors(network, observed or {})
             horizons = tuple(self.steps_per_horizon.values())
-            forecaster = TrafficForecaster.persistence(graph, horizons=horizons, step_ms=self.window_ms)
-            if self.settings.traffic_checkpoint:
-                try:
-                    forecaster = TrafficForecaster.from_checkpoint(self.settings.traffic_checkpoint, graph,
-                                                                   step_ms=self.window_ms)
-                except Exception as exc:  # a checkpoint for another network: persistence serves this one
-                    log.warning("network %s: traffic checkpoint not used (%s); serving persistence", network, exc)
-            self.forecasters[network] = forecaster
-            self.alerts[network] = NetworkAlerts(network, forecaster.network, self.settings)
-            self.metrics.model_info.labels(pipeline=PIPELINE).info({"version": forecaster.version})
+            persistence = TrafficForecaster.persistence(graph, horizons=horizons, step_ms=self.window_ms)
+            self.forecasters[network] = persistence
+            self.alerts[network] = NetworkAlerts(network, self.window_ms)
+            served = self.models.load(graph)
+            if served is not None:
+                self._serve(network, served)
+            self._publish_version()
         return self.forecasters[network]
+
+    def reload_models(self) -> list[str]:
+        """Serve the changed checkpoint of every network stepped here; the networks now on a new model."""
+        reloaded = []
+        for network in self.models.changed(list(self.forecasters)):
+            served = self.models.load(self.forecasters[network].network)
+            if served is not None:
+                self._serve(network, served)
+                reloaded.append(network)
+        if reloaded:
+            self._publish_version()
+        return reloaded
+
+    def _serve(self, network: str, served: ServedModel) -> None:
+        """Swap in a loaded model: last values and window carry over (the hidden state restarts when the
+        model changed), open incidents carry over to the new monitor when they fit."""
+        current = self.forecasters[network]
+        forecaster = served.forecaster
+        if current.last_window_end_ms is not None:
+            forecaster = forecaster.from_state_bytes(current.state_bytes())
+        self.forecasters[network] = forecaster
+        self.alerts[network] = self.alerts[network].replaced_by(served.monitor)
+
+    def _publish_version(self) -> None:
+        versions = sorted({f.version for f in self.forecasters.values()})
+        self.metrics.model_info.labels(pipeline=PIPELINE).info({"version": ",".join(versions)})
 
     def _ready_windows(self, network: str) -> list[int]:
         """Window ends to step now, in order: complete ones, and any older than a pending one."""
@@ -260,9 +290,17 @@ class NetworkSnapshots:
         return TrafficForecast(
             sensor_id=forecaster.network.sensor_ids[index], network=forecaster.network.name,
             window_end=result.window_end_ms, observed=None if imputed else float(result.values[index]),
-            imputed=imputed, horizons=[HorizonForecast(minutes=m, speed=float(result.forecasts[index, h]))
+            imputed=imputed, horizons=[self._horizon(forecaster, result, index, h, m)
                                        for h, m in self._published_horizons(forecaster)],
-            model_version=forecaster.version, processed_at=processed_at)
+            model_version=forecaster.version, processed_at=processed_at, kind=forecaster.kind,
+            unit=forecaster.unit or None)
+
+    @staticmethod
+    def _horizon(forecaster: TrafficForecaster, result: StepResult, index: int, column: int,
+                 minutes: int) -> HorizonForecast:
+        value = float(result.forecasts[index, column])
+        return HorizonForecast(minutes=minutes, value=value, speed=value if forecaster.kind == "speed" else None,
+                               source=result.sources[column] if result.sources else None)
 
     def _score_forecasts(self, network: str, result: StepResult) -> None:
         """Online MAE per horizon: each observed value against the forecast made for it earlier."""

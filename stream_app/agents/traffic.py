@@ -22,11 +22,13 @@ from stream_app.topics import Topics
 __all__ = ["attach_traffic"]
 
 IDLE_CLOSE_S = 1.0
+MODEL_REFRESH_S = 2.0  # how often each network's checkpoint file is checked for a change
 
 
 def attach_traffic(app: faust.App, settings: Settings, topics: Topics, tables: Tables, metrics: Metrics,
                    sensors: SensorWindows, networks: NetworkSnapshots) -> None:
-    """Run both traffic stages in ``app``, and close sensor windows from a timer when no reading comes."""
+    """Run both traffic stages in ``app``; timers close sensor windows when no reading comes and reload
+    the networks' checkpoints when their files change."""
     aggregates_topic = topics.sensor_aggregates.get_topic_name()
     decode_aggregate = partial(decode, cls=SensorAggregate)
 
@@ -40,6 +42,9 @@ def attach_traffic(app: faust.App, settings: Settings, topics: Topics, tables: T
         """Idle partitions stop holding the watermark back: their windows close without a reading."""
         await send_records(await kafka_producer(app), aggregates_topic, sensors.close_windows())
 
+    async def reload_traffic_models() -> None:
+        networks.reload_models()
+
     async def network_steps(stream: faust.Stream[bytes]) -> None:
         await ready_for_writes(app, topics, tables.network_state)
         async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
@@ -52,3 +57,4 @@ def attach_traffic(app: faust.App, settings: Settings, topics: Topics, tables: T
     app.agent(topics.traffic_readings, name="sensor-windows")(sensor_windows)
     app.timer(IDLE_CLOSE_S, name="close-idle-sensor-windows")(close_idle_sensor_windows)
     app.agent(topics.sensor_aggregates, name="network-steps")(network_steps)
+    app.timer(MODEL_REFRESH_S, name="reload-traffic-models")(reload_traffic_models)

@@ -48,16 +48,14 @@ def test_los_loop_replay_forecasts_every_sensor_and_equals_the_offline_model(dep
     network = SensorNetwork.from_files("los-loop", folder / "los_adj.csv", folder / "los_speed.csv")
     checkpoint = _random_traffic_checkpoint(tmp_path / "traffic.pt", network)
     readings = list(itertools.islice(read_los_loop(shared_data), LOS_STEPS * network.n_sensors))
-    # A long idle time: windows close because every partition passed them, not because one went quiet.
+    # Windows close because every partition passed them; the last one once all input has been
+    # silent for STREAM_APP_WATERMARK_IDLE_S (end of the replay), without a sentinel reading.
     deployment.worker(STREAM_APP_NETWORKS=f"los-loop={folder / 'los_adj.csv'}:{folder / 'los_speed.csv'}",
-                      STREAM_APP_TRAFFIC_CHECKPOINT=str(checkpoint), STREAM_APP_WATERMARK_IDLE_S="60")
+                      STREAM_APP_TRAFFIC_CHECKPOINT=str(checkpoint), STREAM_APP_WATERMARK_IDLE_S="10")
     deployment.produce(to_records(readings))
 
-    # A window closes once the watermark (latest reading - 60 s grace) passes its end: the last
-    # two steps of readings stay open, every earlier window is stepped.
-    closed = LOS_STEPS - 2
-    windows = _by_window(deployment.collect("traffic-forecasts", closed * network.n_sensors))
-    assert len(windows) == closed
+    windows = _by_window(deployment.collect("traffic-forecasts", LOS_STEPS * network.n_sensors))
+    assert len(windows) == LOS_STEPS, "every window of the replay, the last one included"
     assert all(len(forecasts) == network.n_sensors for forecasts in windows.values())
 
     offline = TrafficForecaster.from_checkpoint(checkpoint, network)

@@ -12,7 +12,12 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry
 
 from models.next_action.serving import GRUPredictor, MarkovPredictor, NextActionPredictor
-from stream_app.agents.behavior import attach_behavior
+from stream_app.agents.behavior import (
+    BehaviorTransport,
+    attach_behavior_agent,
+    attach_behavior_timers,
+    attach_transport,
+)
 from stream_app.agents.cells import attach_cells
 from stream_app.agents.traffic import attach_traffic
 from stream_app.kafka_io import broker_credentials
@@ -51,6 +56,7 @@ class StreamApp:
     cells: CellPipeline
     sensors: SensorWindows
     networks: NetworkSnapshots
+    hot_path: BehaviorTransport | None = None  # the transport running ``behavior`` (None: a Faust agent)
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> StreamApp:
@@ -65,19 +71,28 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     topics, tables = declare_topics(app, settings), declare_tables(app, settings)
     fallback = MarkovPredictor(window_size=settings.window_events, window_span_s=settings.window_span_s)
     model: HotModel[NextActionPredictor] = HotModel(BEHAVIOR, settings.checkpoint, load=GRUPredictor.from_checkpoint,
-                                                    fallback=fallback, metrics=metrics)
-    # Faust tables are mutable mappings of bytes: the pipelines' state stores.
-    behavior = BehaviorPipeline(settings, cast(StateStore, tables.user_state), model, metrics)
+                                                    fallback=fallback, metrics=metrics,
+                                                    allow_fallback=settings.allow_fallback)
+    # Faust tables are mutable mappings of bytes: the pipelines' state stores. On the transport hot
+    # path the users live in the transport's store, given to the pipeline once it has started.
+    users: StateStore = cast(StateStore, tables.user_state) if tables.user_state is not None else {}
+    behavior = BehaviorPipeline(settings, users, model, metrics)
     cells = CellPipeline(settings, cast(StateStore, tables.cell_windows), metrics)
     sensors = SensorWindows(settings, cast(StateStore, tables.sensor_windows), metrics)
     networks = NetworkSnapshots(settings, cast(StateStore, tables.network_state), metrics)
-    attach_behavior(app, settings, topics, tables, metrics, behavior)
+    hot_path = None
+    if settings.hot_path == "transport":
+        hot_path = BehaviorTransport(settings, metrics, behavior, _canonical_url(settings))
+        attach_transport(app, hot_path)
+    else:
+        attach_behavior_agent(app, settings, topics, tables, metrics, behavior)
+    attach_behavior_timers(app, settings, behavior)
     attach_cells(app, settings, topics, tables, cells)
     attach_traffic(app, settings, topics, tables, metrics, sensors, networks)
     attach_consumer_lag(app, metrics)
-    attach_pages(app, tables, behavior, networks)
+    attach_pages(app, tables, behavior, networks, hot_path.transport if hot_path is not None else None)
     return StreamApp(faust=app, settings=settings, metrics=metrics, topics=topics, tables=tables,
-                     behavior=behavior, cells=cells, sensors=sensors, networks=networks)
+                     behavior=behavior, cells=cells, sensors=sensors, networks=networks, hot_path=hot_path)
 
 
 def _faust_app(settings: Settings) -> faust.App:

@@ -16,7 +16,8 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from stream_app.settings import Settings
 
-__all__ = ["broker_credentials", "bootstrap_servers", "client_options", "ensure_topics", "produce", "consume", "Record"]
+__all__ = ["broker_credentials", "bootstrap_servers", "client_options", "ensure_topics", "partition_counts", "produce",
+           "consume", "Record"]
 
 Record = tuple[str, bytes | None, bytes]  # (topic, key, value)
 
@@ -121,3 +122,14 @@ async def consume(settings: Settings, topics: Iterable[str], *, from_beginning: 
                 return
     finally:
         await consumer.stop()
+
+
+async def partition_counts(settings: Settings, names: Iterable[str]) -> dict[str, int]:
+    """Partition counts of the named topics that exist (absent ones are left out)."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(names))
+    finally:
+        await admin.close()
+    return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0 and d.get("partitions")}

@@ -63,7 +63,11 @@ class Metrics:
         self.model_info = Info(
             "stream_app_model", "Model version serving each pipeline.", ["pipeline"], registry=reg)
         self.model_reloads = Counter(
-            "stream_app_model_reloads", "Checkpoint reload attempts.", ["pipeline", "outcome"], registry=reg)
+            "stream_app_model_reloads", "Checkpoint reload attempts (outcome loaded or failed) and checkpoint "
+            "files found missing (outcome missing).", ["pipeline", "outcome"], registry=reg)
+        self.model_fallback = Gauge(
+            "stream_app_model_fallback", "1 while a pipeline serves its fallback although a checkpoint is configured.",
+            ["pipeline"], registry=reg)
         self.online_hits = Counter(
             "stream_app_online_hits", "Predictions whose top-k held the user's actual next action.", ["k"],
             registry=reg)

@@ -44,6 +44,17 @@ class Settings:
     behavior_mode: str = _setting("full", "STREAM_APP_BEHAVIOR_MODE",
                                   "full, unbatched (one model step per event) or passthrough (validate only); "
                                   "the last two exist for benchmarks")
+    hot_path: str = _setting("transport", "STREAM_APP_HOT_PATH",
+                             "What runs the behavior pipeline on user-events: transport (batch-native consume, "
+                             "process, produce, checkpoint; per-partition stores) or faust (a Faust agent)")
+    processing_guarantee: str = _setting("at_least_once", "STREAM_APP_PROCESSING_GUARANTEE",
+                                         "at_least_once (a re-delivered event gets the same prediction) or "
+                                         "exactly_once (Kafka transactions: outputs for read_committed readers); "
+                                         "transport hot path only")
+    allow_fallback: bool = _setting(False, "STREAM_APP_ALLOW_FALLBACK",
+                                    "Start on the fallback predictor when the configured checkpoint cannot be "
+                                    "loaded (a WARNING at every reload attempt and stream_app_model_fallback=1) "
+                                    "instead of stopping with an error")
     torch_threads: int = _setting(1, "STREAM_APP_TORCH_THREADS",
                                   "Threads torch may use per worker (scale out with partitions and workers)")
     batch_max: int = _setting(512, "STREAM_APP_BATCH_MAX", "Most events per micro-batch")
@@ -95,6 +106,13 @@ class Settings:
     data_dir: str | None = _setting(None, "STREAM_APP_DATA_DIR",
                                     "Folder of the named data sets, searched after the cache and before ../shared/data")
 
+    def __post_init__(self) -> None:
+        choices = {"hot_path": ("transport", "faust"), "processing_guarantee": ("at_least_once", "exactly_once")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                env = next(f.metadata["env"] for f in dataclasses.fields(self) if f.name == name)
+                raise ConfigError(f"{env}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read ``STREAM_APP_*`` variables; keyword overrides win (the CLI passes its flags here)."""
@@ -124,6 +142,8 @@ class Settings:
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     kind = str(f.type)
     try:
+        if kind.startswith("bool"):
+            return _parse_bool(raw)
         if kind.startswith("int"):
             return int(raw)
         if kind.startswith("float"):
@@ -133,6 +153,15 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     except ValueError as exc:
         raise ConfigError(f"{f.metadata['env']}={raw!r} is not a valid {kind}: {f.metadata['doc']}") from exc
     return raw
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 def setting_docs() -> list[tuple[str, str, str]]:

@@ -15,9 +15,10 @@ __all__ = ["Tables", "declare_tables", "ready_for_writes"]
 
 @dataclass(frozen=True)
 class Tables:
-    """Per-key state of each pipeline as bytes, rebuilt from its changelog topic on start."""
+    """Per-key state of each pipeline as bytes, rebuilt from its changelog topic on start
+    (``user_state`` is None on the transport hot path, whose stores hold the users)."""
 
-    user_state: CollectionT
+    user_state: CollectionT | None
     cell_windows: CollectionT
     sensor_windows: CollectionT
     network_state: CollectionT
@@ -34,11 +35,12 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
         return app.Table(name, default=None, key_type=bytes, value_type=bytes, partitions=settings.partitions,
                          use_partitioner=True)
 
-    return Tables(user_state=table("user-state"), cell_windows=table("cell-windows"),
+    user_state = table("user-state") if settings.hot_path == "faust" else None
+    return Tables(user_state=user_state, cell_windows=table("cell-windows"),
                   sensor_windows=table("sensor-windows"), network_state=table("network-state"))
 
 
-async def ready_for_writes(app: faust.App, topics: Topics, *tables: CollectionT) -> None:
+async def ready_for_writes(app: faust.App, topics: Topics, *tables: CollectionT | None) -> None:
     """Create the app's topics that do not exist yet, and load the tables' changelog metadata.
 
     Output topics are created here rather than by the broker (auto-creation would pick the broker's
@@ -48,6 +50,7 @@ async def ready_for_writes(app: faust.App, topics: Topics, *tables: CollectionT)
     for topic in topics.all:
         await topic.maybe_declare()
     producer = app.producer._ensure_producer()  # Faust exposes no public handle on it
-    names = [t.get_topic_name() for t in topics.all] + [t.changelog_topic.get_topic_name() for t in tables]
+    names = [t.get_topic_name() for t in topics.all] + [t.changelog_topic.get_topic_name() for t in tables
+                                                         if t is not None]
     for name in names:  # send_soon() and table writes pick partitions from this metadata
         await producer.partitions_for(name)

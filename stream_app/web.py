@@ -1,31 +1,55 @@
-"""Interactive queries: each answered by the worker that owns the key (Faust table routing)."""
+"""Interactive queries: each answered by the worker that owns the key (Faust table routing, or the
+transport's partition owners on the transport hot path)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import faust
 from faust.web import Request, Response, View
 
 from stream_app.pipelines.behavior import BehaviorPipeline
 from stream_app.pipelines.traffic import NetworkSnapshots
 from stream_app.tables import Tables
+from stream_app.transport import Transport
 
 __all__ = ["attach_pages"]
 
+# Set on a request one worker forwards to the owner: the owner answers it, never forwards it again.
+FORWARDED_HEADER = "X-Stream-App-Forwarded"
 
-def attach_pages(app: faust.App, tables: Tables, behavior: BehaviorPipeline, networks: NetworkSnapshots) -> None:
-    """Register the query pages on ``app``."""
 
-    class UserView(View):
-        """GET /users/{id}: window statistics, event count and the latest prediction of one user."""
+def attach_pages(app: faust.App, tables: Tables, behavior: BehaviorPipeline, networks: NetworkSnapshots,
+                 transport: Transport[Any] | None = None) -> None:
+    """Register the query pages on ``app`` (users routed by ``transport`` when it holds them)."""
 
-        @app.table_route(table=tables.user_state, match_info="user_id")
-        async def get(self, request: Request, user_id: str) -> Response:
-            summary = behavior.user_summary(user_id)
-            if summary is None:
-                return self.json({"error": f"user {user_id!r} has no state (never seen, or expired)"}, status=404)
-            return self.json(summary)
+    def user_response(view: View, user_id: str) -> Response:
+        summary = behavior.user_summary(user_id)
+        if summary is None:
+            return view.json({"error": f"user {user_id!r} has no state (never seen, or expired)"}, status=404)
+        return view.json(summary)
+
+    if transport is None:
+        class UserView(View):
+            """GET /users/{id}: window statistics, event count and the latest prediction of one user."""
+
+            @app.table_route(table=tables.user_state, match_info="user_id")
+            async def get(self, request: Request, user_id: str) -> Response:
+                return user_response(self, user_id)
+    else:
+        class UserView(View):  # type: ignore[no-redef]
+            """GET /users/{id}: answered here when this worker owns the user's partition, else by its owner."""
+
+            async def get(self, request: Request, user_id: str) -> Response:
+                partition = transport.partition_for(user_id.encode())
+                if transport.is_local(partition):
+                    return user_response(self, user_id)
+                owner = transport.owner_of(partition)
+                if owner is None or owner == transport.config.advertised_url or FORWARDED_HEADER in request.headers:
+                    return self.json({"error": f"partition {partition} of user {user_id!r} is being assigned or "
+                                               "restored; retry shortly"}, status=503)
+                return await _forward(self, f"{owner}/users/{user_id}")
 
     class NetworkSensorView(View):
         """GET /networks/{network}/sensors/{id}/forecast: the sensor's latest forecast."""
@@ -49,3 +73,13 @@ def _forecast_response(view: View, forecast: dict[str, Any] | None, sensor_id: s
     if forecast is None:
         return view.json({"error": f"no forecast for sensor {sensor_id!r} on this worker"}, status=404)
     return view.json(forecast)
+
+
+async def _forward(view: View, url: str) -> Response:
+    """The owner's answer to the same query (its status and JSON body)."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.get(url, headers={FORWARDED_HEADER: "1"}) as answer:
+                return view.json(await answer.json(content_type=None), status=answer.status)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return view.json({"error": f"the owner at {url} did not answer: {exc!r}"}, status=503)

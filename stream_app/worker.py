@@ -8,6 +8,7 @@ import sys
 import torch
 
 from stream_app.app import create_app
+from stream_app.models_holder import ModelLoadError
 from stream_app.settings import Settings
 
 __all__ = ["run"]
@@ -19,7 +20,10 @@ def run(settings: Settings) -> None:
     if settings.log_level != "debug":  # their debug records cost measurable time on the hot path
         for name in ("aiokafka", "faust", "mode"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ModelLoadError as exc:  # a clear one-line error, not a traceback
+        raise SystemExit(f"stream-app worker: {exc}") from exc
     # Faust's worker reads its own command line; the web address is given again for its banner.
     sys.argv = ["stream-app", "worker", "-l", settings.log_level,
                 "--web-host", settings.web_host, "--web-port", str(settings.web_port)]

@@ -1,19 +1,31 @@
 """The behavior pipeline's transport: user events in batches, predictions and cell events out.
 
-The agent takes a micro-batch, validates it (rejections to dead letters), calls the pipeline and
-sends what it returns as one record batch per partition. The pipeline writes its state behind:
-the users it changed are written to the table just before Faust commits the input offsets (and
-flushes the producer), so the table's changelog and the committed offsets describe the same events.
+Two hot paths, chosen by ``settings.hot_path``:
+
+- ``transport`` (``behavior_transport``): the batch-native ``stream_app.transport.Transport``
+  consumes ``user-events`` in its own consumer group, keeps users in its per-partition ``users``
+  store (changelogged, restored on assignment) and checkpoints state, outputs and offsets together;
+  Faust only runs it as a service beside the web server and timers.
+- ``faust`` (``attach_behavior_agent``): a Faust agent takes a micro-batch, validates it, calls
+  the pipeline and sends what it returns; the pipeline's write-behind users reach the table just
+  before Faust commits the input offsets.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import faust
+import mode
+from aiokafka.structs import ConsumerRecord
 from faust.types import ConsumerT
 
-from schemas import UserEvent, decode_user_event
+from schemas import Rejection, UserEvent, decode_user_event
+from stream_app import kafka_io
 from stream_app.ingest import validate_batch
 from stream_app.metrics import Metrics
 from stream_app.pipelines.base import Received
@@ -21,9 +33,13 @@ from stream_app.pipelines.behavior import BehaviorPipeline
 from stream_app.sending import kafka_producer, partition_count, send_records
 from stream_app.settings import Settings
 from stream_app.tables import Tables, ready_for_writes
-from stream_app.topics import Topics
+from stream_app.topics import TOPIC_NAMES, Topics
+from stream_app.transport import Batch, Outputs, Transport, TransportConfig, TransportMetrics
 
-__all__ = ["attach_behavior"]
+__all__ = ["attach_behavior_timers", "attach_behavior_agent", "BehaviorTransport", "attach_transport"]
+
+log = logging.getLogger(__name__)
+USERS_STORE = "users"
 
 MODEL_REFRESH_S = 2.0
 
@@ -40,10 +56,22 @@ class _FlushStatesBeforeCommit(faust.Sensor):
         self.pipeline.flush()
 
 
-def attach_behavior(app: faust.App, settings: Settings, topics: Topics, tables: Tables, metrics: Metrics,
-                    pipeline: BehaviorPipeline) -> None:
-    """Run ``pipeline`` on ``user-events`` in ``app``: the agent, the commit hook, the model reload
-    and state expiry timers."""
+def attach_behavior_timers(app: faust.App, settings: Settings, pipeline: BehaviorPipeline) -> None:
+    """The model reload and state expiry timers of ``pipeline`` (either hot path)."""
+
+    async def reload_model() -> None:
+        pipeline.model.refresh()
+
+    async def expire_idle_users() -> None:
+        pipeline.expire_idle()
+
+    app.timer(MODEL_REFRESH_S, name="reload-model")(reload_model)
+    app.timer(settings.expiry_interval_s, name="expire-idle-users")(expire_idle_users)
+
+
+def attach_behavior_agent(app: faust.App, settings: Settings, topics: Topics, tables: Tables, metrics: Metrics,
+                          pipeline: BehaviorPipeline) -> None:
+    """Run ``pipeline`` on ``user-events`` as a Faust agent, with the commit hook (the faust hot path)."""
     app.sensors.add(_FlushStatesBeforeCommit(pipeline))
 
     async def flush_on_shutdown(app: faust.App, **kwargs: Any) -> None:
@@ -70,13 +98,114 @@ def attach_behavior(app: faust.App, settings: Settings, topics: Topics, tables: 
             else:
                 await handle(valid)
 
-    async def reload_model() -> None:
-        pipeline.model.refresh()
-
-    async def expire_idle_users() -> None:
-        pipeline.expire_idle()
-
     app.on_before_shutdown.connect(flush_on_shutdown)
     app.agent(topics.user_events, name="behavior")(behavior)
-    app.timer(MODEL_REFRESH_S, name="reload-model")(reload_model)
-    app.timer(settings.expiry_interval_s, name="expire-idle-users")(expire_idle_users)
+
+
+class BehaviorTransport:
+    """``pipeline`` on ``user-events`` through the batch-native transport (the transport hot path).
+
+    Records whose key is not their ``user_id`` are dead-lettered (``key_mismatch``): re-keying them
+    would need a repartition topic, and accepting them would split that user's state between workers.
+    The pipeline is switched to the transport's ``users`` store once the transport has started, and
+    forgets the users it cached from partitions whose stores are reloaded or given up.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics, pipeline: BehaviorPipeline, advertised_url: str) -> None:
+        self.settings, self.pipeline = settings, pipeline
+        self.predictions_topic = settings.topic("next-action-predictions")
+        self.cells_topic = settings.topic("cell-events")
+        self.cell_partitions = settings.partitions  # the topic's real count is read in start()
+        self.transport: Transport[Received[UserEvent]] = Transport(
+            _transport_config(settings, advertised_url), decode=_decode_user_events, process=self.process,
+            id_of=_user_id, id_name="user_id", listener=self, before_checkpoint=pipeline.flush,
+            metrics=TransportMetrics.create(metrics.registry, consumed=metrics.events_consumed,
+                                            dead_letters=metrics.dead_letters, outputs=metrics.outputs))
+
+    async def start(self) -> None:
+        """Create the app's missing topics, join the group, serve state from the transport's store."""
+        settings = self.settings
+        await kafka_io.ensure_topics(settings, [settings.topic(name) for name in TOPIC_NAMES])
+        self.cell_partitions = (await kafka_io.partition_counts(settings, [self.cells_topic]))[self.cells_topic]
+        await self.transport.start()
+        self.pipeline.store = self.transport.store_view(USERS_STORE)
+
+    def process(self, batch: Batch[Received[UserEvent]]) -> Outputs:
+        valid = [received for records in batch.records.values() for received in records]
+        outputs = self.pipeline.process(valid, self.cell_partitions)
+        self.pipeline.emitted(outputs, count_outputs=False)  # the transport counts what it writes
+        return {self.predictions_topic: outputs.predictions, self.cells_topic: outputs.cell_events}
+
+    def on_assigned(self, partitions: frozenset[int]) -> None:
+        self._forget(partitions)
+
+    def on_revoked(self, partitions: frozenset[int]) -> None:
+        self._forget(partitions)
+
+    def _forget(self, partitions: frozenset[int]) -> None:
+        if not partitions:
+            return
+        dropped = self.pipeline.forget(lambda key: self.transport.partition_for(key) in partitions)
+        if dropped:
+            log.info("partitions %s reloaded or revoked: %d unflushed users dropped (reprocessed from the "
+                     "committed offsets)", sorted(partitions), dropped)
+
+
+def attach_transport(app: faust.App, hot_path: BehaviorTransport) -> None:
+    """Run ``hot_path`` as a service of ``app``: started with the app, stopped with it after a last
+    checkpoint; an error in the transport (a pipeline bug) stops the worker."""
+    transport = hot_path.transport
+
+    @app.service
+    class BehaviorTransportService(mode.Service):
+        _finished: asyncio.Event
+
+        async def on_start(self) -> None:
+            self._finished = asyncio.Event()
+            await hot_path.start()
+
+        @mode.Service.task
+        async def _run(self) -> None:
+            try:
+                await transport.run()
+            except Exception as exc:
+                log.critical("the behavior transport stopped on an error; stopping the worker: %r", exc)
+                await self.crash(exc)
+            finally:
+                self._finished.set()
+
+        async def on_stop(self) -> None:
+            transport.stop()
+            try:
+                await asyncio.wait_for(self._finished.wait(), transport.config.shutdown_timeout_s + 5)
+            except TimeoutError:
+                log.warning("the behavior transport did not stop within %.0f s", transport.config.shutdown_timeout_s)
+
+
+def _transport_config(settings: Settings, advertised_url: str) -> TransportConfig:
+    extra: dict[str, Any] = {}
+    if settings.producer_max_batch is not None:
+        extra["producer_max_batch_bytes"] = settings.producer_max_batch
+    return TransportConfig(
+        name="behavior", app_id=settings.app_id, input_topic=settings.topic("user-events"),
+        dead_letter_topic=settings.topic("dead-letters"), state_dir=Path(settings.state_dir),
+        client_options=kafka_io.client_options(settings), advertised_url=advertised_url, stores=(USERS_STORE,),
+        guarantee=settings.processing_guarantee, max_records=max(settings.batch_max, 1),
+        fetch_timeout_ms=int(settings.batch_within_s * 1000),
+        session_timeout_ms=int(settings.session_timeout_s * 1000),
+        heartbeat_interval_ms=int(settings.heartbeat_s * 1000),
+        rebalance_timeout_ms=int(settings.rebalance_timeout_s * 1000),
+        producer_linger_ms=settings.producer_linger_ms, changelog_replication=settings.replication, **extra)
+
+
+def _decode_user_events(records: Sequence[ConsumerRecord]) -> list[Any]:
+    out: list[Any] = []
+    for record in records:
+        event = decode_user_event(record.value)
+        out.append(event if isinstance(event, Rejection) else Received(event, record.timestamp / 1000,
+                                                                         record.partition))
+    return out
+
+
+def _user_id(received: Received[UserEvent]) -> str:
+    return received.value.user_id

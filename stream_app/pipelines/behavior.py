@@ -241,14 +241,25 @@ class BehaviorPipeline:
                                                 self.settings.h3_resolution))
         return outputs
 
-    def emitted(self, outputs: BehaviorOutputs) -> None:
-        """Record a batch whose outputs were handed to the producer: latency, outputs, events."""
+    def emitted(self, outputs: BehaviorOutputs, *, count_outputs: bool = True) -> None:
+        """Record a batch whose outputs were handed to the producer: latency, outputs, events
+        (``count_outputs=False`` when the transport counts what it writes itself)."""
         now_s = self.clock()
         for ingested in outputs.ingested:
             self._end_to_end.observe(max(0.0, now_s - ingested))
-        if outputs.predictions:
+        if outputs.predictions and count_outputs:
             self._outputs.inc(len(outputs.predictions))
         self._processed.inc(outputs.processed)
+
+    def forget(self, belongs: Callable[[bytes], bool]) -> int:
+        """Drop cached and unflushed users whose key ``belongs`` to partitions whose stores were
+        reloaded or given up: the store is the truth for them again. Returns how many were dirty."""
+        dropped = [user_id for user_id in self.dirty if belongs(user_id.encode())]
+        for user_id in dropped:
+            del self.dirty[user_id]
+        for user_id in [u for u in self.hot if belongs(u.encode())]:
+            del self.hot[user_id]
+        return len(dropped)
 
     def flush(self) -> int:
         """Write every user changed since the last flush to the store (one write each); how many."""

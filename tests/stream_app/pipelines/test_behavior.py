@@ -231,3 +231,62 @@ def test_idle_users_expire_in_event_time_but_unflushed_ones_stay() -> None:
     assert pipeline.user_summary("idle") is None
     assert _sample(metrics, "stream_app_state_expired_total", table="user-state") == 1
     assert _sample(metrics, "stream_app_active_users") == 1, "kept (stored, recent); busy is not flushed yet"
+
+
+# ------------------------------------------------------------------ partitions reloaded or revoked
+
+
+def test_forget_drops_unflushed_and_cached_users_of_the_given_keys_only():
+    pipeline, _, store, _ = _pipeline()
+    pipeline.process(_received(_event("a", T0, user="u1"), _event("b", T0, user="u2")), 2)
+    assert set(pipeline.dirty) == {"u1", "u2"} and set(pipeline.hot) == {"u1", "u2"}
+    assert pipeline.forget(lambda key: key == b"u1") == 1
+    assert set(pipeline.dirty) == {"u2"} and set(pipeline.hot) == {"u2"}
+    pipeline.flush()
+    assert set(store) == {b"u2"}, "a forgotten user's uncommitted change never reaches the store"
+
+
+# ------------------------------------------------------------------ model faults are loud
+
+
+def _failing_load(path: str) -> RecordingPredictor:
+    raise ValueError("not a checkpoint")
+
+
+def test_a_configured_checkpoint_that_cannot_be_loaded_stops_the_start(tmp_path):
+    from stream_app.models_holder import ModelLoadError
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match="STREAM_APP_ALLOW_FALLBACK"):
+        HotModel("behavior", str(path), load=_failing_load, fallback=RecordingPredictor(), metrics=Metrics())
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        HotModel("behavior", str(tmp_path / "absent.pt"), load=_failing_load, fallback=RecordingPredictor(),
+                 metrics=Metrics())
+
+
+def test_allowed_fallback_is_visible_in_a_metric_and_a_warning_per_reload_attempt(tmp_path, caplog):
+    path, metrics = tmp_path / "model.pt", Metrics()
+    path.write_bytes(b"garbage")
+    model = HotModel("behavior", str(path), load=_failing_load, fallback=RecordingPredictor(), metrics=metrics,
+                     allow_fallback=True)
+    assert model.on_fallback and _sample(metrics, "stream_app_model_fallback", pipeline="behavior") == 1
+    path.write_bytes(b"other garbage")
+    with caplog.at_level("WARNING", logger="stream_app.models_holder"):
+        assert not model.refresh()
+    assert any("could not be loaded" in r.message and r.levelname == "WARNING" for r in caplog.records)
+    assert _sample(metrics, "stream_app_model_reloads_total", pipeline="behavior", outcome="failed") == 2
+
+
+def test_a_checkpoint_file_that_disappears_is_logged_and_counted_once(tmp_path, caplog):
+    path, metrics, predictor = tmp_path / "model.pt", Metrics(), RecordingPredictor()
+    path.write_bytes(b"model")
+    model = HotModel("behavior", str(path), load=lambda p: predictor, fallback=RecordingPredictor(), metrics=metrics)
+    assert model.current is predictor and _sample(metrics, "stream_app_model_fallback", pipeline="behavior") == 0
+    path.unlink()
+    with caplog.at_level("WARNING", logger="stream_app.models_holder"):
+        model.refresh()
+        model.refresh()
+    assert _sample(metrics, "stream_app_model_reloads_total", pipeline="behavior", outcome="missing") == 1
+    assert sum("is missing" in r.message for r in caplog.records) == 1
+    assert model.current is predictor, "the serving model keeps serving"

@@ -5,7 +5,13 @@ from datetime import UTC, datetime
 import pytest
 
 from schemas import (
-    FieldError, Rejection, TrafficReading, UserEvent, decode_traffic_reading, decode_user_event, encode,
+    FieldError,
+    Rejection,
+    TrafficReading,
+    UserEvent,
+    decode_traffic_reading,
+    decode_user_event,
+    encode,
 )
 
 NOW = datetime(2026, 11, 28, 7, 0, tzinfo=UTC)

@@ -8,8 +8,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import (
-    MAX_FUTURE_MS, MIN_TIMESTAMP_MS, REJECTION_REASONS, Rejection, TrafficReading, UserEvent,
-    decode_traffic_reading, decode_user_event, encode,
+    MAX_FUTURE_MS,
+    MIN_TIMESTAMP_MS,
+    REJECTION_REASONS,
+    Rejection,
+    TrafficReading,
+    UserEvent,
+    decode_traffic_reading,
+    decode_user_event,
+    encode,
 )
 
 NOW_MS = 1_795_849_200_000

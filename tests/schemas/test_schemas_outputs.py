@@ -4,8 +4,18 @@ import msgspec
 import pytest
 
 from schemas import (
-    ActionScore, AnomalyAlert, CellActivity, DeadLetter, HorizonForecast, NextActionPrediction, Rejection,
-    SensorAggregate, TrafficForecast, decode, encode, to_dict,
+    ActionScore,
+    AnomalyAlert,
+    CellActivity,
+    DeadLetter,
+    HorizonForecast,
+    NextActionPrediction,
+    Rejection,
+    SensorAggregate,
+    TrafficForecast,
+    decode,
+    encode,
+    to_dict,
 )
 from schemas.outputs import MAX_PAYLOAD_CHARS
 

@@ -73,20 +73,33 @@ class LiveView:
         return table
 
     def _forecast_table(self) -> Table:
-        table = Table("sensor", "window end", "observed", "forecasts", title="latest traffic forecasts", expand=True)
+        table = Table("sensor", "window end", "observed", "forecasts (* = a baseline serves)", "model",
+                      title="latest traffic forecasts", expand=True)
         for f in sorted(self.forecasts.values(), key=lambda f: f["sensor_id"])[:8]:
-            horizons = "  ".join(f"{h['minutes']}m {h['speed']:.1f}" for h in f["horizons"])
+            horizons = "  ".join(f"{h['minutes']}m {_horizon_value(h):.1f}{_baseline_mark(h)}" for h in f["horizons"])
             observed = "imputed" if f["imputed"] else f"{f['observed']:.1f}"
             table.add_row(f["sensor_id"], time.strftime("%H:%M", time.gmtime(f["window_end"] / 1000)), observed,
-                          horizons)
+                          horizons, f.get("model_version", ""))
         return table
 
     def _alert_table(self) -> Table:
-        table = Table("kind", "key", "observed", "expected", "score", "severity", title="anomaly alerts", expand=True)
+        table = Table("kind", "key", "observed", "expected", "score", "severity", "sensors",
+                      title="anomaly alerts (incidents: raised, then resolved)", expand=True)
         for a in self.alerts:
-            table.add_row(a["kind"], a["key"], f"{a['observed']:.1f}", f"{a['expected']:.1f}", f"{a['score']:.1f}",
-                          a["severity"])
+            kind = f"{a['kind']} {a['status']}" if a.get("status") else a["kind"]
+            table.add_row(kind, a["key"], f"{a['observed']:.1f}", f"{a['expected']:.1f}", f"{a['score']:.1f}",
+                          a["severity"], ",".join(a.get("sensors") or []))
         return table
+
+
+def _horizon_value(horizon: dict[str, Any]) -> float:
+    """A forecast's value (``speed`` in records written before readings had kinds)."""
+    value = horizon.get("value", horizon.get("speed"))
+    return float(value) if value is not None else float("nan")
+
+
+def _baseline_mark(horizon: dict[str, Any]) -> str:
+    return "" if horizon.get("source") in (None, "model") else "*"
 
 
 async def watch(settings: Settings, view: LiveView, duration_s: float | None = None) -> None:

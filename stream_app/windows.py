@@ -7,7 +7,8 @@ the watermark never moves backwards. When *every* partition has been silent for 
 ``end_of_input_ms`` is set, the input is taken as ended for now (Flink's source idleness, carried to
 the end of a replay): the watermark jumps ``end_of_input_ms`` (a window's length) past the latest
 event and then advances with processing time, so the last windows close without a sentinel.
-Idleness is measured on an injectable clock (``time.monotonic`` by default), so tests drive both event time and idle time without sleeping.
+Idleness is measured on an injectable clock (``time.monotonic`` by default), so tests drive both
+event time and idle time without sleeping.
 :class:`EventTimeWindows` holds the open windows and closes those the watermark passed. Records
 older than an already-closed window are late: ``add`` refuses them and the caller counts them;
 they are never merged silently.

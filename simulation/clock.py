@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -18,7 +18,7 @@ WEEK_SLOTS = 168
 _KM_PER_DEG_LAT = 111.32
 
 #: Monday 2024-03-04, local midnight in the default city (UTC-5).
-DEFAULT_START_MS = int(datetime(2024, 3, 4, 5, tzinfo=timezone.utc).timestamp() * 1000)
+DEFAULT_START_MS = int(datetime(2024, 3, 4, 5, tzinfo=UTC).timestamp() * 1000)
 
 
 class SimulationConfigError(ValueError):

@@ -7,8 +7,17 @@ import sys
 
 import click
 
-from stream_app.cli import broker, datasets, demo, info, io, models, worker
-from stream_app.cli import next_action, traffic  # noqa: F401  (attach their subcommands to train and evaluate)
+from stream_app.cli import (
+    broker,
+    datasets,
+    demo,
+    info,
+    io,
+    models,
+    next_action,  # noqa: F401  (imported to attach its subcommands to train and evaluate)
+    traffic,  # noqa: F401  (likewise)
+    worker,
+)
 
 __all__ = ["main", "cli"]
 

@@ -22,7 +22,8 @@ class Record(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     Unknown fields in the input are ignored, so producers may add fields before consumers know them.
     Records without list or dict fields are hashable. Subclasses pass ``kw_only=True`` themselves:
-    msgspec applies it to the fields of the class that says it, not to subclasses.
+    msgspec applies it to the fields of the class that says it, not to subclasses. They also repeat
+    ``frozen=True``: msgspec inherits it, but type checkers only see it where it is written.
     """
 
 

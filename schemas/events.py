@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Literal, get_args
 
 from msgspec import Meta
@@ -40,7 +41,7 @@ READING_KINDS: tuple[str, ...] = get_args(ReadingKind)
 Unit = Annotated[str, Meta(max_length=32, description="Free text, e.g. mph, km/h, veh/h, passengers/h, %.")]
 
 
-class UserEvent(Record, kw_only=True):
+class UserEvent(Record, frozen=True, kw_only=True):
     """One user action (view, click, purchase, ...), keyed by ``user_id``.
 
     Identity: ``event_id`` (unique per event), ``user_id``, optional ``session_id``.
@@ -72,7 +73,7 @@ class UserEvent(Record, kw_only=True):
         return hash((self.event_id, self.user_id, self.ts))
 
 
-class TrafficReading(Record, kw_only=True):
+class TrafficReading(Record, frozen=True, kw_only=True):
     """One reading of a road or transit sensor, keyed by ``sensor_id``.
 
     Identity: ``sensor_id`` within its ``network``.
@@ -176,7 +177,7 @@ TRAFFIC_READING_RULES = {
 }
 
 
-def _require_finite_properties(properties: dict[str, object] | None) -> None:
+def _require_finite_properties(properties: Mapping[str, object] | None) -> None:
     for key, value in (properties or {}).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise FieldError(f"properties.{key}", "out_of_range", f"expected a finite number, got {value}")

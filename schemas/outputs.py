@@ -23,14 +23,14 @@ Severity = Literal["warning", "critical"]
 MAX_PAYLOAD_CHARS = 4096
 
 
-class ActionScore(Record, kw_only=True):
+class ActionScore(Record, frozen=True, kw_only=True):
     """One candidate next action and the model's probability for it (0..1)."""
 
     action: str
     prob: Probability
 
 
-class NextActionPrediction(Record, kw_only=True):
+class NextActionPrediction(Record, frozen=True, kw_only=True):
     """The most likely next actions of a user, emitted once per consumed event.
 
     Trigger: ``event_id`` and ``user_id`` of the event that caused the prediction; ``as_of`` is its
@@ -54,7 +54,7 @@ class NextActionPrediction(Record, kw_only=True):
     late: bool = False
 
 
-class HorizonForecast(Record, kw_only=True):
+class HorizonForecast(Record, frozen=True, kw_only=True):
     """The forecast ``value`` ``minutes`` after the window end, in the readings' kind and unit.
 
     ``speed`` repeats the value for speed forecasts (the original field; null for other kinds).
@@ -75,7 +75,7 @@ class HorizonForecast(Record, kw_only=True):
             force_setattr(self, "value", self.speed)
 
 
-class TrafficForecast(Record, kw_only=True):
+class TrafficForecast(Record, frozen=True, kw_only=True):
     """Forecasts of one sensor, emitted once per closed aggregation window.
 
     Sensor: ``sensor_id`` within ``network``.
@@ -97,7 +97,7 @@ class TrafficForecast(Record, kw_only=True):
     unit: str | None = None
 
 
-class SensorAggregate(Record, kw_only=True):
+class SensorAggregate(Record, frozen=True, kw_only=True):
     """Readings of one sensor in one tumbling window (internal topic between the traffic stages).
 
     Sensor: ``sensor_id`` within ``network``.
@@ -117,7 +117,7 @@ class SensorAggregate(Record, kw_only=True):
     flow_sum: float | None = None
 
 
-class CellActivity(Record, kw_only=True):
+class CellActivity(Record, frozen=True, kw_only=True):
     """User activity in one H3 cell over one tumbling window.
 
     Cell: ``cell`` is the H3 index at ``resolution``.
@@ -134,7 +134,7 @@ class CellActivity(Record, kw_only=True):
     actions: dict[str, Count] = {}
 
 
-class AnomalyAlert(Record, kw_only=True):
+class AnomalyAlert(Record, frozen=True, kw_only=True):
     """An observation that strays from what was expected.
 
     What: ``kind`` names the detector; ``key`` is the sensor or user id, ``network`` the sensor's
@@ -162,7 +162,7 @@ class AnomalyAlert(Record, kw_only=True):
     sensors: list[str] = []
 
 
-class DeadLetter(Record, kw_only=True):
+class DeadLetter(Record, frozen=True, kw_only=True):
     """A Kafka record that could not be processed, kept for inspection and replay.
 
     Origin: ``source_topic``, ``partition``, ``offset``; ``key`` is the record key decoded as

@@ -62,7 +62,7 @@ def decode(raw: bytes | None, cls: type[T], *, max_bytes: int = DEFAULT_MAX_BYTE
         return Rejection(reason="too_large", detail=f"payload: {len(raw)} bytes, limit {max_bytes}")
     decoder = _decoder(cls)
     try:
-        record = decoder.decode(raw)
+        record: T = decoder.decode(raw)
         if hasattr(record, "ts"):
             check_time_window(record.ts, int(clock() * 1000))
     except msgspec.ValidationError as exc:
@@ -98,7 +98,8 @@ def encode(obj: Any) -> bytes:
 
 def to_dict(obj: msgspec.Struct) -> dict[str, Any]:
     """The record as plain Python builtins, the same fields ``encode`` writes."""
-    return msgspec.to_builtins(obj)
+    builtins: dict[str, Any] = msgspec.to_builtins(obj)  # a Struct always becomes a dict
+    return builtins
 
 
 @functools.cache

@@ -30,8 +30,10 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from models.exceptions import ModelError
 from models.traffic.incidents import (
@@ -90,7 +92,7 @@ class AnomalyConfig:
 
     @classmethod
     def for_false_positive_rate(cls, rate: float, *, consecutive: int = 2,
-                                **options: float) -> AnomalyConfig:
+                                **options: Any) -> AnomalyConfig:
         """Residual threshold at which Gaussian residuals alert on about ``rate`` of windows.
 
         Each window must exceed with probability ``rate ** (1 / consecutive)``; the quantile is
@@ -99,7 +101,7 @@ class AnomalyConfig:
         """
         if not 0 < rate < 1:
             raise ModelError(f"false-positive rate must be in (0, 1), got {rate}")
-        alpha = float(options.get("scale_alpha", cls.__dataclass_fields__["scale_alpha"].default))
+        alpha = float(options.get("scale_alpha", cls.scale_alpha))  # the class attribute holds the default
         z = NormalDist().inv_cdf(1 - rate ** (1 / consecutive) / 2)
         dof = 2 / alpha - 1
         threshold = z + (z ** 3 + z) / (4 * dof) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * dof ** 2)
@@ -173,11 +175,12 @@ class AnomalyDetector:
                             severity, self._residual_run)
 
     def _squared_residual(self, residual: np.ndarray, z: np.ndarray, scale: np.ndarray,
-                          warm: np.ndarray) -> np.ndarray:
+                          warm: np.ndarray) -> npt.NDArray[np.float64]:
         """Squared residuals for the scale; once warm, winsorized and corrected for it."""
         clip = max(self.config.threshold, _CLIP_Z)
         clipped = np.minimum(z * z, clip * clip) * scale * scale / _clipped_second_moment(clip)
-        return np.where(warm, clipped, residual * residual)
+        squared: npt.NDArray[np.float64] = np.where(warm, clipped, residual * residual)
+        return squared
 
     def _update_scale(self, valid: np.ndarray, squared: np.ndarray) -> None:
         """EWMA of squared residuals, a plain running mean while fewer than 1/alpha were seen."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from models.checkpoint import load_checkpoint
@@ -256,7 +257,8 @@ class TrafficForecaster:
             self._recent[self._recent_count % len(self._recent)] = filled
             self._recent_count += 1
 
-    def _serve(self, window_end_ms: int, filled: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    def _serve(self, window_end_ms: int, filled: np.ndarray,
+               predicted: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """The model's forecasts [sensors, horizons] with each baseline horizon replaced by its baseline."""
         if all(source == MODEL for source in self.sources):
             return predicted

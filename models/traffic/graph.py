@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from models.exceptions import ModelError
 
@@ -153,16 +154,16 @@ def gaussian_kernel(distances: np.ndarray, *, sigma_km: float | None = None,
     return weights.astype(np.float32)
 
 
-def haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray,
-                 lon2: np.ndarray) -> np.ndarray:
+def haversine_km(lat1: npt.NDArray[np.floating], lon1: npt.NDArray[np.floating], lat2: npt.NDArray[np.floating],
+                 lon2: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     """Great-circle distance in km between points given in degrees (numpy broadcasting)."""
     lat1, lon1, lat2, lon2 = (np.radians(v) for v in (lat1, lon1, lat2, lon2))
-    a = (np.sin((lat2 - lat1) / 2) ** 2
+    a: npt.NDArray[np.float64] = (np.sin((lat2 - lat1) / 2) ** 2
          + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2)
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
-def normalized_adjacency(adj: np.ndarray) -> np.ndarray:
+def normalized_adjacency(adj: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """Renormalized adjacency ``D^-1/2 (A + I) D^-1/2`` (Kipf & Welling), D the degree of A + I.
 
     ``adj``: [sensors, sensors] non-negative weights; returns [sensors, sensors] float32.
@@ -173,11 +174,12 @@ def normalized_adjacency(adj: np.ndarray) -> np.ndarray:
     if (adj < 0).any():
         raise ModelError("adjacency weights must be non-negative")
     with_loops = adj + np.eye(len(adj))
-    inv_sqrt_degree = 1.0 / np.sqrt(with_loops.sum(axis=1))
+    inv_sqrt_degree: npt.NDArray[np.float64] = 1.0 / np.sqrt(with_loops.sum(axis=1))
     return (with_loops * inv_sqrt_degree[:, None] * inv_sqrt_degree[None, :]).astype(np.float32)
 
 
-def pairwise_km(rows: np.ndarray, coords: np.ndarray, crs: str = "wgs84") -> np.ndarray:
+def pairwise_km(rows: npt.NDArray[np.floating], coords: npt.NDArray[np.floating],
+                crs: str = "wgs84") -> npt.NDArray[np.float64]:
     """[rows, sensors] km between two sets of points: great-circle for wgs84 (lat, lon) degrees,
     Euclidean for projected (x, y) metres."""
     if crs == "metres":

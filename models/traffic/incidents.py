@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from models.exceptions import ModelError
@@ -102,18 +103,20 @@ class IncidentEvent:
     severity: str
 
 
-def residuals(observed: np.ndarray, expected: np.ndarray, counts: bool = False) -> np.ndarray:
+def residuals(observed: npt.ArrayLike, expected: npt.ArrayLike, counts: bool = False) -> npt.NDArray[np.float64]:
     """``observed - expected``, or for counts the Poisson mid-p quantile of the observation (module doc)."""
     observed, expected = np.asarray(observed, np.float64), np.asarray(expected, np.float64)
     if not counts:
-        return observed - expected
+        difference: npt.NDArray[np.float64] = observed - expected
+        return difference
     x = torch.from_numpy(np.round(np.nan_to_num(np.maximum(observed, 0.0))))
     mean = torch.from_numpy(np.maximum(np.nan_to_num(expected), _MIN_COUNT_MEAN))
     at_most = torch.special.gammaincc(x + 1, mean)  # P(X <= x)
     below = torch.where(x > 0, torch.special.gammaincc(x.clamp(min=1), mean), torch.zeros_like(mean))
     middle = ((at_most + below) / 2).clamp(_TAIL, 1 - _TAIL)
     z = torch.special.ndtri(middle).numpy()
-    return np.where(np.isfinite(observed) & np.isfinite(expected), z, np.nan)
+    quantile_z: npt.NDArray[np.float64] = np.where(np.isfinite(observed) & np.isfinite(expected), z, np.nan)
+    return quantile_z
 
 
 @dataclass(eq=False)
@@ -151,10 +154,10 @@ class ResidualScale:
 
 
 def z_scores(observed: np.ndarray, expected: np.ndarray, scale: np.ndarray, history: np.ndarray | None = None,
-             min_history: float = 0.0, counts: bool = False) -> np.ndarray:
+             min_history: float = 0.0, counts: bool = False) -> npt.NDArray[np.float64]:
     """residual / scale (:func:`residuals`), NaN where unobserved or where ``history`` < ``min_history``."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        z = residuals(observed, expected, counts) / scale
+        z: npt.NDArray[np.float64] = residuals(observed, expected, counts) / scale
     if history is not None:
         z = np.where(np.asarray(history) >= min_history, z, np.nan)
     return z
@@ -315,7 +318,7 @@ def calibrate_threshold(z: np.ndarray, window_ends: np.ndarray, neighbours: Sequ
     return high, raised(high)
 
 
-def _beyond(z: np.ndarray, limit: float, direction: str) -> np.ndarray:
+def _beyond(z: npt.NDArray[np.float64], limit: float, direction: str) -> npt.NDArray[np.bool_]:
     """Where z lies beyond ``limit`` in ``direction`` (NaN: never)."""
     z = np.nan_to_num(z, nan=0.0)
     if direction == "below":

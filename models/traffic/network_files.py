@@ -132,7 +132,9 @@ def read_sensor_table(path: str | Path, coordinates: str = "wgs84") -> SensorTab
     if (first is None) != (second is None):
         wanted = " and ".join("/".join(names) for names in _COORDINATE_COLUMNS[coordinates])
         raise ModelError(f"{path}: has one coordinate column but not the other; give both {wanted}")
-    ids, points, seen = [], [], {}
+    ids: list[str] = []
+    points: list[list[float]] = []
+    seen: dict[str, int] = {}  # sensor id -> row number
     for number, row in rows:
         sensor_id = _cell(row, id_column)
         if not sensor_id:

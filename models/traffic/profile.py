@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from models.exceptions import ModelError
 from models.traffic.calendar import DAY_MS, EPOCH_WEEKDAY
@@ -123,12 +124,13 @@ class SeasonalProfile:
         return self._blend(self.day_mean[day_slot], self.day_count[day_slot], self.week_mean[week_slot],
                            self.week_count[week_slot], self.day_shrinkage, self.week_shrinkage)
 
-    def history(self, local_ms: np.ndarray | int, step_ms: int) -> np.ndarray:
+    def history(self, local_ms: npt.NDArray[np.integer] | int, step_ms: int) -> npt.NDArray[np.float64]:
         """[..., sensors] periods of history behind :meth:`expected` at ``local_ms``: the week slot's
         weeks, or the day slot's days when more (rows of ``step_ms`` each)."""
         day_slot, week_slot = _slots(np.asarray(local_ms, dtype=np.int64), self.slot_ms)
         per_slot = max(1, self.slot_ms // step_ms)
-        return np.maximum(self.week_count[week_slot], self.day_count[day_slot]) / per_slot
+        periods: npt.NDArray[np.float64] = np.maximum(self.week_count[week_slot], self.day_count[day_slot]) / per_slot
+        return periods
 
     def leave_one_out(self, values: np.ndarray, observed: np.ndarray, local_ms: np.ndarray) -> np.ndarray:
         """[time, sensors] the blend at each row without the values of the row's own day and week.

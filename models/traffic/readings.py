@@ -19,11 +19,13 @@ import csv
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from models.checkpoint import file_digest
 from models.exceptions import ModelError
@@ -129,12 +131,12 @@ def to_series(readings: ReadingsFile, network: SensorNetwork, *, interval_ms: in
     return SeriesBuild(series=series, notes=tuple(notes))
 
 
-def _carry_forward(values: np.ndarray, observed: np.ndarray, notes: list[str],
-                   network: SensorNetwork) -> np.ndarray:
+def _carry_forward(values: npt.NDArray[np.float64], observed: npt.NDArray[np.bool_], notes: list[str],
+                   network: SensorNetwork) -> npt.NDArray[np.float64]:
     """Fill each gap with the sensor's previous value, leading gaps with its first value, 0 if none."""
     rows = np.where(observed, np.arange(len(values))[:, None], 0)
     np.maximum.accumulate(rows, axis=0, out=rows)
-    filled = values[rows, np.arange(values.shape[1])[None, :]]
+    filled: npt.NDArray[np.float64] = values[rows, np.arange(values.shape[1])[None, :]]
     first = np.argmax(observed, axis=0)
     first_values = values[first, np.arange(values.shape[1])]
     filled = np.where(np.isnan(filled), first_values[None, :], filled)
@@ -203,7 +205,11 @@ def _json_lines(path: Path) -> dict[str, list[object]]:
     return {str(key).lower(): [record.get(key) for record in records] for key in fields}
 
 
-def _parse_columns(path: Path, table: dict[str, list[object]], value_field: str | None, kind: str | None,
+#: Raw columns as read from a file: name -> one cell per row.
+Columns = Mapping[str, Sequence[object]]
+
+
+def _parse_columns(path: Path, table: Columns, value_field: str | None, kind: str | None,
                    unit: str | None) -> ReadingsFile:
     """Typed arrays from the raw columns; ModelError naming the row and the fix."""
     field = _value_field(path, table, value_field)
@@ -231,7 +237,7 @@ def _parse_columns(path: Path, table: dict[str, list[object]], value_field: str 
                         unit=unit or _unit(table, present), skipped_empty=int((~present).sum()), naive_times=naive)
 
 
-def _value_field(path: Path, table: dict[str, list[object]], value_field: str | None) -> str:
+def _value_field(path: Path, table: Columns, value_field: str | None) -> str:
     if value_field is not None:
         if value_field.lower() not in table:
             raise ModelError(f"{path}: no column {value_field!r} (the columns are {', '.join(sorted(table))}); "
@@ -303,7 +309,7 @@ def _values(path: Path, cells: list[object], present: np.ndarray, field: str) ->
     return values
 
 
-def _kind(path: Path, table: dict[str, list[object]], field: str, kind: str | None, present: np.ndarray) -> str:
+def _kind(path: Path, table: Columns, field: str, kind: str | None, present: np.ndarray) -> str:
     """What the values measure: ``kind`` if given, else a kind column, else the value column's name, else speed."""
     if kind is None and "kind" in table:
         kinds = {str(k) for k, p in zip(table["kind"], present, strict=True) if p and k not in (None, "")}
@@ -317,7 +323,7 @@ def _kind(path: Path, table: dict[str, list[object]], field: str, kind: str | No
     return kind
 
 
-def _unit(table: dict[str, list[object]], present: np.ndarray) -> str:
+def _unit(table: Columns, present: np.ndarray) -> str:
     units = {str(u) for u, p in zip(table.get("unit", []), present, strict=False) if p and u not in (None, "")}
     return units.pop() if len(units) == 1 else ""
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from tqdm.auto import tqdm
 
@@ -108,11 +109,12 @@ def fit_profile(series: TrafficSeries, rows: slice) -> SeasonalProfile:
                                step_ms=series.step_ms)
 
 
-def sensor_scales(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def sensor_scales(values: np.ndarray, mask: np.ndarray) -> npt.NDArray[np.float32]:
     """[sensors] each sensor's 99.5th percentile of |value|, at least 5 % of the network's (never 0)."""
     magnitude = np.where(mask, np.abs(values), np.nan)
     with np.errstate(all="ignore"):
-        per_sensor = np.nanpercentile(magnitude, 99.5, axis=0) if mask.any(axis=0).any() else None
+        per_sensor: npt.NDArray[np.float64] | None = (np.nanpercentile(magnitude, 99.5, axis=0)
+                                                      if mask.any(axis=0).any() else None)
     overall = float(np.nanpercentile(magnitude, 99.5)) if mask.any() else 1.0
     floor = max(0.05 * overall, 1e-6)
     if per_sensor is None:

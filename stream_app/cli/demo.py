@@ -24,6 +24,8 @@ from stream_app.settings import Settings
 __all__ = ["demo", "write_network_files"]
 
 WORKER_STOP_S = 30.0  # time the worker gets to commit and leave its group before SIGKILL
+TRAFFIC_HISTORY_DAYS = 28  # of generated city history the demo's traffic model learns from
+TRAFFIC_STEP_MS = 300_000  # the worker's sensor window (STREAM_APP_SENSOR_WINDOW_S default)
 
 
 def write_network_files(name: str, sensors: list[tuple[str, float, float]], folder: Path) -> str:
@@ -57,7 +59,9 @@ def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: Ctrl-C).")
 @click.option("--bad-fraction", default=0.002, show_default=True, help="Fraction of malformed input records.")
 @click.option("--train/--no-train", default=True, show_default=True,
-              help="Train (once, cached) a small next-action model on generated data before starting.")
+              help="Train (once, cached) a small next-action model on generated users and a traffic model on "
+                   "four weeks of the generated city before starting; --no-train serves the online Markov "
+                   "predictor and persistence forecasts.")
 @click.option("--seed", default=0, show_default=True)
 def demo(broker: str | None, users: int, sensors: int, rate: float, duration: float | None, bad_fraction: float,
          train: bool, seed: int) -> None:
@@ -74,6 +78,7 @@ def demo(broker: str | None, users: int, sensors: int, rate: float, duration: fl
         checkpoint = _demo_model(seed, demo_dir) if train else None
         roads = TrafficConfig(n_sensors=sensors, seed=seed, start_ms=start_ms, duration_hours=0)
         network = write_network_files(roads.network, generate_traffic(roads).sensors, demo_dir)
+        traffic_checkpoint = train_demo_traffic_model(demo_dir, sensors, seed, start_ms) if train else None
         with broker_url(broker) as endpoint:
             settings = Settings.from_env(broker=endpoint.url, producer_max_batch=endpoint.producer_max_batch)
             state_dir = temporary_folder(prefix="stream-app-demo-state-")
@@ -82,6 +87,8 @@ def demo(broker: str | None, users: int, sensors: int, rate: float, duration: fl
                    "STREAM_APP_LOG_LEVEL": "warn"}
             if checkpoint is not None:
                 env["STREAM_APP_CHECKPOINT"] = str(checkpoint)
+            if traffic_checkpoint is not None:
+                env["STREAM_APP_TRAFFIC_CHECKPOINT"] = f"{roads.network}={traffic_checkpoint}"
             log_path = demo_dir / "worker.log"
             try:
                 worker = _start_worker(env, log_path)
@@ -117,3 +124,43 @@ def _demo_model(seed: int, demo_dir: Path) -> Path | None:
     from stream_app.jobs.next_action import train_demo_model
 
     return train_demo_model(demo_dir / "next-action.pt", seed=seed)
+
+
+def train_demo_traffic_model(demo_dir: Path, sensors: int, seed: int, stream_start_ms: int) -> Path:
+    """The demo city's traffic checkpoint (cached per sensor count and seed): a graph-GRU trained with a
+    progress bar on ``TRAFFIC_HISTORY_DAYS`` of the generated city before the stream starts, on the network
+    the worker registers, in 5-minute windows and the city's local time."""
+    from models.checkpoint import load_checkpoint
+    from models.exceptions import CheckpointError
+    from models.traffic.graph import SensorNetwork
+    from models.traffic.model import CHECKPOINT_KIND
+    from models.traffic.readings import read_readings, to_series
+    from simulation.city import TrafficConfig, generate_traffic, write_traffic_files
+    from stream_app.jobs.traffic import TrafficData, train_traffic_models
+
+    path = demo_dir / f"traffic-{sensors}-sensors-seed-{seed}.pt"
+    if path.is_file():
+        try:
+            load_checkpoint(path, kind=CHECKPOINT_KIND)
+            return path
+        except CheckpointError as exc:
+            console.print(f"retraining the demo traffic model: {exc}")
+    history_ms = TRAFFIC_HISTORY_DAYS * 86_400_000
+    city = TrafficConfig(n_sensors=sensors, seed=seed, start_ms=stream_start_ms - history_ms,
+                         duration_hours=TRAFFIC_HISTORY_DAYS * 24, interval_ms=TRAFFIC_STEP_MS)
+    console.print(f"Training a traffic model on {TRAFFIC_HISTORY_DAYS} days of the generated city "
+                  f"(first run only; cached in {path})")
+    workload = generate_traffic(city)
+    ids = [s[0] for s in workload.sensors]
+    network = SensorNetwork.from_coordinates(city.network, ids, np.array([[a, o] for _, a, o in workload.sensors]))
+    readings_file, _, _ = write_traffic_files(workload, demo_dir / "city-history")
+    timezone = f"Etc/GMT{-int(city.utc_offset_hours):+d}"  # POSIX sign: Etc/GMT+5 is UTC-5
+    series = to_series(read_readings(readings_file), network, interval_ms=TRAFFIC_STEP_MS, timezone=timezone).series
+    horizons = tuple(m * 60_000 // TRAFFIC_STEP_MS for m in Settings().horizons_min)
+    trained = train_traffic_models(TrafficData(city.network, series, horizons), protocols=("strict",),
+                                   epochs=40, patience=5, hidden_dim=32, seed=seed, out={"strict": path})
+    summary = trained["strict"][1]
+    served = zip(Settings().horizons_min, summary["sources"], strict=False)
+    console.print(f"[green]traffic model {summary['version']}[/]: serving "
+                  + ", ".join(f"{minutes} min: {source}" for minutes, source in served))
+    return path

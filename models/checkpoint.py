@@ -18,7 +18,7 @@ __all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "file_digest"
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(path: str | os.PathLike, *, kind: str, state_dict: dict[str, torch.Tensor],
+def save_checkpoint(path: str | os.PathLike[str], *, kind: str, state_dict: dict[str, torch.Tensor],
                     metadata: dict[str, Any]) -> Path:
     """Write atomically (temp file + rename) so a watching worker never reads half a file.
 
@@ -35,7 +35,7 @@ def save_checkpoint(path: str | os.PathLike, *, kind: str, state_dict: dict[str,
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, *, kind: str) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str], *, kind: str) -> dict[str, Any]:
     """Load a checkpoint of ``kind``; never unpickles arbitrary objects (weights_only=True)."""
     path = Path(path)
     if not path.is_file():
@@ -56,7 +56,7 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str) -> dict[str, Any]:
     return payload
 
 
-def file_digest(path: str | os.PathLike) -> str:
+def file_digest(path: str | os.PathLike[str]) -> str:
     """Short content hash, used in model version strings and data fingerprints."""
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     return digest[:12]

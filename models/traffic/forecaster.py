@@ -131,7 +131,7 @@ class TrafficForecaster:
         return cls(network, None, version="persistence", horizons=horizons, **options)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, network: SensorNetwork, *,
+    def from_checkpoint(cls, path: str | os.PathLike[str], network: SensorNetwork, *,
                         fallback_to_persistence: bool = False, sparse: bool | None = None,
                         **options: Any) -> TrafficForecaster:
         """Load a trained model for ``network`` (same sensor ids, same order).
@@ -307,7 +307,8 @@ class TrafficForecaster:
         known = np.isfinite(self._last_values)
         return float(self._last_values[known].mean()) if known.any() else self._fallback
 
-    def _predict(self, window_end_ms: int, filled: np.ndarray, reported: np.ndarray) -> np.ndarray:
+    def _predict(self, window_end_ms: int, filled: npt.NDArray[np.float32],
+                 reported: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
         """One model step on the filled values; [sensors, horizons] float32, never negative."""
         if self.model is None:
             return np.repeat(filled[:, None], len(self.horizons), axis=1)
@@ -324,7 +325,8 @@ class TrafficForecaster:
                 profile_t=None if profile_t is None else profile_t.to(device),
                 profile_ahead_t=None if profile_ahead is None else profile_ahead.to(device))
         self._h = h[0].cpu().numpy()
-        return np.maximum(prediction[0].cpu().numpy(), 0.0).astype(np.float32)
+        forecast: npt.NDArray[np.float32] = prediction[0].cpu().numpy()
+        return np.maximum(forecast, 0.0).astype(np.float32)
 
     def _profile_inputs(self, window_end_ms: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The profile now [1, sensors] and at each horizon [1, sensors, horizons], for a model that reads it."""
@@ -481,7 +483,7 @@ def _profile_from_metadata(data: dict[str, Any], n_sensors: int) -> SeasonalProf
         raise CheckpointError(f"the checkpoint's seasonal profile is unusable: {exc}") from exc
 
 
-def load_traffic_model(path: str | os.PathLike, network: SensorNetwork, *,
+def load_traffic_model(path: str | os.PathLike[str], network: SensorNetwork, *,
                        sparse: bool | None = None) -> tuple[TrafficGRU, dict[str, Any]]:
     """Model (in eval mode) and metadata of a traffic checkpoint trained on ``network``'s sensors."""
     payload = load_checkpoint(path, kind=CHECKPOINT_KIND)

@@ -127,6 +127,10 @@ class TrafficGRU(nn.Module):
     The adjacency is a non-persistent buffer: checkpoints hold weights, the network is given.
     """
 
+    # Buffers, declared so type checkers know them as tensors (``register_buffer`` sets them).
+    support: torch.Tensor  # normalized adjacency [sensors, sensors], dense or sparse
+    value_scale: torch.Tensor  # [sensors]
+
     def __init__(self, config: TrafficConfig, adjacency: np.ndarray | torch.Tensor, *,
                  sparse: bool | None = None) -> None:
         super().__init__()
@@ -184,6 +188,8 @@ class TrafficGRU(nn.Module):
         forecasts ``t + horizon``) and the last hidden state [batch, sensors, hidden].
         """
         self._check_speeds(speeds, dims=3)
+        if h is None:
+            h = self.initial_hidden(speeds.shape[0])
         outputs = []
         for t in range(speeds.shape[1]):
             prediction, h = self.step(speeds[:, t],
@@ -227,7 +233,7 @@ class TrafficGRU(nn.Module):
             x = torch.cat([x, mask.unsqueeze(-1)], dim=-1)
         if profile_t is not None:
             x = torch.cat([x, ((speeds_t - profile_t) / self.value_scale).unsqueeze(-1)], dim=-1)
-        gx = self.input_gates(torch.cat([x, self._graph_conv(x)], dim=-1))
+        gx: torch.Tensor = self.input_gates(torch.cat([x, self._graph_conv(x)], dim=-1))
         return gx + self._context_projection(time_features_t)
 
     def _context_projection(self, time_features_t: torch.Tensor | None) -> torch.Tensor | float:
@@ -273,10 +279,10 @@ class TrafficGRU(nn.Module):
         """Current value, moved towards the profile ahead (with one), plus a per-horizon change,
         [batch, sensors, horizons]."""
         current = speeds_t.unsqueeze(-1)
-        change = self.value_scale.unsqueeze(-1) * self.head(h)
+        change: torch.Tensor = self.value_scale.unsqueeze(-1) * self.head(h)
         if self.profile_gate is None or profile_ahead_t is None:
             return current + change
-        gate = torch.sigmoid(self.profile_gate(h))
+        gate: torch.Tensor = torch.sigmoid(self.profile_gate(h))
         return current + gate * (profile_ahead_t - current) + change
 
     def _check_profile(self, profile_t: torch.Tensor | None, profile_ahead_t: torch.Tensor | None) -> None:

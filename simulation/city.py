@@ -147,7 +147,8 @@ def _corridor_points(config: TrafficConfig, rng: np.random.Generator, c: int, n:
 def _build_network(config: TrafficConfig, rng: np.random.Generator) -> _Network:
     sizes = np.full(config.n_corridors, config.n_sensors // config.n_corridors)
     sizes[: config.n_sensors % config.n_corridors] += 1
-    ids, points, downstream, am_peak, edges = [], [], [], [], []
+    ids: list[str] = []
+    points, downstream, am_peak, edges = [], [], [], []
     for c, n in enumerate(sizes):
         pts = _corridor_points(config, rng, c, int(n))
         base = len(ids)

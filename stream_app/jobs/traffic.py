@@ -13,7 +13,7 @@ import numpy as np
 
 from models.exceptions import CheckpointError, ModelError
 from models.traffic.calendar import DAY_MS, check_timezone
-from models.traffic.data import INPUT_STEPS, TrafficSeries, load_los_loop, strict_split, tgcn_split
+from models.traffic.data import INPUT_STEPS, Split, TrafficSeries, load_los_loop, strict_split, tgcn_split
 from models.traffic.evaluation import ModelUnderTest, TrafficReport, traffic_report
 from models.traffic.forecaster import load_traffic_model
 from models.traffic.graph import SensorNetwork
@@ -94,7 +94,7 @@ def _los_loop(data_dir: Path | None, sensors: Path | None, edges: Path | None, t
         raise JobError("Los-loop brings its own network and 5-minute interval; drop --sensors, --edges and "
                        "--interval, or give a readings file with --data FILE")
     series = load_los_loop(shared_folder("los-loop", data_dir))
-    notes = ()
+    notes: tuple[str, ...] = ()
     if timezone is not None:
         notes = (f"--timezone {timezone} ignored: Los-loop's rows are already local (Los Angeles) times",)
     horizons = _horizon_steps(horizons_min or DEFAULT_HORIZONS_MIN, series.step_ms)
@@ -173,9 +173,11 @@ def train_traffic_models(data: TrafficData | TrafficSeries, *, protocols: tuple[
     config = TrainConfig(epochs=epochs, patience=patience, learning_rate=lr, seed=seed, progress=progress,
                          input_steps=input_steps)
     strict = _train(series, split, model_config, config)
-    assert strict.profile is not None
+    if strict.profile is None:  # train_traffic always fits one
+        raise JobError("training returned no seasonal profile; incident thresholds are calibrated on it")
     incidents = calibrate_incidents(series, split, strict.profile)
-    runs = {"strict": (strict, split, config, {"protocol": "strict"})}
+    runs: dict[str, tuple[TrainResult, Split, TrainConfig, dict[str, Any]]] = {
+        "strict": (strict, split, config, {"protocol": "strict"})}
     if "tgcn" in protocols:
         schedule = tuple(r["lr"] for r in strict.history if "lr" in r)[:max(1, strict.best_epoch)]
         refit_config = replace(config, stop_after=max(1, strict.best_epoch), lr_schedule=schedule or None)
@@ -214,7 +216,7 @@ def _model_config(series: TrafficSeries, train: slice, max_horizon: int, hidden_
                          step_minutes=max(1, series.step_ms // 60_000))
 
 
-def _train(series: TrafficSeries, split: Any, model_config: TrafficConfig, config: TrainConfig) -> TrainResult:
+def _train(series: TrafficSeries, split: Split, model_config: TrafficConfig, config: TrainConfig) -> TrainResult:
     try:
         return train_traffic(series, split, model_config, config)
     except ModelError as exc:

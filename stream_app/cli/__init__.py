@@ -10,6 +10,7 @@ import click
 from stream_app.cli import (
     broker,
     datasets,
+    dead_letters,
     demo,
     info,
     io,
@@ -46,5 +47,6 @@ def main() -> None:
 
 
 for _command in (broker.broker, worker.worker, demo.demo, io.generate, io.replay, io.tail, info.settings, info.schemas,
-                 models.train, models.evaluate, datasets.datasets):
+                 models.train, models.evaluate, datasets.datasets,
+                 dead_letters.dead_letters):
     cli.add_command(_command)

@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -185,6 +186,8 @@ def run_worker(args: argparse.Namespace, bench: bp.Bench, prefix: str, reader: s
     cwd = bp.ROOT
     if hot_path is None:
         env["PYTHONPATH"] = cwd = args.old_tree
+        if args.old_checkpoint:  # the old code reads checkpoints of its own time only
+            env["STREAM_APP_CHECKPOINT"] = args.old_checkpoint
     else:
         env["STREAM_APP_HOT_PATH"] = hot_path
     worker = bp.Worker(env=env, log_path=bench.workdir / f"{env['STREAM_APP_ID']}.log")
@@ -352,6 +355,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: the online Markov model)")
     parser.add_argument("--old-tree", default="/tmp/old-7e8b271",
                         help="source tree of the old worker (old-full): `git worktree add /tmp/old-7e8b271 7e8b271`")
+    parser.add_argument("--old-checkpoint", default=None,
+                        help="checkpoint for old-full, trained by the old tree (newer checkpoints do not load there)")
     parser.add_argument("--latency-seconds", type=float, default=15.0,
                         help="seconds of load at half the transport-full median, after the repeats (0 = skip)")
     parser.add_argument("--poll-s", type=float, default=0.5, help="worker /metrics polling interval (default 0.5)")
@@ -369,8 +374,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown readers {sorted(unknown)}; choose from {', '.join(READERS)}")
     if "old-full" in args.readers and not Path(args.old_tree, "stream_app").is_dir():
         parser.error(f"--old-tree {args.old_tree} has no stream_app/: run `git worktree add {args.old_tree} 7e8b271`")
-    if args.checkpoint:
-        args.checkpoint = str(Path(args.checkpoint).resolve())
+    for name in ("checkpoint", "old_checkpoint"):
+        if getattr(args, name):
+            setattr(args, name, str(Path(getattr(args, name)).resolve()))
     return args
 
 
@@ -381,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                  "quix-stateful": lambda a: child_quix(a, True)}[args.child]
         print(json.dumps(child(args)))
         return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup: workers and broker stop
     result = measure(args)
     print(markdown(result))
     if args.json_out:

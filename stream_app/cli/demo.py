@@ -24,7 +24,7 @@ from stream_app.settings import Settings
 __all__ = ["demo", "write_network_files"]
 
 WORKER_STOP_S = 30.0  # time the worker gets to commit and leave its group before SIGKILL
-TRAFFIC_HISTORY_DAYS = 28  # of generated city history the demo's traffic model learns from
+TRAFFIC_HISTORY_DAYS = 14  # of generated city history the demo's traffic model learns from (two weekly cycles)
 TRAFFIC_STEP_MS = 300_000  # the worker's sensor window (STREAM_APP_SENSOR_WINDOW_S default)
 
 
@@ -60,7 +60,7 @@ def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes
 @click.option("--bad-fraction", default=0.002, show_default=True, help="Fraction of malformed input records.")
 @click.option("--train/--no-train", default=True, show_default=True,
               help="Train (once, cached) a small next-action model on generated users and a traffic model on "
-                   "four weeks of the generated city before starting; --no-train serves the online Markov "
+                   "two weeks of the generated city before starting; --no-train serves the online Markov "
                    "predictor and persistence forecasts.")
 @click.option("--seed", default=0, show_default=True)
 def demo(broker: str | None, users: int, sensors: int, rate: float, duration: float | None, bad_fraction: float,
@@ -158,7 +158,7 @@ def train_demo_traffic_model(demo_dir: Path, sensors: int, seed: int, stream_sta
     series = to_series(read_readings(readings_file), network, interval_ms=TRAFFIC_STEP_MS, timezone=timezone).series
     horizons = tuple(m * 60_000 // TRAFFIC_STEP_MS for m in Settings().horizons_min)
     trained = train_traffic_models(TrafficData(city.network, series, horizons), protocols=("strict",),
-                                   epochs=40, patience=5, hidden_dim=32, seed=seed, out={"strict": path})
+                                   epochs=15, patience=3, hidden_dim=32, seed=seed, out={"strict": path})
     summary = trained["strict"][1]
     served = zip(Settings().horizons_min, summary["sources"], strict=False)
     console.print(f"[green]traffic model {summary['version']}[/]: serving "

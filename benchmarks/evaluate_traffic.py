@@ -2,7 +2,9 @@
 
 - ``los-loop``: the shared Los-loop set (207 sensors, 5-minute speeds, one week);
 - ``city``: the simulated city's speeds (5-minute windows, weeks, incidents injected at random);
-- ``counts``: the simulated city as hourly vehicle counts, sparse (many zeros), weeks long.
+- ``counts``: the simulated city as hourly vehicle counts, sparse (many zeros), weeks long;
+- ``foursquare-counts``: a real count network, Foursquare NYC check-ins per hour and H3 cell
+  (``../shared/data/foursquare-nyc``, 2012-04-03 to 2013-02-16, local time America/New_York).
 
 The generated sets are written as a readings CSV, an edge list and a sensors CSV, and read back
 through the same loader as ``stream-app train traffic --data FILE`` (so the generic path is the one
@@ -18,12 +20,14 @@ the injected ones).
     .venv/bin/python benchmarks/evaluate_traffic.py los-loop [--out artifacts]
     .venv/bin/python benchmarks/evaluate_traffic.py city --weeks 4
     .venv/bin/python benchmarks/evaluate_traffic.py counts --weeks 4
+    .venv/bin/python benchmarks/evaluate_traffic.py foursquare-counts [--h3-resolution 7 --min-checkins 500]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import logging
 import time
 from pathlib import Path
@@ -32,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.paths import shared_data_dir
 from models.traffic.calendar import WEEK_MS
 from models.traffic.data import TrafficSeries, strict_split, tgcn_split
 from models.traffic.evaluation import ModelUnderTest, test_profile
@@ -56,6 +61,11 @@ __all__ = ["main", "incident_report"]
 
 logger = logging.getLogger(__name__)
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+# NYC.npy's minutes count from the first check-in's hour, 2012-04-03T18:00Z: minute 458,435 then
+# falls on 2013-02-16 02:35Z, the original data set's last check-in, and the hourly profile has its
+# trough at 4 am and peaks at 8 am and 7 pm New York time (with 00:00Z the trough would be at 10 am).
+FOURSQUARE_START_MS = int(dt.datetime(2012, 4, 3, 18, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def incident_report(series: TrafficSeries, direction: str, counts: bool, injected: list[Incident] | None = None,
@@ -147,6 +157,37 @@ def _match(events: list[Any], injected: list[Incident], start_ms: int, end_ms: i
             "median delay min": round(float(np.median(delays)) / 60_000, 1) if delays else None}
 
 
+def foursquare_count_files(folder: Path, root: Path, resolution: int, min_checkins: int) -> tuple[Path, Path, str]:
+    """Hourly check-in counts per H3 cell of ``resolution`` (cells with at least ``min_checkins`` in all),
+    written as a readings CSV (sensor_id, ts, count; every hour of every cell, zeros included, since a
+    missing reading is a gap) and a sensors CSV (cell id, centroid lat, lon). Returns them and a summary."""
+    import h3  # only this network needs it
+
+    checkins = np.load(root / "NYC.npy")
+    pois = np.load(root / "NYC_POI.npy")
+    cell_of_poi = {int(p): h3.latlng_to_cell(float(lat), float(lon), resolution) for p, lat, lon in pois}
+    cells = np.array([cell_of_poi[int(p)] for p in checkins[:, 1]])
+    names, cell_index, totals = np.unique(cells, return_inverse=True, return_counts=True)
+    kept = np.flatnonzero(totals >= min_checkins)
+    hours = checkins[:, 2].astype(np.int64) // 60
+    counts = np.zeros((int(hours.max()) + 1, len(names)), dtype=np.int64)
+    np.add.at(counts, (hours, cell_index), 1)
+    counts = counts[:, kept]
+    folder.mkdir(parents=True, exist_ok=True)
+    readings, sensors = folder / "readings.csv", folder / "sensors.csv"
+    stamps = FOURSQUARE_START_MS + np.arange(len(counts)) * HOUR_MS
+    with readings.open("w") as out:
+        out.write("sensor_id,ts,count\n")
+        for j, cell in enumerate(names[kept]):
+            out.writelines(f"{cell},{t},{c}\n" for t, c in zip(stamps.tolist(), counts[:, j].tolist(), strict=True))
+    centroids = [(cell, *h3.cell_to_latlng(cell)) for cell in names[kept]]
+    sensors.write_text("sensor_id,lat,lon\n" + "".join(f"{c},{a:.6f},{o:.6f}\n" for c, a, o in centroids))
+    summary = (f"{len(kept)} of {len(names)} H3 res-{resolution} cells with >= {min_checkins} check-ins "
+               f"({counts.sum()} of {len(checkins)} check-ins), {len(counts)} hours, "
+               f"mean {counts.mean():.3f} per cell-hour, {(counts == 0).mean():.0%} zeros, max {counts.max()}")
+    return readings, sensors, summary
+
+
 def run(data: TrafficData, protocols: tuple[str, ...], out: Path, direction: str, counts: bool,
         injected: list[Incident] | None, **hyper: Any) -> None:
     """Train, print the validation choices, the test tables and the incident report."""
@@ -172,7 +213,7 @@ def run(data: TrafficData, protocols: tuple[str, ...], out: Path, direction: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("network", choices=["los-loop", "city", "counts"])
+    parser.add_argument("network", choices=["los-loop", "city", "counts", "foursquare-counts"])
     parser.add_argument("--weeks", type=float, default=4.0, help="length of a generated network")
     parser.add_argument("--sensors", type=int, default=48, help="sensors of a generated network")
     parser.add_argument("--protocols", default="strict", help="strict or strict,tgcn")
@@ -182,6 +223,11 @@ def main() -> None:
     parser.add_argument("--time-features", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--h3-resolution", type=int, default=7, help="foursquare-counts: H3 cell resolution")
+    parser.add_argument("--min-checkins", type=int, default=500,
+                        help="foursquare-counts: keep the cells with at least this many check-ins in all")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="foursquare-counts: folder of NYC.npy, NYC_POI.npy (default: shared foursquare-nyc)")
     parser.add_argument("--out", type=Path, default=Path("artifacts"), help="checkpoint (and generated data) folder")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -191,6 +237,17 @@ def main() -> None:
     protocols = tuple(p.strip() for p in args.protocols.split(","))
     if args.network == "los-loop":
         run(load_traffic_data("los-loop"), protocols, args.out, "below", False, None, **hyper)
+        return
+    if args.network == "foursquare-counts":
+        root = args.data_dir or shared_data_dir() / "foursquare-nyc"
+        readings, sensors, summary = foursquare_count_files(args.out / "foursquare-counts", root,
+                                                            args.h3_resolution, args.min_checkins)
+        print("foursquare-counts:", summary)
+        data = load_traffic_data(str(readings), sensors=sensors, timezone="America/New_York", interval="1h",
+                                 horizons_min=(60, 120, 180), network="foursquare-counts", kind="count")
+        for note in data.notes:
+            print("note:", note)
+        run(data, protocols, args.out, "both", True, None, **hyper)
         return
     counts = args.network == "counts"
     config = TrafficConfig(network="city-counts" if counts else "city-speeds", n_sensors=args.sensors, seed=args.seed,

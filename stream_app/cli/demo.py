@@ -152,7 +152,12 @@ def train_demo_traffic_model(demo_dir: Path, sensors: int, seed: int, stream_sta
                   f"(first run only; cached in {path})")
     workload = generate_traffic(city)
     ids = [s[0] for s in workload.sensors]
-    network = SensorNetwork.from_coordinates(city.network, ids, np.array([[a, o] for _, a, o in workload.sensors]))
+    # The network as the worker will read it: from the files the demo registers (rounded weights).
+    adjacency, listing = write_network_files(city.network, workload.sensors, demo_dir).split("=", 1)[1].split(":")
+    network = SensorNetwork.from_files(city.network, adjacency, listing)
+    if list(network.sensor_ids) != ids:
+        raise click.ClickException("the generated city's sensors changed between history and stream; "
+                                   f"remove {demo_dir} and run the demo again")
     readings_file, _, _ = write_traffic_files(workload, demo_dir / "city-history")
     timezone = f"Etc/GMT{-int(city.utc_offset_hours):+d}"  # POSIX sign: Etc/GMT+5 is UTC-5
     series = to_series(read_readings(readings_file), network, interval_ms=TRAFFIC_STEP_MS, timezone=timezone).series

@@ -75,7 +75,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                                                     allow_fallback=settings.allow_fallback)
     # Faust tables are mutable mappings of bytes: the pipelines' state stores. On the transport hot
     # path the users live in the transport's store, given to the pipeline once it has started.
-    users: StateStore = cast(StateStore, tables.user_state) if tables.user_state is not None else {}
+    users: StateStore = cast(StateStore, tables.user_state) if tables.user_state is not None else dict[bytes, bytes]()
     behavior = BehaviorPipeline(settings, users, model, metrics)
     cells = CellPipeline(settings, cast(StateStore, tables.cell_windows), metrics)
     sensors = SensorWindows(settings, cast(StateStore, tables.sensor_windows), metrics)

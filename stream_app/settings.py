@@ -7,11 +7,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from stream_app.exceptions import ConfigError
 
-__all__ = ["Settings", "setting_docs"]
+__all__ = ["Settings", "ProcessingGuarantee", "setting_docs"]
+
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 
 
 def _setting(default: Any, env: str, doc: str) -> Any:
@@ -47,7 +49,7 @@ class Settings:
     hot_path: str = _setting("transport", "STREAM_APP_HOT_PATH",
                              "What runs the behavior pipeline on user-events: transport (batch-native consume, "
                              "process, produce, checkpoint; per-partition stores) or faust (a Faust agent)")
-    processing_guarantee: str = _setting("at_least_once", "STREAM_APP_PROCESSING_GUARANTEE",
+    processing_guarantee: ProcessingGuarantee = _setting("at_least_once", "STREAM_APP_PROCESSING_GUARANTEE",
                                          "at_least_once (a re-delivered event gets the same prediction) or "
                                          "exactly_once (Kafka transactions: outputs for read_committed readers); "
                                          "transport hot path only")

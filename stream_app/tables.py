@@ -49,7 +49,8 @@ async def ready_for_writes(app: faust.App, topics: Topics, *tables: CollectionT 
     """
     for topic in topics.all:
         await topic.maybe_declare()
-    producer = app.producer._ensure_producer()  # Faust exposes no public handle on it
+    # Faust exposes no public handle on it, and ProducerT does not declare this method of its Producer
+    producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
     names = [t.get_topic_name() for t in topics.all] + [t.changelog_topic.get_topic_name() for t in tables
                                                          if t is not None]
     for name in names:  # send_soon() and table writes pick partitions from this metadata

@@ -100,7 +100,8 @@ class TrafficModels:
             metadata = load_checkpoint(path, kind=CHECKPOINT_KIND)["metadata"]
             problem = checkpoint_problem(metadata, network, self.step_ms)
             if problem:
-                return self._refuse(network.name, path, problem)
+                self._refuse(network.name, path, problem)
+                return None
             forecaster = TrafficForecaster.from_checkpoint(path, network, step_ms=self.step_ms)
             monitor = IncidentMonitor.from_metadata(metadata, network)
         except (ModelError, KeyError, TypeError, ValueError) as exc:
@@ -118,7 +119,6 @@ class TrafficModels:
         log.error("traffic network %s: refusing checkpoint %s, it was %s. Train one on this network "
                   "(stream-app train traffic) or map the file to its own network in STREAM_APP_TRAFFIC_CHECKPOINT "
                   "(NETWORK=PATH); keeping the model it serves", network, path, problem)
-        return None
 
     def _single_records(self, path: str, network: str) -> bool:
         """Whether the single checkpoint ``path`` is for ``network`` (one that records no network: for every one)."""

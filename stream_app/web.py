@@ -31,22 +31,30 @@ def attach_pages(app: faust.App, tables: Tables, behavior: BehaviorPipeline, net
         return view.json(summary)
 
     if transport is None:
+        user_state = tables.user_state
+        if user_state is None:
+            raise ValueError("the user pages need the user-state table (hot path faust) or the transport that "
+                             "holds the users (hot path transport); neither was given")
+
         class UserView(View):
             """GET /users/{id}: window statistics, event count and the latest prediction of one user."""
 
-            @app.table_route(table=tables.user_state, match_info="user_id")
+            # faust types a table_route handler as (view, request) only, without the match_info argument
+            @app.table_route(table=user_state, match_info="user_id")  # type: ignore[arg-type]
             async def get(self, request: Request, user_id: str) -> Response:
                 return user_response(self, user_id)
     else:
+        owners: Transport[Any] = transport  # bound here: mypy does not narrow ``transport`` inside the class
+
         class UserView(View):  # type: ignore[no-redef]
             """GET /users/{id}: answered here when this worker owns the user's partition, else by its owner."""
 
             async def get(self, request: Request, user_id: str) -> Response:
-                partition = transport.partition_for(user_id.encode())
-                if transport.is_local(partition):
+                partition = owners.partition_for(user_id.encode())
+                if owners.is_local(partition):
                     return user_response(self, user_id)
-                owner = transport.owner_of(partition)
-                if owner is None or owner == transport.config.advertised_url or FORWARDED_HEADER in request.headers:
+                owner = owners.owner_of(partition)
+                if owner is None or owner == owners.config.advertised_url or FORWARDED_HEADER in request.headers:
                     return self.json({"error": f"partition {partition} of user {user_id!r} is being assigned or "
                                                "restored; retry shortly"}, status=503)
                 return await _forward(self, f"{owner}/users/{user_id}")
@@ -54,7 +62,8 @@ def attach_pages(app: faust.App, tables: Tables, behavior: BehaviorPipeline, net
     class NetworkSensorView(View):
         """GET /networks/{network}/sensors/{id}/forecast: the sensor's latest forecast."""
 
-        @app.table_route(table=tables.network_state, match_info="network")
+        # faust types a table_route handler as (view, request) only, without the match_info arguments
+        @app.table_route(table=tables.network_state, match_info="network")  # type: ignore[arg-type]
         async def get(self, request: Request, network: str, sensor_id: str) -> Response:
             return _forecast_response(self, networks.latest_forecast(sensor_id, network), sensor_id)
 

@@ -98,8 +98,9 @@ def attach_behavior_agent(app: faust.App, settings: Settings, topics: Topics, ta
             else:
                 await handle(valid)
 
-    app.on_before_shutdown.connect(flush_on_shutdown)
-    app.agent(topics.user_events, name="behavior")(behavior)
+    # faust's signal receiver type (sync or async, sender positional) rejects an async def receiver
+    app.on_before_shutdown.connect(flush_on_shutdown)  # type: ignore[arg-type]
+    app.agent(topics.user_events, name="behavior")(behavior)  # type: ignore[arg-type]  # faust types agents on StreamT, which lacks take_events
 
 
 class BehaviorTransport:

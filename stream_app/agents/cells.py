@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 
 from stream_app.pipelines.base import Received
-from stream_app.pipelines.cells import CellPipeline, decode_cell_events
+from stream_app.pipelines.cells import CellEvent, CellPipeline, decode_cell_events
 from stream_app.sending import kafka_producer, send_records
 from stream_app.settings import Settings
 from stream_app.tables import Tables, ready_for_writes
@@ -23,7 +23,7 @@ def attach_cells(app: faust.App, settings: Settings, topics: Topics, tables: Tab
     async def count_cells(stream: faust.Stream[bytes]) -> None:
         await ready_for_writes(app, topics, tables.cell_windows)
         async for batch in stream.take_events(settings.batch_max, within=settings.cell_batch_within_s):
-            received = [Received(decode_cell_events(e.message.value), e.message.timestamp, e.message.partition)
+            received = [Received(_cell_events(e.message.value), e.message.timestamp, e.message.partition)
                         for e in batch]
             closed = pipeline.process(received)
             await send_records(await kafka_producer(app), activity_topic, closed)
@@ -32,5 +32,12 @@ def attach_cells(app: faust.App, settings: Settings, topics: Topics, tables: Tab
         """Idle partitions stop holding the watermark back: their windows close without a record."""
         await send_records(await kafka_producer(app), activity_topic, pipeline.close_windows())
 
-    app.agent(topics.cell_events, name="count-cells")(count_cells)
+    app.agent(topics.cell_events, name="count-cells")(count_cells)  # type: ignore[arg-type]  # faust types agents on StreamT, which lacks take_events
     app.timer(IDLE_CLOSE_S, name="close-idle-cell-windows")(close_idle_cell_windows)
+
+
+def _cell_events(value: bytes | None) -> list[CellEvent]:
+    """The events of one ``cell-events`` record (the behavior pipeline never writes one without a value)."""
+    if value is None:
+        raise ValueError("a cell-events record has no value; only the behavior pipeline should write to that topic")
+    return decode_cell_events(value)

@@ -54,7 +54,7 @@ def attach_traffic(app: faust.App, settings: Settings, topics: Topics, tables: T
             await send_records(producer, topics.forecasts.get_topic_name(), outputs.forecasts)
             await send_records(producer, topics.anomaly_alerts.get_topic_name(), outputs.alerts)
 
-    app.agent(topics.traffic_readings, name="sensor-windows")(sensor_windows)
+    app.agent(topics.traffic_readings, name="sensor-windows")(sensor_windows)  # type: ignore[arg-type]  # faust types agents on StreamT, which lacks take_events
     app.timer(IDLE_CLOSE_S, name="close-idle-sensor-windows")(close_idle_sensor_windows)
-    app.agent(topics.sensor_aggregates, name="network-steps")(network_steps)
+    app.agent(topics.sensor_aggregates, name="network-steps")(network_steps)  # type: ignore[arg-type]  # faust types agents on StreamT, which lacks take_events
     app.timer(MODEL_REFRESH_S, name="reload-traffic-models")(reload_traffic_models)

@@ -27,7 +27,8 @@ class Received(NamedTuple, Generic[T]):
 class StateStore(Protocol):
     """Per-key state as bytes: a dict in tests, a changelogged table in a worker."""
 
-    def get(self, key: bytes, default: bytes | None = None) -> bytes | None: ...
+    # Positional, one argument: how the pipelines call it, and a signature a dict[bytes, bytes] matches.
+    def get(self, key: bytes, /) -> bytes | None: ...
 
     def __setitem__(self, key: bytes, value: bytes) -> None: ...
 

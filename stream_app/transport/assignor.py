@@ -60,7 +60,7 @@ def _url_of(metadata: ConsumerProtocolMemberMetadata) -> str:
         return ""
 
 
-class OwnerAssignor(AbstractPartitionAssignor):  # type: ignore[misc]  # aiokafka is untyped
+class OwnerAssignor(AbstractPartitionAssignor):
     """Delegates the assignment, broadcasts partition -> worker URL to every member.
 
     Pass an instance in ``partition_assignment_strategy``; after each rebalance ``owner_of`` and

@@ -745,7 +745,7 @@ class Transport(Generic[T]):
             self.metrics.dead_letters.labels(topic=self.config.input_topic, reason=reason).inc(count)
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+class _Listener(ConsumerRebalanceListener):
     def __init__(self, transport: Transport[Any]) -> None:
         self._transport = transport
 

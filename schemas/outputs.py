@@ -15,7 +15,7 @@ __all__ = [
     "CellActivity", "AnomalyKind", "IncidentStatus", "Severity", "AnomalyAlert", "DeadLetter", "MAX_PAYLOAD_CHARS",
 ]
 
-AnomalyKind = Literal["forecast_residual", "profile_drop", "behavior", "incident"]
+AnomalyKind = Literal["forecast_residual", "profile_drop", "behavior", "crowd", "incident"]
 IncidentStatus = Literal["raised", "resolved"]
 Severity = Literal["warning", "critical"]
 
@@ -137,7 +137,7 @@ class CellActivity(Record, frozen=True, kw_only=True):
 class AnomalyAlert(Record, frozen=True, kw_only=True):
     """An observation that strays from what was expected.
 
-    What: ``kind`` names the detector; ``key`` is the sensor or user id, ``network`` the sensor's
+    What: ``kind`` names the detector; ``key`` is the sensor, user or H3 cell id, ``network`` the sensor's
     network (null for users); ``alert_id`` is unique per alert.
     When: ``ts`` is the event time of the observation (epoch ms).
     How far: ``observed`` against ``expected``, ``score`` from the detector (higher is stranger),

@@ -81,6 +81,24 @@ class Settings:
                                           "Longest wait to fill a cell-activity batch (its state is written "
                                           "once per cell and batch; minute-long windows need no faster)")
     cell_step_s: int = _setting(60, "STREAM_APP_CELL_STEP_S", "Cell-activity hopping window step")
+    behavior_alerts: bool = _setting(True, "STREAM_APP_BEHAVIOR_ALERTS",
+                                     "Score each event's surprisal under the prediction before it and emit "
+                                     "behavior anomaly alerts (costs one more model output per user and batch)")
+    behavior_alert_threshold: float = _setting(8.0, "STREAM_APP_BEHAVIOR_ALERT_THRESHOLD",
+                                               "Accumulated excess surprisal (standard deviations) of a run of "
+                                               "improbable actions that raises a behavior alert")
+    behavior_alert_reference: float = _setting(1.0, "STREAM_APP_BEHAVIOR_ALERT_REFERENCE",
+                                               "Excess surprisal per event (standard deviations) that a run "
+                                               "tolerates: below it the run drains")
+    behavior_alert_min_gap_s: float = _setting(3_600.0, "STREAM_APP_BEHAVIOR_ALERT_MIN_GAP_S",
+                                               "Event time after a user's behavior alert before the next one")
+    crowd_alert_alpha: float = _setting(1e-6, "STREAM_APP_CROWD_ALERT_ALPHA",
+                                        "Tail probability under a cell's time-of-week profile below which a "
+                                        "closed window raises a crowd alert (spike or drop)")
+    crowd_alert_min_users: int = _setting(8, "STREAM_APP_CROWD_ALERT_MIN_USERS",
+                                          "Fewest distinct users in a window for a crowd spike")
+    crowd_alert_utc_offset_h: float = _setting(0.0, "STREAM_APP_CROWD_ALERT_UTC_OFFSET_H",
+                                               "Hours from UTC of the city's local time (time-of-week profiles)")
     sensor_window_s: int = _setting(300, "STREAM_APP_SENSOR_WINDOW_S", "Per-sensor tumbling window size")
     horizons_min: tuple[int, ...] = _setting((15, 30, 60), "STREAM_APP_HORIZONS", "Forecast horizons in minutes")
     producer_linger_ms: int = _setting(5, "STREAM_APP_PRODUCER_LINGER_MS",

@@ -78,7 +78,7 @@ def test_constraints_are_exported(schemas, topic, field, json_type, constraint, 
 
 def test_nested_and_enum_constraints(schemas):
     alert = schemas["anomaly-alerts"]["properties"]
-    assert alert["kind"]["enum"] == ["behavior", "forecast_residual", "incident", "profile_drop"]
+    assert alert["kind"]["enum"] == ["behavior", "crowd", "forecast_residual", "incident", "profile_drop"]
     assert alert["status"]["anyOf"][0]["enum"] == ["raised", "resolved"]
     assert alert["severity"]["enum"] == ["critical", "warning"]
     score = schemas["next-action-predictions"]["$defs"]["ActionScore"]["properties"]["prob"]

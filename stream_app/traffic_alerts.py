@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterator
+from typing import TypeGuard, get_args
 
 import numpy as np
 
@@ -20,20 +21,36 @@ from models.traffic.forecaster import StepResult
 from models.traffic.incidents import IncidentEvent
 from models.traffic.monitor import IncidentMonitor
 from schemas import AnomalyAlert
+from schemas.outputs import IncidentStatus, Severity
 
 __all__ = ["NetworkAlerts", "incident_alert"]
 
 log = logging.getLogger(__name__)
 
+_SEVERITIES: tuple[str, ...] = get_args(Severity)
+_STATUSES: tuple[str, ...] = get_args(IncidentStatus)
+
 
 def incident_alert(network: str, event: IncidentEvent) -> AnomalyAlert:
     """The ``anomaly-alerts`` record of an incident raised or resolved (a missing value is sent as 0)."""
+    severity, status = event.severity, event.status
+    if not _is_severity(severity) or not _is_status(status):
+        raise ModelError(f"incident {event.incident_id}: severity {severity!r} or status {status!r} is not one "
+                         f"of {_SEVERITIES} and {_STATUSES}")
     return AnomalyAlert(alert_id=f"{event.incident_id}:{event.status}", kind="incident", key=event.sensor_id,
                         network=network, ts=event.window_end_ms, observed=_finite(event.observed),
                         expected=_finite(event.expected),
-                        score=event.score, severity=event.severity, incident_id=event.incident_id,
-                        status=event.status, sensors=list(event.sensors),
+                        score=event.score, severity=severity, incident_id=event.incident_id,
+                        status=status, sensors=list(event.sensors),
                         detail=f"{len(event.sensors)} sensor(s), since {event.started_ms}")
+
+
+def _is_severity(value: str) -> TypeGuard[Severity]:
+    return value in _SEVERITIES
+
+
+def _is_status(value: str) -> TypeGuard[IncidentStatus]:
+    return value in _STATUSES
 
 
 def _finite(value: float) -> float:

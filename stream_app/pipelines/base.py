@@ -8,7 +8,7 @@ from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from aiokafka.partitioner import murmur2
 
-__all__ = ["Received", "Record", "StateStore", "partition_of"]
+__all__ = ["Received", "Record", "StateStore", "epoch_ms", "partition_of"]
 
 T = TypeVar("T")
 
@@ -35,6 +35,14 @@ class StateStore(Protocol):
     def __delitem__(self, key: bytes) -> None: ...
 
     def items(self) -> Iterable[tuple[bytes, bytes]]: ...
+
+
+def epoch_ms(ts: int | str) -> int:
+    """A decoded record's ``ts``: typed int | str for what producers send, epoch ms once the record is built."""
+    if isinstance(ts, str):
+        raise TypeError(f"ts {ts!r} was not converted to epoch ms: build records with the schemas' decoders or "
+                        "constructors, which convert it")
+    return ts
 
 
 @lru_cache(maxsize=200_000)  # a pure function of its arguments: the cache only saves the hash

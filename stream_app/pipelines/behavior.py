@@ -22,11 +22,13 @@ from typing import Any
 
 import msgspec
 
+from models.next_action.anomaly import (BehaviorAlert, BehaviorAnomalyConfig, BehaviorAnomalyScorer,
+                                        PopulationSurprisal, SurpriseState)
 from models.next_action.serving import ActionEvent, EventPrediction, NextActionPredictor, UserState
-from schemas import ActionScore, NextActionPrediction, UserEvent, encode
+from schemas import ActionScore, AnomalyAlert, NextActionPrediction, UserEvent, encode
 from stream_app.metrics import Metrics
 from stream_app.models_holder import HotModel
-from stream_app.pipelines.base import Received, Record, StateStore
+from stream_app.pipelines.base import Received, Record, StateStore, epoch_ms
 from stream_app.pipelines.cells import cell_batches
 from stream_app.settings import Settings
 from stream_app.state import RECENT_IDS, StoredUser, decode_user, encode_user
@@ -45,6 +47,7 @@ class BehaviorOutputs:
 
     predictions: list[Record] = field(default_factory=list)
     cell_events: list[Record] = field(default_factory=list)
+    alerts: list[Record] = field(default_factory=list)  # behavior anomaly alerts, keyed by user
     ingested: list[float] = field(default_factory=list)  # Kafka timestamps (s) of the events predicted
     processed: int = 0  # valid events handled
 
@@ -106,41 +109,57 @@ class UserPlan:
         self._steps: list[tuple[str, UserEvent, int]] = []  # (kind, event, applied index before)
         self._values: list[bytes] = []  # encoded prediction of each applied event
         self._structs: list[NextActionPrediction] = []
+        self.alerts: list[Record] = []  # behavior anomaly alerts raised by the applied events
 
     def add(self, event: UserEvent, ingested_at_ms: int) -> None:
         has_prediction = bool(self.applied or self.user.stored.last_prediction)
-        latest = len(self.applied) - 1
+        latest, ts = len(self.applied) - 1, epoch_ms(event.ts)
         if has_prediction and self.recent_ids and event.event_id == self.recent_ids[-1]:
             self.counts.duplicates += 1
             self._steps.append(("again", event, latest))
         elif event.event_id in self.recent_ids:
             self.counts.duplicates += 1
-        elif has_prediction and event.ts < self.last_ts_ms - self.grace_ms:
+        elif has_prediction and ts < self.last_ts_ms - self.grace_ms:
             self.counts.late += 1
             self._steps.append(("late", event, latest))
         else:
             self.applied.append((event, ingested_at_ms))
             self._steps.append(("applied", event, latest + 1))
             self.recent_ids = [*self.recent_ids, event.event_id][-RECENT_IDS:]
-            self.last_ts_ms = max(self.last_ts_ms, event.ts)
+            self.last_ts_ms = max(self.last_ts_ms, ts)
 
     def actions(self) -> list[ActionEvent]:
-        return [ActionEvent(token=self.action_token(e), ts_ms=e.ts, lat=e.lat, lon=e.lon) for e, _ in self.applied]
+        return [ActionEvent(token=self.action_token(e), ts_ms=epoch_ms(e.ts), lat=e.lat, lon=e.lon)
+                for e, _ in self.applied]
 
     def predicted(self, predicted: list[EventPrediction], version: str, processed_at: int) -> None:
         """Build and encode the prediction of every applied event; score the one before each."""
         previous = self._stored_top()
         for (event, ingested_at), result in zip(self.applied, predicted, strict=True):
             self.counts.score(previous, self.action_token(event))
+            ts = epoch_ms(event.ts)
             prediction = NextActionPrediction(
-                event_id=event.event_id, user_id=event.user_id, as_of=event.ts,
+                event_id=event.event_id, user_id=event.user_id, as_of=ts,
                 top_k=[ActionScore(action=a, prob=p) for a, p in result.top], model_version=version,
-                window_events=result.window_events, window_span_s=result.window_span_s, event_ts=event.ts,
+                window_events=result.window_events, window_span_s=result.window_span_s, event_ts=ts,
                 ingested_at=ingested_at, processed_at=processed_at)
             self._structs.append(prediction)
             self._values.append(encode(prediction))
             previous = [a for a, _ in result.top]
         self.user.last_top = previous
+
+    def score_surprisal(self, predicted: list[EventPrediction], scorer: BehaviorAnomalyScorer) -> None:
+        """Fold each applied event's surprisal (under the prediction before it) into the user's
+        running surprisal state; an alert for every run of improbable actions it completes."""
+        state = self.user.model_state()
+        if state.surprise is None:
+            state.surprise = SurpriseState()
+        for (event, _), result in zip(self.applied, predicted, strict=True):
+            if result.surprisal is None:
+                continue  # a user's first event, or a predictor that gives no surprisal
+            alert = scorer.score(state.surprise, self.action_token(event), int(event.ts), result.surprisal)
+            if alert is not None:
+                self.alerts.append((self.key, encode(behavior_alert(self.user_id, event.event_id, alert))))
 
     def outputs(self, now_ms: Callable[[], int]) -> list[Record]:
         """(key, value) of every output, in the order of the user's events (``now_ms`` stamps late ones)."""
@@ -190,6 +209,12 @@ class BehaviorPipeline:
         self.dirty: dict[str, LoadedUser] = {}
         # Largest event time seen: the clock that idle-state expiry runs on.
         self.latest_event_ms = 0
+        # Behavior anomaly scoring: thresholds from the settings, the population's surprisal from the
+        # serving checkpoint (rebuilt when the model changes).
+        self.alert_config = BehaviorAnomalyConfig(threshold=settings.behavior_alert_threshold,
+                                                  reference=settings.behavior_alert_reference,
+                                                  min_gap_s=settings.behavior_alert_min_gap_s)
+        self._scorer: tuple[object, BehaviorAnomalyScorer] | None = None
         self._bind_metrics(metrics, settings.topic("next-action-predictions"))
 
     def _bind_metrics(self, metrics: Metrics, predictions_topic: str) -> None:
@@ -199,6 +224,8 @@ class BehaviorPipeline:
         self._end_to_end = metrics.end_to_end_latency.labels(pipeline=PIPELINE)
         self._processed = metrics.events_processed.labels(pipeline=PIPELINE)
         self._outputs = metrics.outputs.labels(topic=predictions_topic)
+        self._alert_outputs = metrics.outputs.labels(topic=self.settings.topic("anomaly-alerts"))
+        self._alerts = metrics.anomaly_alerts.labels(kind="behavior")
         self._duplicates = metrics.duplicates.labels(pipeline=PIPELINE)
         self._late = metrics.late_events.labels(pipeline=PIPELINE)
         self._hits = {k: metrics.online_hits.labels(k=str(k)) for k in SCORED_K}
@@ -215,7 +242,7 @@ class BehaviorPipeline:
             return BehaviorOutputs()
         if self.settings.behavior_mode == "passthrough":  # validate only (benchmarks)
             return BehaviorOutputs(processed=len(batch))
-        self.latest_event_ms = max(self.latest_event_ms, max(r.value.ts for r in batch))
+        self.latest_event_ms = max(self.latest_event_ms, max(epoch_ms(r.value.ts) for r in batch))
         predictor = self.model.current  # one model per batch: a hot reload lands between batches
         self._batch_size.observe(len(batch))
         counts = BatchCounts()
@@ -227,12 +254,16 @@ class BehaviorPipeline:
                                              [plan.actions() for plan in applying], self.settings.top_k)
             self._inference.observe(time.perf_counter() - started)
             processed_at = self._now_ms()
+            scorer = self.anomaly_scorer(predictor)
             for plan, predicted in zip(applying, results, strict=True):
                 plan.predicted(predicted, predictor.version, processed_at)
+                if scorer is not None:
+                    plan.score_surprisal(predicted, scorer)
         self._export(counts)
         outputs = BehaviorOutputs(ingested=[r.timestamp for r in batch], processed=len(batch))
         for user_id, plan in plans.items():
             outputs.predictions.extend(plan.outputs(self._now_ms))
+            outputs.alerts.extend(plan.alerts)
             if plan.applied:
                 plan.update_stored()
                 self.dirty[user_id] = plan.user
@@ -249,7 +280,22 @@ class BehaviorPipeline:
             self._end_to_end.observe(max(0.0, now_s - ingested))
         if outputs.predictions and count_outputs:
             self._outputs.inc(len(outputs.predictions))
+        if outputs.alerts:
+            self._alerts.inc(len(outputs.alerts))
+            if count_outputs:
+                self._alert_outputs.inc(len(outputs.alerts))
         self._processed.inc(outputs.processed)
+
+    def anomaly_scorer(self, predictor: NextActionPredictor) -> BehaviorAnomalyScorer | None:
+        """The behavior anomaly scorer for ``predictor`` (None when alerts are off): the population's
+        surprisal comes from its checkpoint's metadata, a neutral guess without one (online Markov)."""
+        if not self.settings.behavior_alerts:
+            return None
+        if self._scorer is None or self._scorer[0] is not predictor:
+            metadata = getattr(predictor, "metadata", None) or {}
+            population = PopulationSurprisal.from_metadata(metadata.get("surprisal"))
+            self._scorer = (predictor, BehaviorAnomalyScorer(population, self.alert_config))
+        return self._scorer[1]
 
     def forget(self, belongs: Callable[[bytes], bool]) -> int:
         """Drop cached and unflushed users whose key ``belongs`` to partitions whose stores were
@@ -345,6 +391,15 @@ class BehaviorPipeline:
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+
+def behavior_alert(user_id: str, event_id: str, alert: BehaviorAlert) -> AnomalyAlert:
+    """The ``anomaly-alerts`` record of a behavior alert raised by event ``event_id`` (the alert id
+    is derived from it, so a re-processed event yields the same alert id)."""
+    critical = alert.observed - alert.user_mean >= 3 * alert.user_std
+    return AnomalyAlert(alert_id=f"behavior:{user_id}:{event_id}", kind="behavior", key=user_id, ts=alert.ts_ms,
+                        observed=alert.observed, expected=alert.expected, score=alert.score,
+                        severity="critical" if critical else "warning", detail=alert.detail)
 
 
 def _span_s(state: UserState) -> float:

@@ -21,16 +21,18 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgspec
 
+from models.exceptions import ModelError
 from models.traffic.forecaster import StepResult, TrafficForecaster
 from models.traffic.graph import SensorNetwork
 from schemas import HorizonForecast, SensorAggregate, TrafficForecast, TrafficReading, encode
+from schemas.events import READING_KINDS, ReadingKind
 from stream_app.metrics import Metrics
 from stream_app.networks import load_networks, network_from_sensors
-from stream_app.pipelines.base import Received, Record, StateStore
+from stream_app.pipelines.base import Received, Record, StateStore, epoch_ms
 from stream_app.settings import Settings
 from stream_app.traffic_alerts import NetworkAlerts
 from stream_app.traffic_models import ServedModel, TrafficModels
@@ -95,9 +97,10 @@ class SensorWindows:
         touched, late = set(), 0
         for received in batch:
             reading = received.value
-            self.watermark.observe(reading.ts, received.partition)
+            ts = epoch_ms(reading.ts)
+            self.watermark.observe(ts, received.partition)
             self.sensor_network[reading.sensor_id] = reading.network
-            if self.windows.add(reading.sensor_id, reading.ts, reading.measured, reading.flow):
+            if self.windows.add(reading.sensor_id, ts, reading.measured, reading.flow):
                 touched.add(reading.sensor_id)
             else:
                 late += 1
@@ -292,7 +295,7 @@ class NetworkSnapshots:
             window_end=result.window_end_ms, observed=None if imputed else float(result.values[index]),
             imputed=imputed, horizons=[self._horizon(forecaster, result, index, h, m)
                                        for h, m in self._published_horizons(forecaster)],
-            model_version=forecaster.version, processed_at=processed_at, kind=forecaster.kind,
+            model_version=forecaster.version, processed_at=processed_at, kind=_reading_kind(forecaster),
             unit=forecaster.unit or None)
 
     @staticmethod
@@ -332,3 +335,16 @@ class NetworkSnapshots:
             forecaster = self.forecaster_for(network, dict.fromkeys(stored.sensors, 0.0))
             self.forecasters[network] = forecaster.from_state_bytes(stored.forecaster)
             self.alerts[network].load(stored.alerts)
+
+
+def _is_reading_kind(kind: str) -> TypeGuard[ReadingKind]:
+    return kind in READING_KINDS
+
+
+def _reading_kind(forecaster: TrafficForecaster) -> ReadingKind:
+    """The forecaster's kind as the wire format names it (training only writes those kinds into a checkpoint)."""
+    if not _is_reading_kind(forecaster.kind):
+        raise ModelError(f"the model {forecaster.version} of network {forecaster.network.name!r} forecasts kind "
+                         f"{forecaster.kind!r}, not one of {', '.join(READING_KINDS)}: retrain it with stream-app "
+                         "train traffic")
+    return forecaster.kind

@@ -3,6 +3,7 @@ built from its settings. Importing this module builds nothing."""
 
 from __future__ import annotations
 
+import functools
 import socket
 from dataclasses import dataclass
 from typing import Any, cast
@@ -70,7 +71,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     setup_prometheus_sensors(app, pattern="/metrics", registry=metrics.registry, name_prefix="faust")
     topics, tables = declare_topics(app, settings), declare_tables(app, settings)
     fallback = MarkovPredictor(window_size=settings.window_events, window_span_s=settings.window_span_s)
-    model: HotModel[NextActionPredictor] = HotModel(BEHAVIOR, settings.checkpoint, load=GRUPredictor.from_checkpoint,
+    load = functools.partial(GRUPredictor.from_checkpoint, surprisal=settings.behavior_alerts)
+    model: HotModel[NextActionPredictor] = HotModel(BEHAVIOR, settings.checkpoint, load=load,
                                                     fallback=fallback, metrics=metrics,
                                                     allow_fallback=settings.allow_fallback)
     # Faust tables are mutable mappings of bytes: the pipelines' state stores. On the transport hot

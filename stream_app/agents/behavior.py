@@ -84,6 +84,7 @@ def attach_behavior_agent(app: faust.App, settings: Settings, topics: Topics, ta
         outputs = pipeline.process(valid, cell_partitions)
         await send_records(producer, topics.predictions.get_topic_name(), outputs.predictions)
         await send_records(producer, topics.cell_events.get_topic_name(), outputs.cell_events)
+        await send_records(producer, topics.anomaly_alerts.get_topic_name(), outputs.alerts)
         pipeline.emitted(outputs)
 
     async def behavior(stream: faust.Stream[bytes]) -> None:
@@ -116,6 +117,7 @@ class BehaviorTransport:
         self.settings, self.pipeline = settings, pipeline
         self.predictions_topic = settings.topic("next-action-predictions")
         self.cells_topic = settings.topic("cell-events")
+        self.alerts_topic = settings.topic("anomaly-alerts")
         self.cell_partitions = settings.partitions  # the topic's real count is read in start()
         self.transport: Transport[Received[UserEvent]] = Transport(
             _transport_config(settings, advertised_url), decode=_decode_user_events, process=self.process,
@@ -135,7 +137,8 @@ class BehaviorTransport:
         valid = [received for records in batch.records.values() for received in records]
         outputs = self.pipeline.process(valid, self.cell_partitions)
         self.pipeline.emitted(outputs, count_outputs=False)  # the transport counts what it writes
-        return {self.predictions_topic: outputs.predictions, self.cells_topic: outputs.cell_events}
+        return {self.predictions_topic: outputs.predictions, self.cells_topic: outputs.cell_events,
+                self.alerts_topic: outputs.alerts}
 
     def on_assigned(self, partitions: frozenset[int]) -> None:
         self._forget(partitions)

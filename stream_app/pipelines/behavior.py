@@ -157,7 +157,7 @@ class UserPlan:
         for (event, _), result in zip(self.applied, predicted, strict=True):
             if result.surprisal is None:
                 continue  # a user's first event, or a predictor that gives no surprisal
-            alert = scorer.score(state.surprise, self.action_token(event), int(event.ts), result.surprisal)
+            alert = scorer.score(state.surprise, self.action_token(event), epoch_ms(event.ts), result.surprisal)
             if alert is not None:
                 self.alerts.append((self.key, encode(behavior_alert(self.user_id, event.event_id, alert))))
 

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from models.next_action.serving import EventPrediction, UserState, update_window
-from schemas import NextActionPrediction, UserEvent, decode_user_event
+from schemas import AnomalyAlert, NextActionPrediction, UserEvent, decode_user_event
 from stream_app.metrics import Metrics
 from stream_app.models_holder import HotModel
 from stream_app.pipelines.base import Received, partition_of
@@ -290,3 +290,91 @@ def test_a_checkpoint_file_that_disappears_is_logged_and_counted_once(tmp_path, 
     assert _sample(metrics, "stream_app_model_reloads_total", pipeline="behavior", outcome="missing") == 1
     assert sum("is missing" in r.message for r in caplog.records) == 1
     assert model.current is predictor, "the serving model keeps serving"
+
+
+# ------------------------------------------------------------------ behavior anomaly alerts
+
+
+class SurprisalPredictor(RecordingPredictor):
+    """``RecordingPredictor`` that also gives each event a surprisal: ``surprisals[token]`` (nats),
+    none for a user's first event; its checkpoint metadata carries the population's surprisal."""
+
+    metadata = {"surprisal": {"mean": 1.0, "std": 0.5}}
+
+    def __init__(self, surprisals: dict[str, float]) -> None:
+        super().__init__()
+        self.surprisals = surprisals
+
+    def predict_many(self, states, sequences, k):
+        first = [state.event_count == 0 for state in states]
+        results = super().predict_many(states, sequences, k)
+        return [[EventPrediction(p.top, p.window_events, p.window_span_s,
+                                 None if new and i == 0 else self.surprisals[e.token])
+                 for i, (p, e) in enumerate(zip(predicted, events, strict=True))]
+                for predicted, events, new in zip(results, sequences, first, strict=True)]
+
+
+def _alert_pipeline(store: dict | None = None, settings: Settings = SETTINGS):
+    predictor, metrics = SurprisalPredictor({"usual": 1.0, "also": 1.2, "odd": 4.0}), Metrics()
+    store = {} if store is None else store
+    model = HotModel("behavior", None, load=lambda path: predictor, fallback=predictor, metrics=metrics)
+    return BehaviorPipeline(settings, store, model, metrics, clock=lambda: NOW_S), store, metrics
+
+
+def _habitual(user: str, n: int, start: int = T0) -> list[UserEvent]:
+    return [_event(f"{user}-h{k}", start + k * 60_000, user, "usual" if k % 3 else "also") for k in range(n)]
+
+
+def test_a_run_of_improbable_actions_raises_one_behavior_alert_keyed_by_user() -> None:
+    pipeline, _, metrics = _alert_pipeline()
+    quiet = pipeline.process(_received(*_habitual("victim", 60), *_habitual("other", 60)), cell_partitions=1)
+    assert quiet.alerts == []
+    start = T0 + 61 * 60_000
+    odd = [_event(f"victim-x{k}", start + k * 1000, "victim", "odd") for k in range(8)]
+    outputs = pipeline.process(_received(*odd, *_habitual("other", 8, start)), cell_partitions=1)
+    assert [key for key, _ in outputs.alerts] == [b"victim"], "one alert (rate-limited), for that user only"
+    alert = msgspec.json.decode(outputs.alerts[0][1], type=AnomalyAlert)
+    assert alert.kind == "behavior" and alert.key == "victim"
+    assert alert.alert_id == f"behavior:victim:{alert_event(odd, alert.ts)}"
+    assert alert.observed == pytest.approx(4.0) and alert.expected < 1.3
+    assert "odd (p=0.018)" in alert.detail, "the events and the probabilities that caused it"
+    assert 3 <= [e.ts for e in odd].index(alert.ts) + 1 <= 6, "within a few events, never one alone"
+    pipeline.emitted(outputs)
+    assert _sample(metrics, "stream_app_anomaly_alerts_total", kind="behavior") == 1
+    assert _sample(metrics, "stream_app_outputs_total", topic=SETTINGS.topic("anomaly-alerts")) == 1
+
+
+def alert_event(events: list[UserEvent], ts: int) -> str:
+    return next(e.event_id for e in events if e.ts == ts)
+
+
+def test_the_surprise_state_survives_a_restart_through_the_store() -> None:
+    """Half a run before the flush, half after a restart on the flushed store: the same alert."""
+    start = T0 + 61 * 60_000
+    events = _habitual("u", 60) + [_event(f"x{k}", start + k * 1000, "u", "odd") for k in range(8)]
+    running, _, _ = _alert_pipeline()
+    expected = [running.process(_received(*events[:63]), cell_partitions=1),
+                running.process(_received(*events[63:]), cell_partitions=1)]
+    crashed, store, _ = _alert_pipeline()
+    crashed.process(_received(*events[:63]), cell_partitions=1)
+    crashed.flush()
+    assert decode_user(store[b"u"]).user_state().surprise.cusum > 0, "the open run is in the stored state"
+    restarted, _, _ = _alert_pipeline(store=store)
+    got = restarted.process(_received(*events[63:]), cell_partitions=1)
+    assert got.alerts == expected[0].alerts + expected[1].alerts and len(got.alerts) == 1
+
+
+def test_alert_thresholds_come_from_the_settings() -> None:
+    from dataclasses import replace
+
+    from models.next_action.anomaly import BehaviorAnomalyConfig
+
+    defaults = BehaviorAnomalyConfig()
+    assert (SETTINGS.behavior_alert_threshold, SETTINGS.behavior_alert_reference,
+            SETTINGS.behavior_alert_min_gap_s) == (defaults.threshold, defaults.reference, defaults.min_gap_s)
+    start = T0 + 61 * 60_000
+    events = _habitual("u", 60) + [_event(f"x{k}", start + k * 1000, "u", "odd") for k in range(8)]
+    strict, _, _ = _alert_pipeline(settings=replace(SETTINGS, behavior_alert_threshold=100.0))
+    assert strict.process(_received(*events), cell_partitions=1).alerts == []
+    off, _, _ = _alert_pipeline(settings=replace(SETTINGS, behavior_alerts=False))
+    assert off.process(_received(*events), cell_partitions=1).alerts == []

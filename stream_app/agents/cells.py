@@ -1,4 +1,4 @@
-"""The cell-activity pipeline's transport: ``cell-events`` in batches, closed windows out."""
+"""The cell-activity pipeline's transport: ``cell-events`` in batches, closed windows and crowd alerts out."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ IDLE_CLOSE_S = 1.0
 def attach_cells(app: faust.App, settings: Settings, topics: Topics, tables: Tables, pipeline: CellPipeline) -> None:
     """Run ``pipeline`` on ``cell-events`` in ``app``, and close windows from a timer when no record comes."""
     activity_topic = topics.cell_activity.get_topic_name()
+    alerts_topic = topics.anomaly_alerts.get_topic_name()
 
     async def count_cells(stream: faust.Stream[bytes]) -> None:
         await ready_for_writes(app, topics, tables.cell_windows)
@@ -26,11 +27,15 @@ def attach_cells(app: faust.App, settings: Settings, topics: Topics, tables: Tab
             received = [Received(_cell_events(e.message.value), e.message.timestamp, e.message.partition)
                         for e in batch]
             closed = pipeline.process(received)
-            await send_records(await kafka_producer(app), activity_topic, closed)
+            producer = await kafka_producer(app)
+            await send_records(producer, activity_topic, closed)
+            await send_records(producer, alerts_topic, pipeline.take_alerts())
 
     async def close_idle_cell_windows() -> None:
         """Idle partitions stop holding the watermark back: their windows close without a record."""
-        await send_records(await kafka_producer(app), activity_topic, pipeline.close_windows())
+        producer = await kafka_producer(app)
+        await send_records(producer, activity_topic, pipeline.close_windows())
+        await send_records(producer, alerts_topic, pipeline.take_alerts())
 
     app.agent(topics.cell_events, name="count-cells")(count_cells)  # type: ignore[arg-type]  # faust types agents on StreamT, which lacks take_events
     app.timer(IDLE_CLOSE_S, name="close-idle-cell-windows")(close_idle_cell_windows)

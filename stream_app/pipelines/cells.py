@@ -15,14 +15,16 @@ from typing import Any
 
 import h3
 import msgspec
+import numpy as np
 
-from schemas import CellActivity, encode
+from models.next_action.crowd import CellProfile, CrowdAlert, CrowdAnomalyConfig, CrowdAnomalyScorer
+from schemas import AnomalyAlert, CellActivity, encode
 from stream_app.metrics import Metrics
 from stream_app.pipelines.base import Received, Record, StateStore, partition_of
 from stream_app.settings import Settings
 from stream_app.windows import ActivityWindow, EventTimeWindows, Watermark
 
-__all__ = ["CellEvent", "CellPipeline", "cell_of", "cell_batches", "decode_cell_events"]
+__all__ = ["CellEvent", "CellPipeline", "cell_of", "cell_batches", "decode_cell_events", "crowd_alert"]
 
 PIPELINE = "cells"
 
@@ -36,9 +38,20 @@ class CellEvent(msgspec.Struct, array_like=True):
     action: str
 
 
+class _StoredProfile(msgspec.Struct, array_like=True):
+    """A cell's time-of-week activity profile (crowd anomaly scoring), compact."""
+
+    level: list[float]
+    seen: int
+    slot_mean: bytes  # float32 [168, 2]
+    slot_seen: bytes  # uint16 [168]
+    last_alert_ms: int | None
+
+
 class _StoredCell(msgspec.Struct, array_like=True):
     windows: dict[int, tuple[int, list[str], dict[str, int]]]
     closed_until: int
+    profile: _StoredProfile | None = None  # absent in states written before crowd alerts
 
 
 _events_encoder, _events_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(list[CellEvent])
@@ -93,6 +106,14 @@ class CellPipeline:
         self._late = metrics.late_events.labels(pipeline=PIPELINE)
         self._closed = metrics.windows_closed.labels(kind="cell")
         self._restored = False
+        # Crowd anomalies: each cell's time-of-week profile (kept with its state), the population's
+        # rhythm in the scorer; alerts wait in ``alerts`` until the transport takes them.
+        self.crowd = CrowdAnomalyScorer(CrowdAnomalyConfig(
+            alpha=settings.crowd_alert_alpha, min_users=settings.crowd_alert_min_users,
+            utc_offset_hours=settings.crowd_alert_utc_offset_h))
+        self.profiles: dict[str, CellProfile] = {}
+        self.alerts: list[Record] = []
+        self._alert_count = metrics.anomaly_alerts.labels(kind="crowd")
 
     def process(self, batch: Iterable[Received[list[CellEvent]]]) -> list[Record]:
         """Count a batch of ``cell-events`` records; the records of every window that closed."""
@@ -115,12 +136,27 @@ class CellPipeline:
         touched = set() if touched is None else touched
         closed = []
         for cell, start, window in list(self.windows.close(self.watermark.value)):
-            closed.append((cell.encode(), encode(self._activity(cell, start, window))))
+            activity = self._activity(cell, start, window)
+            closed.append((cell.encode(), encode(activity)))
+            self._score_crowd(activity)
             touched.add(cell)
         self._closed.inc(len(closed))
         for cell in touched:
             self.store[cell.encode()] = self._encode(cell)
         return closed
+
+    def take_alerts(self) -> list[Record]:
+        """The crowd alerts raised since the last call (keyed by cell), for ``anomaly-alerts``."""
+        alerts, self.alerts = self.alerts, []
+        return alerts
+
+    def _score_crowd(self, activity: CellActivity) -> None:
+        profile = self.profiles.setdefault(activity.cell, CellProfile())
+        alert = self.crowd.observe(profile, activity.cell, activity.window_start, activity.window_end,
+                                   activity.events, activity.users)
+        if alert is not None:
+            self.alerts.append((activity.cell.encode(), encode(crowd_alert(alert))))
+            self._alert_count.inc()
 
     def _activity(self, cell: str, start: int, window: ActivityWindow) -> CellActivity:
         return CellActivity(cell=cell, resolution=self.resolution, window_start=start,
@@ -130,8 +166,10 @@ class CellPipeline:
     def _encode(self, cell: str) -> bytes:
         open_windows = {start: (w.events, sorted(w.users), w.actions)
                         for start, w in self.windows.open.get(cell, {}).items()}
+        profile = self.profiles.get(cell)
         return _cell_encoder.encode(_StoredCell(windows=open_windows,
-                                                closed_until=self.windows.closed_until.get(cell, -1)))
+                                                closed_until=self.windows.closed_until.get(cell, -1),
+                                                profile=None if profile is None else _store_profile(profile)))
 
     def _restore_once(self) -> None:
         """Open windows of this worker's cells, as the store holds them (once, before the first batch)."""
@@ -141,5 +179,30 @@ class CellPipeline:
         for key, raw in list(self.store.items()):
             cell, stored = key.decode(), _cell_decoder.decode(raw)
             self.windows.closed_until[cell] = stored.closed_until
+            if stored.profile is not None:
+                self.profiles[cell] = _load_profile(stored.profile)
             for start, (events, users, actions) in stored.windows.items():
                 self.windows.open.setdefault(cell, {})[start] = ActivityWindow(events, set(users), dict(actions))
+
+
+def crowd_alert(alert: CrowdAlert) -> AnomalyAlert:
+    """The ``anomaly-alerts`` record of a crowd alert (its id names the cell and window: one per window)."""
+    critical = alert.p_value < 1e-12
+    return AnomalyAlert(alert_id=f"crowd:{alert.cell}:{alert.window_start_ms}", kind="crowd", key=alert.cell,
+                        ts=alert.window_end_ms, observed=alert.observed, expected=alert.expected, score=alert.score,
+                        severity="critical" if critical else "warning", detail=alert.detail)
+
+
+def _store_profile(profile: CellProfile) -> _StoredProfile:
+    return _StoredProfile(level=[float(v) for v in profile.level], seen=profile.seen,
+                          slot_mean=profile.slot_mean.astype("<f4").tobytes(),
+                          slot_seen=profile.slot_seen.astype("<u2").tobytes(), last_alert_ms=profile.last_alert_ms)
+
+
+def _load_profile(stored: _StoredProfile) -> CellProfile:
+    empty = CellProfile()
+    return CellProfile(level=np.array(stored.level, dtype=np.float64), seen=stored.seen,
+                       slot_mean=np.frombuffer(stored.slot_mean, "<f4").astype(np.float32).reshape(
+                           empty.slot_mean.shape),
+                       slot_seen=np.frombuffer(stored.slot_seen, "<u2").astype(np.uint16).copy(),
+                       last_alert_ms=stored.last_alert_ms)

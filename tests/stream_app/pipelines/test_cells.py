@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import msgspec
 import pytest
 
-from schemas import CellActivity
+from schemas import AnomalyAlert, CellActivity
 from stream_app.metrics import Metrics
 from stream_app.pipelines.base import Received, partition_of
 from stream_app.pipelines.cells import CellEvent, CellPipeline, cell_batches, cell_of, decode_cell_events
@@ -103,3 +103,59 @@ def test_a_new_pipeline_restores_open_windows_from_the_store() -> None:
     far = ("c9", T0 + 10 * MIN, "u9", "view")  # moves both partitions past the windows above
     closed = _activities(after.process([_received(0, ("c1", T0 + 30_000, "u3", "buy"), far), _received(1, far)]))
     assert closed[("c1", T0)].events == 3 and closed[("c1", T0)].users == 3, "counts continue across the restart"
+
+
+# ------------------------------------------------------------------ crowd anomaly alerts
+
+CROWD_SETTINGS = Settings(cell_window_s=900, cell_step_s=900, grace_s=0.0, partitions=1, watermark_idle_s=5.0,
+                          h3_resolution=RES)
+
+
+def _city_events(gathering=None) -> list[SimpleNamespace]:
+    from simulation.users import BehaviorConfig, generate_user_events, inject_gathering
+
+    events = generate_user_events(BehaviorConfig(n_users=300, n_events=20_000, seed=5)).events
+    if gathering is not None:
+        events = inject_gathering(events, gathering)
+    return [SimpleNamespace(**e) for e in events]
+
+
+def _crowd_run(events: list[SimpleNamespace], store: dict | None = None, metrics: Metrics | None = None
+               ) -> tuple[list[AnomalyAlert], CellPipeline]:
+    pipeline = CellPipeline(CROWD_SETTINGS, {} if store is None else store, metrics or Metrics(), clock=FakeClock())
+    alerts = []
+    for chunk in range(0, len(events), 500):
+        batch = [Received(decode_cell_events(value), 0.0, 0)
+                 for _, value in cell_batches(events[chunk:chunk + 500], 1, RES)]
+        pipeline.process(batch)
+        alerts += [msgspec.json.decode(value, type=AnomalyAlert) for _, value in pipeline.take_alerts()]
+    return alerts, pipeline
+
+
+def test_a_clean_city_raises_no_crowd_alert() -> None:
+    alerts, pipeline = _crowd_run(_city_events())
+    assert len(pipeline.profiles) > 50, "many cells were scored"
+    assert alerts == []
+
+
+def test_an_injected_gathering_raises_a_crowd_alert_for_its_cell() -> None:
+    from simulation.users import Gathering
+
+    clean = _city_events()
+    start = clean[0].ts + 30 * 3_600_000
+    place = next(e for e in clean if e.lat is not None and e.ts > start)  # somewhere people go
+    gathering = Gathering(lat=place.lat, lon=place.lon, start_ms=start, end_ms=start + 2 * 3_600_000, seed=3)
+    store, metrics = {}, Metrics()
+    events = _city_events(gathering)
+    alerts, pipeline = _crowd_run(events, store, metrics)
+    cell = cell_of(place.lat, place.lon, RES)
+    crowded = {cell_of(e.lat, e.lon, RES) for e in events if e.properties.get("injected") == "gathering"}
+    assert cell in {a.key for a in alerts}, "the gathering's cell alerts"
+    assert {a.key for a in alerts} <= crowded, "only cells the gathering spilled into (it is 50 m wide)"
+    first = next(a for a in alerts if a.key == cell)
+    assert first.kind == "crowd" and start <= first.ts <= start + 2 * 3_600_000 + 900_000
+    assert first.observed > first.expected and "spike" in first.detail
+    assert _sample(metrics, "stream_app_anomaly_alerts_total", kind="crowd") == len(alerts)
+    restored = CellPipeline(CROWD_SETTINGS, store, Metrics(), clock=FakeClock())
+    restored.process([])
+    assert restored.profiles[cell].seen == pipeline.profiles[cell].seen > 0, "the profile is kept with the cell"

@@ -378,3 +378,51 @@ def test_alert_thresholds_come_from_the_settings() -> None:
     assert strict.process(_received(*events), cell_partitions=1).alerts == []
     off, _, _ = _alert_pipeline(settings=replace(SETTINGS, behavior_alerts=False))
     assert off.process(_received(*events), cell_partitions=1).alerts == []
+
+
+
+def test_a_clean_generated_run_alerts_on_at_most_half_a_percent_of_users_per_day() -> None:
+    """Generated users scored by the generator's own next-action distribution (a calibrated model):
+    behavior alerts on at most 0.5 % of users per simulated day."""
+    import numpy as np
+
+    from simulation.users import BehaviorConfig, generate_user_events
+
+    workload = generate_user_events(BehaviorConfig(n_users=500, n_events=50_000, seed=11))
+    action_id = {a: i for i, a in enumerate(workload.actions)}
+    previous: dict[str, int] = {}
+    surprisal: dict[tuple, float | None] = {}  # (ts, action, lat, lon) -> -log p under the truth before it
+    for i, e in enumerate(workload.events):
+        before = previous.get(e["user_id"])
+        key = (e["ts"], e["action"], e["lat"], e["lon"])
+        assert key not in surprisal
+        surprisal[key] = None if before is None else \
+            -float(np.log(max(workload.true_next[before, action_id[e["action"]]], 1e-12)))
+        previous[e["user_id"]] = i
+    known = np.array([v for v in surprisal.values() if v is not None])
+
+    class Oracle(RecordingPredictor):
+        metadata = {"surprisal": {"mean": float(known.mean()), "std": float(known.std())}}
+
+        def predict_many(self, states, sequences, k):
+            results = super().predict_many(states, sequences, k)
+            return [[EventPrediction(p.top, p.window_events, p.window_span_s,
+                                     surprisal[(e.ts_ms, e.token, e.lat, e.lon)])
+                     for p, e in zip(predicted, events, strict=True)]
+                    for predicted, events in zip(results, sequences, strict=True)]
+
+    oracle, metrics = Oracle(), Metrics()
+    model = HotModel("behavior", None, load=lambda path: oracle, fallback=oracle, metrics=metrics)
+    pipeline = BehaviorPipeline(SETTINGS, {}, model, metrics, clock=lambda: NOW_S)
+    events = [_event(e["event_id"], e["ts"], e["user_id"], e["action"], lat=e["lat"], lon=e["lon"])
+              for e in workload.events]
+    alerted: set[tuple[str, int]] = set()
+    for chunk in range(0, len(events), 512):
+        outputs = pipeline.process(_received(*events[chunk:chunk + 512]), cell_partitions=1)
+        for _, value in outputs.alerts:
+            alert = msgspec.json.decode(value, type=AnomalyAlert)
+            alerted.add((alert.key, alert.ts // 86_400_000))
+    days = (workload.events[-1]["ts"] - workload.events[0]["ts"]) / 86_400_000
+    assert len(known) > 45_000
+    print(f"clean run: {len(alerted)} user-days alerted of {500 * days:.0f}")
+    assert len(alerted) <= 0.005 * 500 * days

@@ -22,8 +22,13 @@ from typing import Any
 
 import msgspec
 
-from models.next_action.anomaly import (BehaviorAlert, BehaviorAnomalyConfig, BehaviorAnomalyScorer,
-                                        PopulationSurprisal, SurpriseState)
+from models.next_action.anomaly import (
+    BehaviorAlert,
+    BehaviorAnomalyConfig,
+    BehaviorAnomalyScorer,
+    PopulationSurprisal,
+    SurpriseState,
+)
 from models.next_action.serving import ActionEvent, EventPrediction, NextActionPredictor, UserState
 from schemas import ActionScore, AnomalyAlert, NextActionPrediction, UserEvent, encode
 from stream_app.metrics import Metrics

@@ -43,9 +43,10 @@ class Worker:
         return f"http://127.0.0.1:{self.web_port}"
 
     def start(self) -> Worker:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "stream_app", "worker", *self.flags], env=self.env,
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen([sys.executable, "-m", "stream_app", "worker", *self.flags],
+                                            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
         self.wait_for_web()
         return self
 

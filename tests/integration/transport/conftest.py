@@ -189,8 +189,8 @@ class WorkerProcess:
                "--input", k.topic("in"), "--output", k.topic("out"), "--dead-letters", k.topic("dead-letters"),
                "--app-id", k.app_id, "--state-dir", str(self.state_dir), "--guarantee", self.guarantee,
                "--commit-interval-s", "0.5", "--url", self.url]
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while not (self.state_dir / "started.json").exists():
             if self.process.poll() is not None or time.monotonic() > deadline:

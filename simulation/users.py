@@ -6,13 +6,23 @@ import heapq
 import itertools
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from simulation.clock import (DEFAULT_START_MS, HOUR_MS, MINUTE_MS, WEEK_SLOTS, SimulationConfigError, draw,
-                              to_latlon, utc_offset_ms, week_slot)
+from simulation.clock import (
+    DEFAULT_START_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    WEEK_SLOTS,
+    SimulationConfigError,
+    draw,
+    to_latlon,
+    utc_offset_ms,
+    week_slot,
+)
 
 __all__ = ["ACTIONS", "INTENTS", "DEFAULT_START_MS", "Takeover", "BehaviorConfig", "BehaviorWorkload",
            "generate_user_events", "iter_user_events", "posterior_next", "Gathering", "inject_gathering",
@@ -728,7 +738,7 @@ def _habit_user(config: HabitConfig, index: int) -> list[dict]:
             else:
                 picks.append(int(rng.choice(n, p=popularity)))
     return [{"event_id": f"{user_id}-{i:05d}", "user_id": user_id, "ts": int(t), "action": f"a{a:05d}"}
-            for i, (t, a) in enumerate(zip(times.tolist(), picks))]
+            for i, (t, a) in enumerate(zip(times.tolist(), picks, strict=False))]
 
 
 def _never_repeating(rng: np.random.Generator, config: HabitConfig, popularity: np.ndarray) -> list[int]:

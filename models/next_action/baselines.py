@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -73,13 +74,13 @@ class TrainingCounts:
         self._transitions: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
 
     @classmethod
-    def fit(cls, sequences: Iterable[Sequence[int]], vocab_size: int) -> "TrainingCounts":
+    def fit(cls, sequences: Iterable[Sequence[int] | np.ndarray], vocab_size: int) -> TrainingCounts:
         """Count tokens and (previous -> next) pairs inside each training sequence."""
         counts = cls(vocab_size)
-        for seq in sequences:
-            seq = np.asarray(seq, dtype=np.int64)
+        for sequence in sequences:
+            seq = np.asarray(sequence, dtype=np.int64)
             np.add.at(counts.popularity, seq, 1.0)
-            for prev, nxt in zip(seq[:-1].tolist(), seq[1:].tolist()):
+            for prev, nxt in zip(seq[:-1].tolist(), seq[1:].tolist(), strict=True):
                 counts._transitions[prev][nxt] += 1
         return counts
 

@@ -7,8 +7,9 @@ slot mean (once the slot has been seen) with its level shaped by the population'
 week (all cells together; the hour of the day stands in for a week slot not seen yet), and a
 population prior for a cell seen a few times only. The observed value is tested against a negative
 binomial around that expectation (overdispersed: one user's session puts several events in a
-cell, and slots vary from week to week), on both tails: a spike needs at least ``min_users`` users (or ``min_events`` events), a drop
-needs an expectation large enough to make nothing remarkable. Windows that alert are not learned
+cell, and slots vary from week to week), on both tails: a spike needs at least ``min_users``
+users (or ``min_events`` events), a drop needs an expectation large enough to make nothing
+remarkable. Windows that alert are not learned
 from. Pure: the caller keeps a ``CellProfile`` per cell and the scorer's population rhythm.
 """
 
@@ -40,13 +41,15 @@ class CrowdAnomalyConfig:
     """Thresholds of crowd anomaly scoring.
 
     alpha: tail probability below which a window alerts (both tails; many cells and windows are
-    tested, so it is small); the variance around an expectation mu is mu (1 + clump) + spread mu^2:
+    tested, so it is small). The variance around an expectation mu is mu (1 + clump) + spread mu^2:
     ``clump`` for what arrives in bunches (a user's session puts several events in a cell; events,
-    users), ``spread`` for how much a slot varies from week to week; min_users / min_events: the least a spike must hold; min_drop_expected: the
-    least expected events for a drop to count; memory_windows: the profile forgets with this time
-    constant (windows of one slot); prior_windows: how many windows of the population's rhythm weigh
-    in a young cell's expectation; warmup_windows: windows observed (all cells) before any alert, and
-    of a cell before it may alert on a drop; min_gap_s: event time after an alert during which the cell cannot alert again.
+    users), ``spread`` for how much a slot varies from week to week. min_users / min_events: the
+    least a spike must hold; min_drop_expected: the least expected events for a drop to count;
+    memory_windows: the profile forgets with this time constant (windows of one slot);
+    prior_windows: how many windows of the population's rhythm weigh in a young cell's
+    expectation; warmup_windows: windows observed (all cells) before any alert, and of a cell
+    before it may alert on a drop; min_gap_s: event time after an alert during which the cell
+    cannot alert again.
     """
 
     alpha: float = 1e-6
@@ -125,7 +128,8 @@ class CrowdAnomalyScorer:
         alert = self._test(profile, cell, window_start_ms, window_end_ms, observed, expected)
         if alert is None:
             self._learn(profile, slot, observed)
-        elif profile.last_alert_ms is not None and window_start_ms - profile.last_alert_ms < self.config.min_gap_s * 1000:
+        elif profile.last_alert_ms is not None and \
+                window_start_ms - profile.last_alert_ms < self.config.min_gap_s * 1000:
             return None
         else:
             profile.last_alert_ms = window_start_ms
@@ -139,7 +143,8 @@ class CrowdAnomalyScorer:
                                                                                     self.config.prior_windows)
         seen = float(profile.slot_seen[slot])
         weight = seen / (seen + self.config.prior_windows)
-        return weight * profile.slot_mean[slot].astype(np.float64) + (1 - weight) * level * shape
+        blended: np.ndarray = weight * profile.slot_mean[slot].astype(np.float64) + (1 - weight) * level * shape
+        return blended
 
     def _shape(self, slot: int) -> np.ndarray:
         """The population's activity in ``slot`` relative to its average window (1 when unknown);

@@ -9,10 +9,11 @@ import json
 import logging
 import os
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Foursquare NYC minutes count from this instant (2012-04-03T00:00Z).
-FOURSQUARE_EPOCH_MS = int(dt.datetime(2012, 4, 3, tzinfo=dt.timezone.utc).timestamp() * 1000)
+FOURSQUARE_EPOCH_MS = int(dt.datetime(2012, 4, 3, tzinfo=dt.UTC).timestamp() * 1000)
 _ACTION_FIELDS = ("action", "item_id", "category")
 # How an event log is split: "time" cuts every user's stream at the same instants (train on the
 # past, validate, test on the future, as a worker serves it); "last" holds out each user's last
@@ -77,7 +78,7 @@ class ActionDataset:
     def training_tokens(self) -> Iterator[str]:
         """Tokens of the training events: what a vocabulary may be built from."""
         for seq in self.sequences:
-            for event, split in zip(seq.events, seq.splits):
+            for event, split in zip(seq.events, seq.splits, strict=False):
                 if split == Split.TRAIN:
                     yield event.token
 
@@ -89,7 +90,7 @@ def merge_validation(dataset: ActionDataset) -> ActionDataset:
     return ActionDataset(dataset.name, merged, dataset.fingerprint)
 
 
-def data_fingerprint(*paths: str | os.PathLike) -> str:
+def data_fingerprint(*paths: str | os.PathLike[str]) -> str:
     """Short sha256 over the bytes of the given files, in order."""
     digest = hashlib.sha256()
     for path in paths:
@@ -146,7 +147,7 @@ def split_events(name: str, by_key: dict[str, list[EventRecord]], fingerprint: s
     raise ModelError(f"split must be one of {SPLITS}, got {split!r}")
 
 
-def load_foursquare(root: str | os.PathLike | None = None, *, split: str = "last") -> ActionDataset:
+def load_foursquare(root: str | os.PathLike[str] | None = None, *, split: str = "last") -> ActionDataset:
     """Foursquare NYC check-ins: action = POI id, location = the POI's coordinates; ``split``:
     see SPLITS.
 
@@ -165,7 +166,7 @@ def load_foursquare(root: str | os.PathLike | None = None, *, split: str = "last
     return split_events("foursquare-nyc", by_user, data_fingerprint(checkins_path, pois_path), split)
 
 
-def load_diginetica(root: str | os.PathLike | None = None, *, valid_fraction: float = 0.1) -> ActionDataset:
+def load_diginetica(root: str | os.PathLike[str] | None = None, *, valid_fraction: float = 0.1) -> ActionDataset:
     """Diginetica sample as SR-GNN prepares it; one sequence per session, action = item id.
 
     Drop length-1 sessions and items seen < 5 times (then sessions shorter than 2); sessions
@@ -222,12 +223,12 @@ def _filter_sessions(clicks: dict[str, list[tuple[str, int]]]) -> dict[str, list
 
 
 def _session(session: str, clicks: list[tuple[str, int]], day: dt.date, split: Split) -> ActionSequence:
-    start = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    start = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
     events = tuple(EventRecord(item, start + t) for item, t in clicks)
     return ActionSequence(session, events, (split,) * len(events))
 
 
-def load_event_file(path: str | os.PathLike, *, action_field: str = "action",
+def load_event_file(path: str | os.PathLike[str], *, action_field: str = "action",
                     key_field: str = "user_id", split: str = "last") -> ActionDataset:
     """A JSONL (``.jsonl``/``.json``) or CSV event file, split per ``split`` (see SPLITS).
 
@@ -309,7 +310,7 @@ def _parse_ts_ms(value: Any) -> int:
     except ValueError:
         stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
         if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=dt.timezone.utc)
+            stamp = stamp.replace(tzinfo=dt.UTC)
         return int(stamp.timestamp() * 1000)
 
 

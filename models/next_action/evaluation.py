@@ -18,8 +18,15 @@ import torch
 from models.exceptions import ModelError
 from models.next_action.baselines import ActionScorer, TargetContext, TrainingCounts, standard_baselines
 from models.next_action.datasets import ActionSequence, Split
-from models.next_action.features import (OOV_ID, PAD_ID, EncodedEvents, FeatureSpec, Vocabulary, encode_events,
-                                         encode_profiles)
+from models.next_action.features import (
+    OOV_ID,
+    PAD_ID,
+    EncodedEvents,
+    FeatureSpec,
+    Vocabulary,
+    encode_events,
+    encode_profiles,
+)
 from models.next_action.history import ProfileSnapshots
 from models.next_action.model import EventTensors, NextActionModel, ProfileTensors
 
@@ -69,11 +76,12 @@ class TargetSet:
         owner, before = self.owners()
         for start in range(0, len(self), chunk):
             part = slice(start, min(len(self), start + chunk))
-            histories = [self.encoded[s].tokens[:i + 1] for s, i in zip(owner[part].tolist(), before[part].tolist())]
+            pairs = list(zip(owner[part].tolist(), before[part].tolist(), strict=True))
+            histories = [self.encoded[s].tokens[:i + 1] for s, i in pairs]
             slots = self.profiles[0].ids.shape[1] if self.profiles else 0
             ids = np.zeros((len(histories), slots), np.int64)
             probs = np.zeros((len(histories), slots), np.float32)
-            for row, (s, i) in enumerate(zip(owner[part].tolist(), before[part].tolist())):
+            for row, (s, i) in enumerate(pairs):
                 ids[row], probs[row] = self.profiles[s].ids[i], self.profiles[s].probs[i]
             yield part, TargetContext(histories, ids if slots else None, probs if slots else None)
 
@@ -213,7 +221,7 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray, popularity: np.ndarray
     ids = np.arange(scores.shape[1])[None, :]
     ahead = (scores > own) | ((scores == own) & ((popularity[None, :] > own_pop) |
                                                  ((popularity[None, :] == own_pop) & (ids < targets[:, None]))))
-    ranks = 1.0 + ahead.sum(axis=1)
+    ranks: np.ndarray = 1.0 + ahead.sum(axis=1)
     ranks[(targets == PAD_ID) | (targets == OOV_ID)] = np.inf
     return ranks
 
@@ -244,7 +252,8 @@ def baseline_probabilities(scores: np.ndarray, popularity: np.ndarray) -> np.nda
     scores[:, [PAD_ID, OOV_ID]] = 0.0
     total = scores.sum(axis=1, keepdims=True)
     main = np.where(total > 0, scores / np.where(total > 0, total, 1.0), prior[None, :])
-    return (1.0 - _BASELINE_SMOOTHING) * main + _BASELINE_SMOOTHING * prior[None, :]
+    probs: np.ndarray = (1.0 - _BASELINE_SMOOTHING) * main + _BASELINE_SMOOTHING * prior[None, :]
+    return probs
 
 
 def training_counts(sequences: Sequence[ActionSequence], vocab: Vocabulary) -> TrainingCounts:
@@ -257,7 +266,7 @@ def training_runs(sequences: Sequence[ActionSequence], vocab: Vocabulary) -> lis
     runs = []
     for seq in sequences:
         run: list[str] = []
-        for event, split in zip(seq.events, seq.splits):
+        for event, split in zip(seq.events, seq.splits, strict=False):
             if split == Split.TRAIN:
                 run.append(event.token)
             elif run:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import h3
 import numpy as np
@@ -18,8 +19,8 @@ from models.next_action.history import Profile, ProfileSnapshots, consumed_bits,
 __all__ = [
     "PAD_ID", "OOV_ID", "N_DENSE", "DENSE_NAMES", "STATIC_DENSE", "TIME_DENSE", "LOCATION_DENSE",
     "EventRecord", "Vocabulary", "FeatureSpec", "EncodedEvents",
-    "encode_events", "encode_next_events", "haversine_km", "time_features", "cell_bucket", "consumed_columns", "consumed_index",
-    "encode_profiles",
+    "encode_events", "encode_next_events", "haversine_km", "time_features", "cell_bucket", "consumed_columns",
+    "consumed_index", "encode_profiles",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Vocabulary:
             self._tokens.append(token)
 
     @classmethod
-    def build(cls, tokens: Iterable[str], *, min_count: int = 1) -> "Vocabulary":
+    def build(cls, tokens: Iterable[str], *, min_count: int = 1) -> Vocabulary:
         """Vocabulary of tokens seen at least ``min_count`` times, most frequent first (ties by token)."""
         counts: dict[str, int] = {}
         for token in tokens:
@@ -106,7 +107,7 @@ class Vocabulary:
         return self._tokens[len(_SPECIALS):]
 
     @classmethod
-    def from_list(cls, tokens: Sequence[str]) -> "Vocabulary":
+    def from_list(cls, tokens: Sequence[str]) -> Vocabulary:
         """Inverse of ``to_list``."""
         return cls(tokens)
 
@@ -149,7 +150,7 @@ class FeatureSpec:
         return profile_decay(self.profile_half_life)
 
     @classmethod
-    def fit(cls, events: Iterable[EventRecord], **kwargs: Any) -> "FeatureSpec":
+    def fit(cls, events: Iterable[EventRecord], **kwargs: Any) -> FeatureSpec:
         """Normalization statistics from the located events (training data only)."""
         lats, lons = [], []
         for event in events:
@@ -170,7 +171,7 @@ class FeatureSpec:
                 "consumed_hashes": self.consumed_hashes}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FeatureSpec":
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
         return cls(**data)
 
 
@@ -212,7 +213,8 @@ def haversine_km(lat1: np.ndarray | float, lon1: np.ndarray | float,
     p1, p2 = np.radians(lat1), np.radians(lat2)
     dphi, dlmb = p2 - p1, np.radians(np.asarray(lon2) - np.asarray(lon1))
     a = np.sin(dphi / 2.0) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dlmb / 2.0) ** 2
-    return 2.0 * _EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    km: np.ndarray = 2.0 * _EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    return km
 
 
 @lru_cache(maxsize=65_536)
@@ -237,7 +239,8 @@ def encode_events(events: Sequence[EventRecord], vocab: Vocabulary, spec: Featur
     """
     columns = _Columns.of(events)
     first = _Columns.of_previous([(prev_ts_ms, prev_lat, prev_lon)])
-    before = _Columns(*(np.concatenate([a, b[:-1]]) for a, b in zip(first, columns))) if len(events) else columns
+    before = _Columns(*(np.concatenate([a, b[:-1]]) for a, b in zip(first, columns, strict=True))) \
+        if len(events) else columns
     return _encode(events, columns, before, vocab, spec)
 
 
@@ -261,17 +264,19 @@ class _Columns(NamedTuple):
     has: np.ndarray
 
     @classmethod
-    def of(cls, events: Sequence[EventRecord]) -> "_Columns":
+    def of(cls, events: Sequence[EventRecord]) -> _Columns:
         return cls.of_previous([(e.ts_ms, e.lat, e.lon) for e in events])
 
     @classmethod
-    def of_previous(cls, rows: Sequence[tuple[int | None, float | None, float | None]]) -> "_Columns":
+    def of_previous(cls, rows: Sequence[tuple[int | None, float | None, float | None]]) -> _Columns:
         n = len(rows)
         has = np.fromiter((a is not None and o is not None for _, a, o in rows), dtype=bool, count=n)
         return cls(ts=np.fromiter((0 if t is None else int(t) for t, _, _ in rows), dtype=np.int64, count=n),
                    has_ts=np.fromiter((t is not None for t, _, _ in rows), dtype=bool, count=n),
-                   lat=np.fromiter((a if h else 0.0 for (_, a, _), h in zip(rows, has)), dtype=np.float64, count=n),
-                   lon=np.fromiter((o if h else 0.0 for (_, _, o), h in zip(rows, has)), dtype=np.float64, count=n),
+                   lat=np.fromiter((a if h else 0.0 for (_, a, _), h in zip(rows, has, strict=True)),
+                                   dtype=np.float64, count=n),
+                   lon=np.fromiter((o if h else 0.0 for (_, _, o), h in zip(rows, has, strict=True)),
+                                   dtype=np.float64, count=n),
                    has=has)
 
 
@@ -279,7 +284,8 @@ def _encode(events: Sequence[EventRecord], now: _Columns, before: _Columns, voca
             spec: FeatureSpec) -> EncodedEvents:
     """The features of events given their own columns and their predecessors' columns."""
     cells = np.fromiter((cell_bucket(float(a), float(o), spec.h3_resolution, spec.n_cell_buckets) if h else 0
-                         for a, o, h in zip(now.lat, now.lon, now.has)), dtype=np.int64, count=len(events))
+                         for a, o, h in zip(now.lat, now.lon, now.has, strict=True)),
+                        dtype=np.int64, count=len(events))
     gap_s = np.where(before.has_ts, np.maximum(now.ts - before.ts, 0) / 1000.0, 0.0)
     moved = now.has & before.has
     km = np.where(moved, haversine_km(before.lat, before.lon, now.lat, now.lon), 0.0)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -50,7 +50,8 @@ class Profile:
         self.units = np.zeros(size, dtype=np.float64)
         self.scale = 1.0
         self._index: dict[str, int] = {}
-        order = np.argsort(-np.asarray(weights, dtype=np.float64), kind="stable")[:size] if len(tokens) else []
+        order: list[int] = np.argsort(-np.asarray(weights, dtype=np.float64), kind="stable")[:size].tolist() \
+            if len(tokens) else []
         for slot, i in enumerate(sorted(order)):  # keep the stored slot order (it fixes ties and sums)
             self.tokens[slot], self.units[slot] = tokens[i], float(weights[i])
             self._index[tokens[i]] = slot
@@ -98,7 +99,7 @@ class Profile:
         weights = self.weights()
         return [(self.tokens[s], float(weights[s])) for s in range(len(self.tokens)) if self._occupied(s)]
 
-    def copy(self) -> "Profile":
+    def copy(self) -> Profile:
         other = Profile(0)
         other.tokens, other.units, other.scale = list(self.tokens), self.units.copy(), self.scale
         other._index = dict(self._index)
@@ -116,17 +117,17 @@ class ProfileSnapshots:
         self.ids, self.probs, self.mass = ids, probs, mass
 
     @classmethod
-    def empty(cls, n: int, size: int) -> "ProfileSnapshots":
+    def empty(cls, n: int, size: int) -> ProfileSnapshots:
         return cls(np.zeros((n, size), np.int32), np.zeros((n, size), np.float32), np.zeros(n, np.float32))
 
     def __len__(self) -> int:
         return int(self.mass.shape[0])
 
-    def select(self, index: slice | np.ndarray) -> "ProfileSnapshots":
+    def select(self, index: slice | np.ndarray) -> ProfileSnapshots:
         return ProfileSnapshots(self.ids[index], self.probs[index], self.mass[index])
 
     @staticmethod
-    def concat(parts: Sequence["ProfileSnapshots"]) -> "ProfileSnapshots":
+    def concat(parts: Sequence[ProfileSnapshots]) -> ProfileSnapshots:
         return ProfileSnapshots(np.concatenate([p.ids for p in parts]), np.concatenate([p.probs for p in parts]),
                                 np.concatenate([p.mass for p in parts]))
 
@@ -188,6 +189,6 @@ class ConsumedFilter:
         return np.packbits(self.bits, bitorder="little").tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, n_bits: int, n_hashes: int) -> "ConsumedFilter":
+    def from_bytes(cls, data: bytes, n_bits: int, n_hashes: int) -> ConsumedFilter:
         bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[:n_bits].astype(bool)
         return cls(n_bits, n_hashes, bits)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ _MASKED = -1e9
 _MIN_PROB = 1e-12
 _MS_PER_HOUR = 3_600_000.0
 _EARTH_RADIUS_KM = 6371.0088
-_N_PAIR = 10
+_N_PAIR = 11
 COMPONENTS = ("generate", "copy", "transition", "profile")
 
 
@@ -71,7 +72,7 @@ class NextActionConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "NextActionConfig":
+    def from_dict(cls, data: dict[str, Any]) -> NextActionConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -90,7 +91,7 @@ class _WindowView:
     values: Tensor
     valid: Tensor
 
-    def select(self, rows: Tensor, cols: Tensor) -> "_WindowView":
+    def select(self, rows: Tensor, cols: Tensor) -> _WindowView:
         """Positions (rows[i], cols[i]) as [n, 1, window]."""
         return _WindowView(*(t[rows, cols].unsqueeze(1) for t in (self.tokens, self.scores, self.read_scores,
                                                                    self.values, self.valid)))
@@ -104,7 +105,7 @@ class _Context:
     profile: ProfileTensors | None
     consumed: Tensor | None
 
-    def select(self, rows: Tensor, cols: Tensor) -> "_Context":
+    def select(self, rows: Tensor, cols: Tensor) -> _Context:
         """Positions (rows[i], cols[i]) of [batch, time, ...] as [n, 1, ...]."""
         return _Context(None if self.profile is None else self.profile.map(lambda t: t[rows, cols].unsqueeze(1)),
                         None if self.consumed is None else self.consumed[rows, cols].unsqueeze(1))
@@ -132,6 +133,13 @@ class NextActionModel(nn.Module):
     ``step`` advances one event per user; chained steps equal ``forward``.
     """
 
+    dense_mask: Tensor
+    transition_keys: Tensor
+    transition_counts: Tensor
+    transition_totals: Tensor
+    popularity: Tensor
+    consumed_index: Tensor
+
     def __init__(self, config: NextActionConfig) -> None:
         super().__init__()
         self.config = config
@@ -149,6 +157,7 @@ class NextActionModel(nn.Module):
         self.profile_query = nn.Linear(c.hidden_dim, c.attn_dim)
         self.profile_key = nn.Linear(c.embed_dim, c.attn_dim)
         self.profile_sharpness = nn.Parameter(torch.ones(()))
+        self.profile_popularity = nn.Parameter(torch.zeros(()))
         self.repeat_bias = nn.Parameter(torch.zeros(()))
         state_dim = c.hidden_dim + 2 * c.embed_dim
         self.head_layer = nn.Sequential(nn.Linear(state_dim, c.head_dim), nn.Tanh()) if c.head_dim else None
@@ -349,7 +358,8 @@ class NextActionModel(nn.Module):
         if self.cell_embedding is not None:
             parts.append(self.cell_embedding(events.cells))
         parts.append((events.dense * self.dense_mask)[..., list(STATIC_DENSE)])
-        return self.key(torch.cat(parts, dim=-1))
+        keys: Tensor = self.key(torch.cat(parts, dim=-1))
+        return keys
 
     def _band_window(self, batch: EventTensors, out: Tensor, first: int = 0) -> _WindowView:
         """The window of each position from ``first`` on inside the padded sequence [batch, time]
@@ -362,8 +372,9 @@ class NextActionModel(nn.Module):
         events = replace(events, mask=events.mask & (index >= 0))
         keys, query, a = self._keys(batch), self.query(out), self.config.attn_dim
         at = index.clamp_min(0).expand(n_batch, -1, -1)
-        scores = torch.stack([(query[..., h * a:(h + 1) * a] @ keys[..., h * a:(h + 1) * a].transpose(1, 2)).gather(2, at)
-                              for h in range(2)], dim=-1)
+        head = [slice(h * a, (h + 1) * a) for h in range(2)]
+        scores = torch.stack([(query[..., part] @ keys[..., part].transpose(1, 2)).gather(2, at) for part in head],
+                             dim=-1)
         values = keys[:, flat, 2 * a:].reshape(n_batch, n_time - first, len(offset), -1)
         return self._window_view(batch.map(lambda t: t[:, first:].unsqueeze(2)), events, scores, values, offset)
 
@@ -394,8 +405,8 @@ class NextActionModel(nn.Module):
         """A streaming window [batch, window] (oldest first) as a newest-first [batch, 1, window] view."""
         window = window.map(lambda t: t[:, -self.config.window_size:].flip(1).unsqueeze(1))
         keys, a = self._keys(window), self.config.attn_dim
-        query = self.query(out).unflatten(-1, (2, a))
-        scores = torch.einsum("btha,btwha->btwh", query, keys[..., :2 * a].unflatten(-1, (2, a)))
+        query = self.query(out).reshape(*out.shape[:-1], 2, a)
+        scores = torch.einsum("btha,btwha->btwh", query, keys[..., :2 * a].reshape(*keys.shape[:-1], 2, a))
         offset = torch.arange(window.tokens.shape[2], device=out.device)
         return self._window_view(current.map(lambda t: t.unsqueeze(2)), window, scores, keys[..., 2 * a:], offset)
 
@@ -416,8 +427,9 @@ class NextActionModel(nn.Module):
         same token as the current event, its predecessor in the window was the current token
         (the user's own transition), hour-of-day and weekday similarity, log hours since its
         predecessor in the window and whether it has one there (a long pause marks the start of a
-        session; only the window is read, so streaming and training see the same).
-        [batch, time, window, 10]."""
+        session; only the window is read, so streaming and training see the same), and the log
+        training popularity of its token (among repeats, the popular ones come back more).
+        [batch, time, window, 11]."""
         age_h = (current.ts_ms - events.ts_ms).clamp_min(0).double() / _MS_PER_HOUR
         age = torch.log1p(age_h).float() * float(self.config.use_time)
         rank = torch.log1p(offset.float()).expand_as(age)
@@ -435,8 +447,14 @@ class NextActionModel(nn.Module):
         pause_h = torch.zeros_like(age_h)
         pause_h[..., :-1] = (events.ts_ms[..., :-1] - events.ts_ms[..., 1:]).clamp_min(0).double() / _MS_PER_HOUR
         pause = torch.log1p(pause_h).float() * has_older * float(self.config.use_time)
+        popular = self._log_popularity(events.tokens)
         return torch.stack([age, rank, km, located, same.float(), followed.float(), hour, weekday, pause,
-                            has_older.float()], dim=-1)
+                            has_older.float(), popular], dim=-1)
+
+    def _log_popularity(self, tokens: Tensor) -> Tensor:
+        """log(1 + training count) of each token, scaled to about [0, 1] by the largest."""
+        scale = torch.log1p(self.popularity.max()).clamp_min(1.0)
+        return torch.log1p(self.popularity[tokens]) / scale
 
     # -- distributions and gates --------------------------------------------------------------
 
@@ -484,7 +502,8 @@ class NextActionModel(nn.Module):
         if profile is not None:
             known = torch.zeros_like(logits).scatter(-1, profile.ids, (profile.probs > 0).to(logits.dtype))
             logits = logits + self.repeat_bias * known
-        return logits.index_fill(-1, torch.tensor([PAD_ID], device=state.device), _MASKED)
+        masked: Tensor = logits.index_fill(-1, torch.tensor([PAD_ID], device=state.device), _MASKED)
+        return masked
 
     def _copy_weights(self, view: _WindowView) -> Tensor:
         """Attention over each window: [batch, time, window], zero on invalid events."""
@@ -498,11 +517,13 @@ class NextActionModel(nn.Module):
 
     def _profile_weights(self, out: Tensor, profile: ProfileTensors) -> Tensor:
         """Attention of the GRU state over the profile's slots, starting from the counts:
-        softmax(sharpness * log p + query . key) over the occupied slots [*lead, slots]."""
+        softmax(sharpness * log p + query . key + w * log popularity) over the occupied slots
+        [*lead, slots]."""
         valid = profile.probs > 0
         keys = self.profile_key(self.token_embedding(profile.ids))
         scores = (self.profile_query(out).unsqueeze(-2) * keys).sum(-1) / math.sqrt(self.config.attn_dim)
         scores = scores + self.profile_sharpness * torch.log(profile.probs.clamp_min(_MIN_PROB))
+        scores = scores + self.profile_popularity * self._log_popularity(profile.ids)
         return torch.softmax(scores.masked_fill(~valid, _MASKED), dim=-1) * valid
 
     def _profile_distribution(self, out: Tensor, profile: ProfileTensors) -> Tensor:

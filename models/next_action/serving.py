@@ -15,7 +15,7 @@ import torch
 from models.exceptions import ModelError
 from models.next_action.baselines import TargetContext, TrainingCounts, servable_baselines
 from models.next_action.evaluation import baseline_probabilities
-from models.next_action.features import (OOV_ID, PAD_ID, EncodedEvents, encode_events, encode_next_events)
+from models.next_action.features import OOV_ID, PAD_ID, EncodedEvents, encode_events, encode_next_events
 from models.next_action.history import ConsumedFilter, Profile, ProfileSnapshots, profile_snapshots
 from models.next_action.model import EventTensors, ProfileTensors
 from models.next_action.state import STATE_FORMAT_VERSION, ActionEvent, UserState, WindowEvent
@@ -71,11 +71,11 @@ def predict_in_rounds(predictor: NextActionPredictor, states: list[UserState],
         batch = [states[i] for i in rows]
         single = getattr(predictor, "predict_events", None)
         if single is not None:
-            for i, prediction in zip(rows, single(batch, [sequences[i][r] for i in rows], k)):
+            for i, prediction in zip(rows, single(batch, [sequences[i][r] for i in rows], k), strict=False):
                 results[i].append(prediction)
             continue
         top = predictor.predict(batch, [sequences[i][r] for i in rows], k)
-        for i, ranked in zip(rows, top):
+        for i, ranked in zip(rows, top, strict=False):
             window = states[i].window
             span_s = (window[-1].ts_ms - window[0].ts_ms) / 1000 if window else 0.0
             results[i].append(EventPrediction(ranked, len(window), span_s))
@@ -105,7 +105,7 @@ def update_window(state: UserState, event: ActionEvent, *, window_size: int, win
 
 
 def _concat(a: EncodedEvents, b: EncodedEvents) -> EncodedEvents:
-    return EncodedEvents(*(np.concatenate([x, y]) for x, y in zip(_columns(a), _columns(b))))
+    return EncodedEvents(*(np.concatenate([x, y]) for x, y in zip(_columns(a), _columns(b), strict=False)))
 
 
 def _select(a: EncodedEvents, index: np.ndarray | slice) -> EncodedEvents:
@@ -176,7 +176,7 @@ class GRUPredictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu", *,
-                        surprisal: bool = False) -> "GRUPredictor":
+                        surprisal: bool = False) -> GRUPredictor:
         """Load a next-action checkpoint (see models.next_action.training.save_next_action)."""
         return cls(load_next_action(path, device=device), device=device, surprisal=surprisal)
 
@@ -204,7 +204,8 @@ class GRUPredictor:
         users with out-of-order events go through ``predict`` round by round."""
         _check_sequences(states, sequences, k)
         self._prepare(states)
-        in_order = [bool(events) and _in_time_order(state, events) for state, events in zip(states, sequences)]
+        in_order = [bool(events) and _in_time_order(state, events)
+                    for state, events in zip(states, sequences, strict=True)]
         results: list[list[EventPrediction]] = [[] for _ in states]
         for group in (True, False):
             rows = [i for i, events in enumerate(sequences) if events and in_order[i] is group]
@@ -213,7 +214,7 @@ class GRUPredictor:
             picked, chunks = [states[i] for i in rows], [sequences[i] for i in rows]
             done = self._steps(picked, chunks, k, in_order=True) if group else \
                 predict_in_rounds(self, picked, chunks, k)
-            for i, ranked in zip(rows, done):
+            for i, ranked in zip(rows, done, strict=False):
                 results[i] = ranked
         return results
 
@@ -224,13 +225,14 @@ class GRUPredictor:
         counts = [len(events) for events in sequences]
         bounds = np.cumsum([0] + counts).tolist()
         previous: list[tuple[int | None, float | None, float | None]] = []
-        for state, events in zip(states, sequences):
+        for state, events in zip(states, sequences, strict=False):
             previous.append((state.last_ts_ms, state.last_lat, state.last_lon))
             previous.extend((e.ts_ms, e.lat, e.lon) for e in events[:-1])
         encoded = encode_next_events([e for events in sequences for e in events], previous, self._vocab, self._spec)
-        new = [_select(encoded, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        new = [_select(encoded, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
         hidden = torch.from_numpy(np.stack([self._hidden_of(s) for s in states])).to(self._device)
-        window = EventTensors.collate([s._encoded for s in states], align="right").to(self._device)
+        window = EventTensors.collate([s._encoded if s._encoded is not None else self._no_events for s in states],
+                                      align="right").to(self._device)
         before_hidden = hidden
         history = self._advance_history(states, sequences)
         x = EventTensors.collate(new).to(self._device)
@@ -246,18 +248,18 @@ class GRUPredictor:
             if self._surprisal else [None] * len(ids)
         finals = out[torch.arange(len(states), device=self._device), torch.tensor(counts, device=self._device) - 1]
         results = []
-        for state, events, rows, h, a in zip(states, sequences, new, finals.cpu().numpy(), bounds):
+        for state, events, rows, h, a in zip(states, sequences, new, finals.cpu().numpy(), bounds, strict=False):
             windows = self._advance(state, events, rows) if in_order else self._append(state, events[0], rows)
             state.hidden = h.astype(np.float32, copy=True) if self._baseline is None else None
             state.model_version = self.version
             results.append([EventPrediction(ranked, n, span, s) for ranked, (n, span), s in
-                            zip(top[a:a + len(events)], windows, surprisal[a:a + len(events)])])
+                            zip(top[a:a + len(events)], windows, surprisal[a:a + len(events)], strict=False)])
         return results
 
     def _advance_history(self, states: list[UserState], sequences: list[list[ActionEvent]]) -> _History:
         """Add the new events to each user's profile and filter, keeping snapshots for the model."""
         before, after, f_before, f_after = [], [], [], []
-        for state, events in zip(states, sequences):
+        for state, events in zip(states, sequences, strict=False):
             profile = state.profile if state.profile is not None else Profile(0)
             weights = profile.weights()
             mass = float(weights.sum())
@@ -290,7 +292,7 @@ class GRUPredictor:
         starts = np.cumsum([0] + counts[:-1])
         prior = self._prior_log_probs(states, window, hidden, history)
         out: list[float | None] = []
-        for u, (start, count) in enumerate(zip(starts.tolist(), counts)):
+        for u, (start, count) in enumerate(zip(starts.tolist(), counts, strict=False)):
             for j in range(count):
                 token = int(ids[start + j])
                 row = prior[u] if j == 0 else log_probs[start + j - 1]
@@ -323,7 +325,7 @@ class GRUPredictor:
         consumed = None
         if filters is not None and self._consumed_index.shape[1]:
             bits = np.concatenate([f.reshape(-1, f.shape[-1]) for f in filters])
-            consumed = bits[:, self._consumed_index].all(-1)
+            consumed = np.asarray(bits[:, self._consumed_index].all(-1), dtype=bool)
         context = TargetContext([np.array([i]) for i in last.tolist()], snap.ids.astype(np.int64), snap.probs,
                                 consumed)
         if self._baseline is None:
@@ -356,14 +358,15 @@ class GRUPredictor:
         added = list(events)
         if start < n_old:
             state.window = state.window[start:] + added
-            state._encoded = EncodedEvents(*(np.concatenate([a[start:], b]) for a, b in zip(_columns(old),
-                                                                                          _columns(encoded))))
+            pairs = zip(_columns(old), _columns(encoded), strict=True)
+            state._encoded = EncodedEvents(*(np.concatenate([a[start:], b]) for a, b in pairs))
         else:
             state.window, state._encoded = added[start - n_old:], _select(encoded, slice(start - n_old, None))
         state.last_ts_ms = newest.ts_ms if state.last_ts_ms is None else max(state.last_ts_ms, newest.ts_ms)
         state.last_lat, state.last_lon = newest.lat, newest.lon
         state.event_count += len(events)
-        return [(n, span / 1000) for n, span in zip((ends - firsts + 1).tolist(), (ts[n_old:] - ts[firsts]).tolist())]
+        sizes, spans = (ends - firsts + 1).tolist(), (ts[n_old:] - ts[firsts]).tolist()
+        return [(n, span / 1000) for n, span in zip(sizes, spans, strict=True)]
 
     def _append(self, state: UserState, event: ActionEvent, encoded: EncodedEvents) -> list[tuple[int, float]]:
         """``update_window`` for one event in any time order."""
@@ -428,7 +431,7 @@ class GRUPredictor:
         out = self._model.hidden_states(EventTensors.collate(encoded).to(self._device))
         last = torch.tensor([len(e) - 1 for e in encoded], device=self._device)
         finals = out[torch.arange(len(replay), device=self._device), last].cpu().numpy()
-        for state, h in zip(replay, finals):
+        for state, h in zip(replay, finals, strict=False):
             state.hidden = h.astype(np.float32, copy=True)
         logger.info("rebuilt %d hidden states for model %s by replaying their windows", len(replay), self.version)
 
@@ -436,8 +439,8 @@ class GRUPredictor:
         log_probs = log_probs.index_fill(1, torch.tensor([PAD_ID, OOV_ID], device=log_probs.device), -np.inf)
         values, ids = log_probs.topk(min(k, log_probs.shape[1] - 2), dim=1)
         tokens = self._tokens
-        return [[(tokens[i], p) for p, i in zip(row_p, row_i)]
-                for row_p, row_i in zip(values.exp().tolist(), ids.tolist())]
+        return [[(tokens[i], p) for p, i in zip(row_p, row_i, strict=False)]
+                for row_p, row_i in zip(values.exp().tolist(), ids.tolist(), strict=False)]
 
 
 def _counts_of(loaded: LoadedNextAction) -> TrainingCounts:
@@ -446,7 +449,7 @@ def _counts_of(loaded: LoadedNextAction) -> TrainingCounts:
     counts = TrainingCounts(model.config.vocab_size)
     counts.popularity = model.popularity.detach().cpu().numpy().astype(np.float64)
     size = model.config.vocab_size
-    for key, count in zip(model.transition_keys.cpu().tolist(), model.transition_counts.cpu().tolist()):
+    for key, count in zip(model.transition_keys.cpu().tolist(), model.transition_counts.cpu().tolist(), strict=False):
         counts._transitions[key // size][key % size] = int(round(count))
     return counts
 
@@ -468,7 +471,7 @@ class MarkovPredictor:
 
     def predict(self, states: list[UserState], events: list[ActionEvent], k: int) -> list[list[tuple[str, float]]]:
         _check_round(states, events, k)
-        for state, event in zip(states, events):
+        for state, event in zip(states, events, strict=False):
             if state.window:
                 self._transitions[state.window[-1].token][event.token] += 1
             self._popularity[event.token] += 1
@@ -496,10 +499,12 @@ def _in_time_order(state: UserState, events: list[ActionEvent]) -> bool:
     ts = [e.ts_ms for e in events]
     if state.last_ts_ms is not None and ts[0] < state.last_ts_ms:
         return False  # (every window event is at most last_ts_ms)
-    if any(later < earlier for earlier, later in zip(ts, ts[1:])):
+    if any(later < earlier for earlier, later in zip(ts, ts[1:], strict=False)):
         return False
-    window_ts = state._encoded.ts_ms if state._encoded is not None else ()
-    return len(window_ts) < 2 or bool((window_ts[1:] >= window_ts[:-1]).all())
+    if state._encoded is None or len(state._encoded) < 2:
+        return True
+    window_ts = state._encoded.ts_ms
+    return bool(np.all(window_ts[1:] >= window_ts[:-1]))
 
 
 def _check_sequences(states: list[UserState], sequences: list[list[ActionEvent]], k: int) -> None:

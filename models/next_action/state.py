@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import numpy as np
 
@@ -33,7 +34,8 @@ _WINDOW_COLUMNS = (("ts_ms", "<i8"), ("located", "u1"), ("lat", "<f8"), ("lon", 
 
 # The serving API's names for the one event record of models.next_action.features: an event kept in a user's
 # window (its token stays a string so any model can reuse it), and a user's new event to predict from.
-WindowEvent = ActionEvent = EventRecord
+WindowEvent: TypeAlias = EventRecord
+ActionEvent: TypeAlias = EventRecord
 
 
 @dataclass(eq=False)
@@ -86,7 +88,7 @@ class UserState:
                          self.consumed.to_bytes() if self.consumed is not None else b"", surprise])
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "UserState":
+    def from_bytes(cls, data: bytes) -> UserState:
         """Inverse of ``to_bytes`` (formats 1 and 2); raises ModelError for anything else (or a
         newer format)."""
         try:
@@ -109,8 +111,8 @@ def _pack_window(window: list[WindowEvent], encoded: EncodedEvents | None = None
     else:
         located = [w.lat is not None and w.lon is not None for w in window]
         columns = {"ts_ms": [w.ts_ms for w in window], "located": located,
-                   "lat": [w.lat if h else 0.0 for w, h in zip(window, located)],
-                   "lon": [w.lon if h else 0.0 for w, h in zip(window, located)]}
+                   "lat": [w.lat if h else 0.0 for w, h in zip(window, located, strict=False)],
+                   "lon": [w.lon if h else 0.0 for w, h in zip(window, located, strict=False)]}
     columns["token_bytes"] = lengths
     return b"".join([np.asarray(columns[name], dtype=dtype).tobytes() for name, dtype in _WINDOW_COLUMNS] + tokens)
 
@@ -175,7 +177,7 @@ def _unpack_window(data: bytes, offset: int, n: int) -> tuple[list[WindowEvent],
     starts = [offset] + ends[:-1].tolist()
     window = [WindowEvent(data[a:b].decode("utf-8"), ts, lat if h else None, lon if h else None)
               for a, b, ts, h, lat, lon in zip(starts, ends.tolist(), columns["ts_ms"], columns["located"],
-                                               columns["lat"], columns["lon"])]
+                                               columns["lat"], columns["lon"], strict=False)]
     return window, end
 
 
@@ -192,5 +194,5 @@ def _unpack_profile(data: bytes, offset: int, size: int) -> tuple[Profile, int]:
     if end > len(data):
         raise ValueError(f"profile tokens end at byte {end}, the state has {len(data)}")
     starts = [offset] + ends[:-1].tolist()
-    tokens = [data[a:b].decode("utf-8") for a, b in zip(starts, ends.tolist())]
+    tokens = [data[a:b].decode("utf-8") for a, b in zip(starts, ends.tolist(), strict=False)]
     return Profile(size, tokens, weights.copy()), end

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class EventTensors:
     mask: Tensor
 
     @classmethod
-    def collate(cls, sequences: Sequence[EncodedEvents], *, align: str = "left") -> "EventTensors":
+    def collate(cls, sequences: Sequence[EncodedEvents], *, align: str = "left") -> EventTensors:
         """Pad sequences to [batch, time]; ``align="right"`` puts the padding first (windows)."""
         if align not in ("left", "right"):
             raise ModelError(f"align must be 'left' or 'right', got {align!r}")
@@ -56,15 +56,15 @@ class EventTensors:
             mask[row, cols] = True
         return cls(mask=torch.from_numpy(mask), **{k: torch.from_numpy(v) for k, v in arrays.items()})
 
-    def to(self, device: torch.device | str) -> "EventTensors":
+    def to(self, device: torch.device | str) -> EventTensors:
         return EventTensors(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
-    def map(self, fn: Callable[[Tensor], Tensor]) -> "EventTensors":
+    def map(self, fn: Callable[[Tensor], Tensor]) -> EventTensors:
         """Apply ``fn`` to every field (e.g. an index or ``flip``)."""
         return EventTensors(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
 
     @staticmethod
-    def cat(parts: Sequence["EventTensors"], dim: int = 1) -> "EventTensors":
+    def cat(parts: Sequence[EventTensors], dim: int = 1) -> EventTensors:
         return EventTensors(**{f.name: torch.cat([getattr(p, f.name) for p in parts], dim=dim)
                                for f in fields(EventTensors)})
 
@@ -79,7 +79,7 @@ class ProfileTensors:
     mass: Tensor
 
     @classmethod
-    def collate(cls, snapshots: Sequence[ProfileSnapshots]) -> "ProfileTensors":
+    def collate(cls, snapshots: Sequence[ProfileSnapshots]) -> ProfileTensors:
         """Left-aligned [batch, time, slots] (padding last, as ``EventTensors.collate``)."""
         width = max([len(s) for s in snapshots] + [1])
         slots = max([s.ids.shape[1] for s in snapshots] + [0])
@@ -92,15 +92,15 @@ class ProfileTensors:
         return cls(torch.from_numpy(ids), torch.from_numpy(probs), torch.from_numpy(mass))
 
     @classmethod
-    def stack(cls, snapshots: Sequence[ProfileSnapshots]) -> "ProfileTensors":
+    def stack(cls, snapshots: Sequence[ProfileSnapshots]) -> ProfileTensors:
         """One snapshot each ([1, slots]) as [batch, slots]."""
         collated = cls.collate(snapshots)
         return cls(collated.ids[:, 0], collated.probs[:, 0], collated.mass[:, 0])
 
-    def to(self, device: torch.device | str) -> "ProfileTensors":
+    def to(self, device: torch.device | str) -> ProfileTensors:
         return ProfileTensors(self.ids.to(device), self.probs.to(device), self.mass.to(device))
 
-    def map(self, fn: Callable[[Tensor], Tensor]) -> "ProfileTensors":
+    def map(self, fn: Callable[[Tensor], Tensor]) -> ProfileTensors:
         return ProfileTensors(fn(self.ids), fn(self.probs), fn(self.mass))
 
     @property

@@ -10,9 +10,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +24,16 @@ from models.exceptions import CheckpointError, ModelError
 from models.next_action.baselines import SERVABLE, TrainingCounts, servable_baselines
 from models.next_action.datasets import ActionDataset, ActionSequence, Split
 from models.next_action.defaults import DataShape, Recipe, choose_half_life, recipe_for
-from models.next_action.evaluation import (TargetSet, batch_target_log_probs, build_targets, length_batches,
-                                           model_ranks, scorer_ranks, summarize, training_runs)
+from models.next_action.evaluation import (
+    TargetSet,
+    batch_target_log_probs,
+    build_targets,
+    length_batches,
+    model_ranks,
+    scorer_ranks,
+    summarize,
+    training_runs,
+)
 from models.next_action.features import FeatureSpec, Vocabulary, consumed_index
 from models.next_action.model import NextActionConfig, NextActionModel
 
@@ -101,7 +110,9 @@ def train_next_action(sequences: ActionDataset | Sequence[ActionSequence], confi
     if stop_metric not in STOP_METRICS:
         raise ModelError(f"stop_metric must be one of {STOP_METRICS}, got {stop_metric!r}")
     dataset = sequences if isinstance(sequences, ActionDataset) else None
-    prepared = _prepare(tuple(dataset.sequences if dataset else sequences), config, features, model_overrides,
+    seqs: tuple[ActionSequence, ...] = dataset.sequences if dataset is not None else tuple(
+        sequences if not isinstance(sequences, ActionDataset) else ())
+    prepared = _prepare(seqs, config, features, model_overrides,
                         h3_resolution=h3_resolution, min_count=min_count)
     plan = {"lr_decay": 1.0, **prepared.recipe.training,
             **{k: v for k, v in dict(epochs=epochs, lr=lr, patience=patience, max_batch_events=max_batch_events,
@@ -143,14 +154,15 @@ def _start_from_baselines(model: NextActionModel, train: TargetSet, counts: Trai
     (shared with the window copy, the other repeat source). Learning then starts from a model
     about as good as the baselines' best mix, instead of from a random one."""
     owner, before = train.owners()
-    current = np.array([train.encoded[s].tokens[i] for s, i in zip(owner.tolist(), before.tolist())], dtype=np.int64)
+    current = np.array([train.encoded[s].tokens[i] for s, i in zip(owner.tolist(), before.tolist(), strict=True)],
+                       dtype=np.int64)
     targets = train.targets
     size = counts.vocab_size
     popularity = (counts.popularity + 1.0) / (counts.popularity.sum() + size)
     p_pop = popularity[targets]
     pair = np.zeros(len(targets))
     totals = np.zeros(len(targets))
-    for i, (c, t) in enumerate(zip(current.tolist(), targets.tolist())):
+    for i, (c, t) in enumerate(zip(current.tolist(), targets.tolist(), strict=False)):
         row = counts._transitions.get(c)
         if row:
             pair[i], totals[i] = row.get(t, 0), sum(row.values())
@@ -158,7 +170,7 @@ def _start_from_baselines(model: NextActionModel, train: TargetSet, counts: Trai
     p_trans = np.where(totals - found > 0, (pair - found) / np.maximum(totals - found, 1.0), 0.0)
     p_prof = np.array([float(train.profiles[s].probs[i][train.profiles[s].ids[i] == t].sum()) if
                        train.profiles[s].ids.shape[1] else 0.0
-                       for s, i, t in zip(owner.tolist(), before.tolist(), targets.tolist())])
+                       for s, i, t in zip(owner.tolist(), before.tolist(), targets.tolist(), strict=False)])
     parts = np.stack([p_pop, p_trans, p_prof], axis=1)
     weights = np.full(3, 1 / 3)
     for _ in range(50):
@@ -177,7 +189,7 @@ def _start_from_baselines(model: NextActionModel, train: TargetSet, counts: Trai
 
 def _prepare(seqs: Sequence[ActionSequence], config: NextActionConfig | None, features: dict[str, Any] | None,
              model_overrides: dict[str, Any] | None, *, h3_resolution: int, min_count: int) -> _Prepared:
-    training = [e for s in seqs for e, x in zip(s.events, s.splits) if x == Split.TRAIN]
+    training = [e for s in seqs for e, x in zip(s.events, s.splits, strict=False) if x == Split.TRAIN]
     vocab = Vocabulary.build((e.token for e in training), min_count=min_count)
     runs = training_runs(seqs, vocab)
     shape = DataShape.of(seqs, len(vocab))
@@ -208,7 +220,10 @@ def _fit(model: NextActionModel, optimizer: torch.optim.Optimizer,
     has_valid = len(prepared.valid) > 0
     sign = 1.0 if stop_metric == "mrr" else -1.0
     history = [{"epoch": 0.0, **_validate(model, prepared, device)}] if has_valid else []
-    best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
+    # The starting point (the baselines' best static mix) is a candidate too: training that never
+    # beats it on validation leaves it in place.
+    best_score = sign * history[0][f"valid_{stop_metric}"] if has_valid else -math.inf
+    best_epoch, best_state = 0, copy.deepcopy(model.state_dict())
     for epoch in range(1, epochs + 1):
         started = time.monotonic()
         loss = _train_epoch(model, optimizer, prepared.train, rng, device=device, grad_clip=grad_clip,
@@ -256,7 +271,7 @@ def _train_epoch(model: NextActionModel, optimizer: torch.optim.Optimizer, train
                     continue
             loss = -log_probs.mean()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             if grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
@@ -283,7 +298,8 @@ def _choose_server(model: NextActionModel, prepared: _Prepared, device: torch.de
     scored = {"model": model_ranks(model, valid, popularity, device=device)}
     for key, scorer in servable_baselines(prepared.counts, exclude_consumed=prepared.config.exclude_consumed).items():
         scored[key] = scorer_ranks(scorer, valid, popularity)
-    metrics = {key: {k: v for k, v in summarize(r, n).items() if not k.endswith("_se")} for key, (r, n) in scored.items()}
+    metrics = {key: {k: v for k, v in summarize(r, n).items() if not k.endswith("_se")}
+               for key, (r, n) in scored.items()}
     sign = 1.0 if stop_metric == "mrr" else -1.0
     serve = max(scored, key=lambda key: (sign * metrics[key][stop_metric], key == "model"))
     if serve != "model":

@@ -123,7 +123,8 @@ def train_next_action_command(out: Path, **options: Any) -> None:
             ("baselines", "  ".join(f"{name} mrr {m['mrr']:.4f}" for name, m in metadata.get("baselines", {}).items())
              or "-"),
             ("recipe", _recipe_line(metadata)),
-            ("device / time", f"{device}, {time.monotonic() - started:.0f} s ({metadata.get('seconds', 0):.0f} s fitting)"),
+            ("device / time", f"{device}, {time.monotonic() - started:.0f} s "
+                              f"({metadata.get('seconds', 0):.0f} s fitting)"),
             ("checkpoint", str(path))]
     env = f"STREAM_APP_CHECKPOINT={path}"
     if data.action_field != "action":

@@ -153,7 +153,7 @@ def true_next_probabilities(data: GeneratedActions, vocab: Vocabulary, split: Sp
     times can do (locations could still tell it a little more).
     """
     before = [rows[np.asarray(seq.target_positions(split), dtype=np.int64) - 1]
-              for seq, rows in zip(data.dataset.sequences, data.rows) if seq.target_positions(split)]
+              for seq, rows in zip(data.dataset.sequences, data.rows, strict=False) if seq.target_positions(split)]
     rows = np.concatenate(before) if before else np.zeros(0, dtype=np.int64)
     truth = data.workload.true_next[rows] if intent_known else posterior_next(data.workload, data.config, rows)
     probs = np.zeros((len(rows), len(vocab)), dtype=np.float64)
@@ -355,7 +355,8 @@ class ActionReport:
 
 
 def evaluate_actions(data: ActionData, model: NextActionModel, metadata: dict[str, Any], *,
-                     device: str = "cpu", checkpoint: str | None = None, ks: Sequence[int] = DEFAULT_KS) -> ActionReport:
+                     device: str = "cpu", checkpoint: str | None = None,
+                     ks: Sequence[int] = DEFAULT_KS) -> ActionReport:
     """Model, baselines and (generated data) the ceiling on the test targets of ``data``."""
     vocab, spec = Vocabulary.from_list(metadata["vocabulary"]), FeatureSpec.from_dict(metadata["features"])
     sequences = data.scored.sequences

@@ -133,7 +133,7 @@ def test_first_action_of_a_session_names_its_intent(large):
     """Entry actions are disjoint across intents, so the intent is visible in the events."""
     intent_of: dict[str, set[int]] = {}
     session_of: dict[str, str] = {}
-    for event, intent in zip(large.events, large.event_intents.tolist()):
+    for event, intent in zip(large.events, large.event_intents.tolist(), strict=False):
         if session_of.get(event["user_id"]) != event["session_id"]:
             session_of[event["user_id"]] = event["session_id"]
             intent_of.setdefault(event["action"], set()).add(intent)

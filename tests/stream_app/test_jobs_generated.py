@@ -12,8 +12,17 @@ import torch
 from models.next_action.datasets import Split
 from models.next_action.features import Vocabulary
 from simulation.users import BehaviorConfig
-from stream_app.jobs.next_action import (CEILING, MODEL_NAME, POSTERIOR, ActionData, evaluate_actions,
-                                      generate_actions, load_action_data, train_actions, true_next_probabilities)
+from stream_app.jobs.next_action import (
+    CEILING,
+    MODEL_NAME,
+    POSTERIOR,
+    ActionData,
+    evaluate_actions,
+    generate_actions,
+    load_action_data,
+    train_actions,
+    true_next_probabilities,
+)
 
 SMALL = BehaviorConfig(n_users=60, n_events=5_000, seed=0)
 
@@ -33,7 +42,8 @@ def report(generated: ActionData):
 
 
 def test_split_is_chronological_and_cut_at_the_same_instants(generated: ActionData) -> None:
-    times = {split: [e.ts_ms for s in generated.dataset.sequences for e, x in zip(s.events, s.splits) if x == split]
+    times = {split: [e.ts_ms for s in generated.dataset.sequences
+                     for e, x in zip(s.events, s.splits, strict=True) if x == split]
              for split in Split}
     assert max(times[Split.TRAIN]) < min(times[Split.VALID]) <= max(times[Split.VALID]) < min(times[Split.TEST])
     counts = np.array([len(times[s]) for s in Split]) / SMALL.n_events
@@ -54,7 +64,8 @@ def test_reference_rows_belong_to_the_event_before_each_target(generated: Action
     # Each intent has its own entry actions, so inferring the intent from the session's actions
     # recovers it: the posterior is the true distribution.
     np.testing.assert_allclose(posterior, truth, atol=1e-5)
-    seq, rows = next((s, r) for s, r in zip(data.dataset.sequences, data.rows) if s.target_positions(Split.TEST))
+    seq, rows = next((s, r) for s, r in zip(data.dataset.sequences, data.rows, strict=True)
+                     if s.target_positions(Split.TEST))
     first = seq.target_positions(Split.TEST)[0]
     expected = data.workload.true_next[rows[first - 1]]
     np.testing.assert_allclose(truth[0, [vocab.encode(a) for a in data.workload.actions]], expected, rtol=1e-6)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from models.exceptions import ModelError
-from models.next_action.anomaly import (BehaviorAnomalyConfig, BehaviorAnomalyScorer, PopulationSurprisal,
-                                        SurpriseState)
+from models.next_action.anomaly import BehaviorAnomalyConfig, BehaviorAnomalyScorer, PopulationSurprisal, SurpriseState
 from models.next_action.crowd import CellProfile, CrowdAnomalyConfig, CrowdAnomalyScorer, week_slot
 
 T0 = 1_709_528_400_000  # a Monday 05:00 UTC
@@ -18,7 +17,8 @@ POPULATION = PopulationSurprisal(mean=1.3, std=0.8)
 def _normal_stream(scorer: BehaviorAnomalyScorer, state: SurpriseState, n: int, rng: np.random.Generator,
                    start_ms: int = T0) -> list:
     surprisals = np.clip(rng.gamma(2.0, 0.65, size=n), 0.01, None)   # mean 1.3, a right tail like real ones
-    return scorer.score_many(state, [(f"a{i % 7}", start_ms + i * MINUTE_MS, float(s)) for i, s in enumerate(surprisals)])
+    events = [(f"a{i % 7}", start_ms + i * MINUTE_MS, float(s)) for i, s in enumerate(surprisals)]
+    return scorer.score_many(state, events)
 
 
 def test_a_run_of_improbable_actions_alerts_with_its_evidence() -> None:
@@ -173,3 +173,67 @@ def test_generated_city_clean_run_is_quiet_and_an_injected_gathering_is_flagged(
     cell = h3.latlng_to_cell(*place, 8)
     assert alerts and {a.cell for a in alerts} == {cell}
     assert start <= alerts[0].window_start_ms < start + 30 * MINUTE_MS   # within the first half hour
+
+
+# -- behavior anomalies over a trained model's predictions ------------------------------------------
+
+@pytest.fixture(scope="module")
+def taken_over():
+    """A small generated city where 6 accounts are taken over late on the second day, and a model
+    trained (before the takeovers) on its events; each user's surprisals from ``forward``."""
+    import torch
+
+    from models.next_action.features import EventRecord, FeatureSpec, Vocabulary, encode_events, encode_profiles
+    from models.next_action.model import EventTensors, ProfileTensors
+    from models.next_action.training import train_next_action
+    from simulation.users import BehaviorConfig, Takeover, generate_user_events
+    from stream_app.jobs.next_action import generate_actions
+
+    torch.set_num_threads(1)
+    clean = BehaviorConfig(n_users=150, n_events=24_000, seed=21)
+    data = generate_actions(clean)
+    model, metadata = train_next_action(data.dataset, epochs=8, progress=False, seed=0)
+    events = generate_user_events(clean).events
+    at = events[0]["ts"] + int(0.85 * (events[-1]["ts"] - events[0]["ts"]))
+    victims = {f"user-{u:05d}" for u in range(0, 150, 25)}
+    workload = generate_user_events(BehaviorConfig(n_users=150, n_events=24_000, seed=21, takeovers=tuple(
+        Takeover(user=int(v[5:]), start_ms=at, seed=7) for v in sorted(victims))))
+    vocab, spec = Vocabulary.from_list(metadata["vocabulary"]), FeatureSpec.from_dict(metadata["features"])
+    users: dict[str, list[int]] = {}
+    for row, event in enumerate(workload.events):
+        users.setdefault(event["user_id"], []).append(row)
+    streams = {}
+    for user, rows in users.items():
+        records = [EventRecord(workload.events[r]["action"], workload.events[r]["ts"]) for r in rows]
+        with torch.no_grad():
+            log_probs = model(EventTensors.collate([encode_events(records, vocab, spec)]),
+                              profile=ProfileTensors.collate([encode_profiles(records, vocab, spec)]))[0].numpy()
+        ids = [vocab.encode(r.token) for r in records]
+        surprisal = [None] + [float(-log_probs[t - 1, ids[t]]) for t in range(1, len(records))]
+        scored = [(r.token, r.ts_ms, s) for r, s in zip(records, surprisal, strict=True)]
+        streams[user] = (scored, workload.intruder[rows])
+    days = (workload.events[-1]["ts"] - workload.events[0]["ts"]) / 86_400_000
+    return streams, PopulationSurprisal.from_metadata(metadata["surprisal"]), victims, days
+
+
+def test_a_simulated_takeover_is_flagged_within_a_few_events_and_a_clean_run_stays_quiet(taken_over) -> None:
+    streams, population, victims, days = taken_over
+    scorer = BehaviorAnomalyScorer(population)
+    delays, clean_alerts = {}, 0
+    for user, (events, intruder) in streams.items():
+        state = SurpriseState()
+        for i, (token, ts, surprisal) in enumerate(events):
+            alert = scorer.score(state, token, ts, surprisal) if surprisal is not None else None
+            if alert is None:
+                continue
+            if intruder[i]:
+                delays.setdefault(user, i - int(np.argmax(intruder)) + 1)
+            else:
+                clean_alerts += 1
+    active = {u for u in victims if streams[u][1].sum() >= 8}         # victims with 8+ events after the takeover
+    assert active and set(delays) >= active, (sorted(active - set(delays)), delays)
+    taken = sorted(delays[u] for u in active)
+    assert taken[len(taken) // 2] <= 6 and taken[-1] <= 10, delays   # within a few events
+    rate = clean_alerts / (len(streams) * days)
+    assert rate <= 0.005, f"{clean_alerts} alerts on clean behavior: {rate:.2%} of users per day"
+    print(f"\ntakeovers flagged after {taken} events; clean alerts {clean_alerts} ({rate:.2%} of users per day)")

@@ -7,9 +7,18 @@ import math
 import numpy as np
 import pytest
 
-from models.next_action.baselines import (FrequencyScorer, MarkovScorer, MixScorer, PopularityScorer, ProfileScorer,
-                                         TargetContext, TrainingCounts, UnconsumedScorer, servable_baselines,
-                                         standard_baselines)
+from models.next_action.baselines import (
+    FrequencyScorer,
+    MarkovScorer,
+    MixScorer,
+    PopularityScorer,
+    ProfileScorer,
+    TargetContext,
+    TrainingCounts,
+    UnconsumedScorer,
+    servable_baselines,
+    standard_baselines,
+)
 from models.next_action.evaluation import baseline_probabilities, target_ranks
 
 # ids 0/1 are padding/OOV; tokens 2..5. Training: 2->3 twice, 3->4, 4->2, 3->2.

@@ -8,9 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.next_action.datasets import (FOURSQUARE_EPOCH_MS, ActionDataset, Split, data_fingerprint, leave_last_out,
-                             load_diginetica, load_event_file, load_foursquare, merge_validation)
 from models.exceptions import ModelError
+from models.next_action.datasets import (
+    FOURSQUARE_EPOCH_MS,
+    ActionDataset,
+    Split,
+    data_fingerprint,
+    leave_last_out,
+    load_diginetica,
+    load_event_file,
+    load_foursquare,
+    merge_validation,
+)
 from models.next_action.features import EventRecord
 
 ROWS = [
@@ -52,7 +61,8 @@ def test_event_file_csv(tmp_path: Path) -> None:
     assert seq.events == (EventRecord("x", 10, 1.5, 2.5), EventRecord("y", 20), EventRecord("z", 30, 1.0, 2.0))
 
 
-@pytest.mark.parametrize("text", ['{"user_id": "a", "action": "x"}', "{not json", '{"user_id": "a", "ts": "soon", "action": "x"}'])
+@pytest.mark.parametrize("text", ['{"user_id": "a", "action": "x"}', "{not json",
+                                  '{"user_id": "a", "ts": "soon", "action": "x"}'])
 def test_event_file_bad_rows_name_the_line(tmp_path: Path, text: str) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n" + text + "\n")
@@ -95,7 +105,7 @@ def test_foursquare_protocol(shared_data: Path) -> None:
     user1 = raw[raw[:, 0] == 1]
     seq = next(s for s in data.sequences if s.key == "1")
     assert seq.events[0].ts_ms == FOURSQUARE_EPOCH_MS + int(user1[:, 2].min()) * 60_000
-    assert all(a.ts_ms <= b.ts_ms for a, b in zip(seq.events, seq.events[1:]))
+    assert all(a.ts_ms <= b.ts_ms for a, b in zip(seq.events, seq.events[1:], strict=False))
     assert all(e.lat is not None for e in seq.events)
 
 

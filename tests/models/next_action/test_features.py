@@ -12,8 +12,19 @@ import numpy as np
 import pytest
 
 from models.exceptions import ModelError
-from models.next_action.features import (DENSE_NAMES, N_DENSE, OOV_ID, PAD_ID, EventRecord, FeatureSpec, Vocabulary,
-                             cell_bucket, encode_events, haversine_km, time_features)
+from models.next_action.features import (
+    DENSE_NAMES,
+    N_DENSE,
+    OOV_ID,
+    PAD_ID,
+    EventRecord,
+    FeatureSpec,
+    Vocabulary,
+    cell_bucket,
+    encode_events,
+    haversine_km,
+    time_features,
+)
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS

@@ -96,7 +96,8 @@ def test_steps_over_a_stored_window_equal_forward(split: int) -> None:
     assert log_probs.shape == (firsts[-1], model.config.vocab_size)
     for row, u in enumerate(users):
         n = len(seqs[u]) - split
-        torch.testing.assert_close(log_probs[firsts[row]:firsts[row] + n], full[u, split:len(seqs[u])], atol=1e-5, rtol=0)
+        torch.testing.assert_close(log_probs[firsts[row]:firsts[row] + n], full[u, split:len(seqs[u])],
+                                   atol=1e-5, rtol=0)
         torch.testing.assert_close(out[row, n - 1], hidden[u, len(seqs[u]) - 1], atol=1e-5, rtol=0)
 
 

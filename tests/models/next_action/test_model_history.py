@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.next_action.features import (EventRecord, FeatureSpec, Vocabulary, consumed_index, encode_events,
-                                         encode_profiles)
+from models.next_action.features import (
+    EventRecord,
+    FeatureSpec,
+    Vocabulary,
+    consumed_index,
+    encode_events,
+    encode_profiles,
+)
 from models.next_action.history import ConsumedFilter, Profile
 from models.next_action.model import EventTensors, NextActionConfig, NextActionModel, ProfileTensors
 

@@ -11,14 +11,22 @@ import numpy as np
 import pytest
 import torch
 
-from models.next_action.datasets import ActionSequence, Split
 from models.exceptions import ModelError
 from models.next_action.anomaly import SurpriseState, SurprisingEvent
+from models.next_action.datasets import ActionSequence, Split
 from models.next_action.features import EventRecord, encode_events, encode_profiles
 from models.next_action.history import ConsumedFilter, Profile
 from models.next_action.model import EventTensors, NextActionConfig, ProfileTensors
-from models.next_action.serving import (ActionEvent, GRUPredictor, MarkovPredictor, NextActionPredictor, UserState,
-                            WindowEvent, predict_in_rounds, update_window)
+from models.next_action.serving import (
+    ActionEvent,
+    GRUPredictor,
+    MarkovPredictor,
+    NextActionPredictor,
+    UserState,
+    WindowEvent,
+    predict_in_rounds,
+    update_window,
+)
 from models.next_action.training import load_next_action, save_next_action, train_next_action
 
 HOUR_MS = 3_600_000
@@ -175,7 +183,7 @@ def test_gru_predictor_stream_equals_forward(checkpoint: Path) -> None:
         round_states = [UserState.from_bytes(states[u].to_bytes()) for u in users]   # as from a table
         events = [ActionEvent(seqs[u][t].token, seqs[u][t].ts_ms, seqs[u][t].lat, seqs[u][t].lon) for u in users]
         top = predictor.predict(round_states, events, k=3)
-        for u, state, ranked in zip(users, round_states, top):
+        for u, state, ranked in zip(users, round_states, top, strict=False):
             states[u] = state
             with torch.no_grad():
                 full = loaded.model(EventTensors.collate([encode_events(seqs[u][:t + 1], loaded.vocab, loaded.spec)]),
@@ -202,7 +210,7 @@ def test_predict_many_equals_round_by_round(checkpoint: Path, shuffle: bool) -> 
     predictor = GRUPredictor.from_checkpoint(checkpoint)
     fast, slow = [UserState() for _ in seqs], [UserState() for _ in seqs]
     position = [0] * len(seqs)
-    while any(p < len(s) for p, s in zip(position, seqs)):
+    while any(p < len(s) for p, s in zip(position, seqs, strict=False)):
         chunks = []
         for u, s in enumerate(seqs):
             n = int(rng.integers(0, 4))
@@ -211,11 +219,11 @@ def test_predict_many_equals_round_by_round(checkpoint: Path, shuffle: bool) -> 
         fast = [UserState.from_bytes(state.to_bytes()) for state in fast]           # as from a table
         got = predictor.predict_many(fast, chunks, k=3)
         want = predict_in_rounds(predictor, slow, chunks, k=3)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=False):
             assert [[t for t, _ in r.top] for r in g] == [[t for t, _ in r.top] for r in w]
             np.testing.assert_allclose([p for r in g for _, p in r.top], [p for r in w for _, p in r.top], atol=1e-5)
             assert [(r.window_events, r.window_span_s) for r in g] == [(r.window_events, r.window_span_s) for r in w]
-        for a, b in zip(fast, slow):
+        for a, b in zip(fast, slow, strict=False):
             assert (a.window, a.last_ts_ms, a.event_count) == (b.window, b.last_ts_ms, b.event_count)
             assert (a.hidden is None) == (b.hidden is None)
             if a.hidden is not None:
@@ -386,7 +394,7 @@ def test_surprisal_is_minus_log_p_of_the_prediction_before_each_event(checkpoint
     seqs = [list(s.events) for s in _toy_sequences()[:4]]
     states, got = [UserState() for _ in seqs], [[] for _ in seqs]
     position = [0] * len(seqs)
-    while any(p < len(s) for p, s in zip(position, seqs)):
+    while any(p < len(s) for p, s in zip(position, seqs, strict=False)):
         chunks = []
         for u, s in enumerate(seqs):
             chunks.append(s[position[u]:position[u] + int(rng.integers(0, 4))])
@@ -396,8 +404,9 @@ def test_surprisal_is_minus_log_p_of_the_prediction_before_each_event(checkpoint
             got[u] += [r.surprisal for r in results]
     for u, seq in enumerate(seqs):
         with torch.no_grad():
+            profile = ProfileTensors.collate([encode_profiles(seq, loaded.vocab, loaded.spec)])
             log_probs = loaded.model(EventTensors.collate([encode_events(seq, loaded.vocab, loaded.spec)]),
-                                     profile=ProfileTensors.collate([encode_profiles(seq, loaded.vocab, loaded.spec)]))[0]
+                                     profile=profile)[0]
         ids = [loaded.vocab.encode(e.token) for e in seq]
         want = [None] + [-float(log_probs[t - 1, ids[t]]) if ids[t] > 1 else None for t in range(1, len(seq))]
         assert [g is None for g in got[u]] == [w is None for w in want]

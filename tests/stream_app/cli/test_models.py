@@ -1,4 +1,4 @@
-"""`stream-app train` and `evaluate`: checkpoints, report files that match the evaluation, and errors that say the fix."""
+"""`stream-app train` and `evaluate`: checkpoints, report files that match the evaluation, errors that say the fix."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from models.next_action.training import load_next_action
-from stream_app.cli import cli
-from simulation.users import BehaviorConfig
 from models.next_action.datasets import Split
+from models.next_action.training import load_next_action
+from simulation.users import BehaviorConfig
+from stream_app.cli import cli
 from stream_app.jobs.next_action import MODEL_NAME, evaluate_actions, load_action_data, load_checkpoint_for
 
 TINY_DATA = ["--data", "generated", "--users", "20", "--events", "1500", "--data-seed", "3"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import faust
+from aiokafka.errors import KafkaTimeoutError
 
 from stream_app.pipelines.base import Received
 from stream_app.pipelines.cells import CellEvent, CellPipeline, decode_cell_events
@@ -14,6 +17,8 @@ from stream_app.topics import Topics
 __all__ = ["attach_cells"]
 
 IDLE_CLOSE_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 def attach_cells(app: faust.App, settings: Settings, topics: Topics, tables: Tables, pipeline: CellPipeline) -> None:
@@ -31,11 +36,22 @@ def attach_cells(app: faust.App, settings: Settings, topics: Topics, tables: Tab
             await send_records(producer, activity_topic, closed)
             await send_records(producer, alerts_topic, pipeline.take_alerts())
 
+    # Windows closed by the timer but not yet handed to the producer (it was full): sent next tick.
+    unsent: dict[str, list[tuple[bytes, bytes]]] = {activity_topic: [], alerts_topic: []}
+
     async def close_idle_cell_windows() -> None:
-        """Idle partitions stop holding the watermark back: their windows close without a record."""
+        """Idle partitions stop holding the watermark back: their windows close without a record.
+        A producer that stays full past its timeout must not crash the worker nor lose the windows."""
+        unsent[activity_topic].extend(pipeline.close_windows())
+        unsent[alerts_topic].extend(pipeline.take_alerts())
         producer = await kafka_producer(app)
-        await send_records(producer, activity_topic, pipeline.close_windows())
-        await send_records(producer, alerts_topic, pipeline.take_alerts())
+        for topic, records in unsent.items():
+            try:
+                await send_records(producer, topic, records)
+            except KafkaTimeoutError:
+                log.warning("producer buffer full: %d %s records wait for the next tick", len(records), topic)
+                return
+            records.clear()
 
     app.agent(topics.cell_events, name="count-cells")(count_cells)  # type: ignore[arg-type]  # faust types agents on StreamT, which lacks take_events
     app.timer(IDLE_CLOSE_S, name="close-idle-cell-windows")(close_idle_cell_windows)

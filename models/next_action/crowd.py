@@ -16,6 +16,7 @@ from. Pure: the caller keeps a ``CellProfile`` per cell and the scorer's populat
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,8 @@ _WEEK_SLOTS = 168
 _HOUR_MS = 3_600_000
 _DAY_MS = 86_400_000
 _STATS = ("events", "users")
+_PROFILE = struct.Struct("<BIq")  # format version, windows seen, last alert (ms, -1 for none)
+_PROFILE_VERSION = 1
 
 
 def week_slot(ts_ms: int, utc_offset_hours: float = 0.0) -> int:
@@ -82,6 +85,28 @@ class CellProfile:
     slot_seen: np.ndarray = field(default_factory=lambda: np.zeros(_WEEK_SLOTS, np.uint16))
     last_alert_ms: int | None = None
 
+    def to_bytes(self) -> bytes:
+        """Versioned little-endian encoding (about 1.7 KB), for a changelogged table."""
+        header = _PROFILE.pack(_PROFILE_VERSION, self.seen, -1 if self.last_alert_ms is None else self.last_alert_ms)
+        return b"".join([header, self.level.astype("<f8").tobytes(), self.slot_mean.astype("<f4").tobytes(),
+                         self.slot_seen.astype("<u2").tobytes()])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CellProfile:
+        size = _PROFILE.size + 8 * len(_STATS) + 4 * _WEEK_SLOTS * len(_STATS) + 2 * _WEEK_SLOTS
+        if len(data) != size:
+            raise ModelError(f"cell profile is corrupt: {len(data)} bytes, expected {size}")
+        version, seen, last = _PROFILE.unpack_from(data)
+        if version != _PROFILE_VERSION:
+            raise ModelError(f"cell profile has format {version}, this version reads {_PROFILE_VERSION}")
+        offset = _PROFILE.size
+        level = np.frombuffer(data, "<f8", len(_STATS), offset).astype(np.float64)
+        offset += 8 * len(_STATS)
+        slot_mean = np.frombuffer(data, "<f4", _WEEK_SLOTS * len(_STATS), offset).reshape(_WEEK_SLOTS, len(_STATS))
+        offset += 4 * _WEEK_SLOTS * len(_STATS)
+        slot_seen = np.frombuffer(data, "<u2", _WEEK_SLOTS, offset)
+        return cls(level, seen, slot_mean.astype(np.float32), slot_seen.astype(np.uint16), None if last < 0 else last)
+
 
 @dataclass(frozen=True)
 class CrowdAlert:
@@ -117,6 +142,21 @@ class CrowdAnomalyScorer:
         self._week_seen = np.zeros(_WEEK_SLOTS)
         self._total = np.zeros(len(_STATS))
         self._cells_windows = 0.0
+
+    def rhythm_state(self) -> dict[str, list[float] | float]:
+        """The population's weekly rhythm as plain data (to keep it across restarts)."""
+        return {"week": self._week.ravel().tolist(), "week_seen": self._week_seen.tolist(),
+                "total": self._total.tolist(), "windows": self._cells_windows}
+
+    def load_rhythm(self, state: dict[str, list[float] | float]) -> None:
+        """Inverse of ``rhythm_state``."""
+        try:
+            self._week = np.asarray(state["week"], dtype=np.float64).reshape(_WEEK_SLOTS, len(_STATS))
+            self._week_seen = np.asarray(state["week_seen"], dtype=np.float64).reshape(_WEEK_SLOTS)
+            self._total = np.asarray(state["total"], dtype=np.float64).reshape(len(_STATS))
+            self._cells_windows = float(state["windows"])  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"not a crowd rhythm state: {exc}") from exc
 
     def observe(self, profile: CellProfile, cell: str, window_start_ms: int, window_end_ms: int, events: int,
                 users: int) -> CrowdAlert | None:

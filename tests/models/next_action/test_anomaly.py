@@ -237,3 +237,20 @@ def test_a_simulated_takeover_is_flagged_within_a_few_events_and_a_clean_run_sta
     rate = clean_alerts / (len(streams) * days)
     assert rate <= 0.005, f"{clean_alerts} alerts on clean behavior: {rate:.2%} of users per day"
     print(f"\ntakeovers flagged after {taken} events; clean alerts {clean_alerts} ({rate:.2%} of users per day)")
+
+
+def test_cell_profiles_and_the_rhythm_survive_a_restart() -> None:
+    rows = _clean_city(days=2, cells=5, rng=np.random.default_rng(9))
+    first, profiles = CrowdAnomalyScorer(), {}
+    for cell, start, events, users in rows[: len(rows) // 2]:
+        first.observe(profiles.setdefault(cell, CellProfile()), cell, start, start + WINDOW_MS, events, users)
+    restored = {cell: CellProfile.from_bytes(p.to_bytes()) for cell, p in profiles.items()}
+    second = CrowdAnomalyScorer()
+    second.load_rhythm(first.rhythm_state())
+    for cell, start, events, users in rows[len(rows) // 2:]:
+        a = first.observe(profiles[cell], cell, start, start + WINDOW_MS, events, users)
+        b = second.observe(restored[cell], cell, start, start + WINDOW_MS, events, users)
+        assert a == b
+        np.testing.assert_allclose(first.expected(profiles[cell], 3), second.expected(restored[cell], 3), rtol=1e-6)
+    with pytest.raises(ModelError):
+        CellProfile.from_bytes(b"\x01" * 10)

@@ -32,8 +32,9 @@ _STATE_VERSION = 1
 class BehaviorAnomalyConfig:
     """Thresholds of behavior anomaly scoring (all in standard deviations of surprisal unless said).
 
-    The defaults alert on an account taken over by someone who uses the app differently within 4 to
-    8 events, and on about 0.2 % of clean generated users per day (docs/evaluation-next-action.md).
+    The defaults alert on an account taken over by someone who uses the app differently after 4 to
+    7 of the intruder's events (median), and on 0 to 0.4 % of clean generated users per day
+    (docs/evaluation-next-action.md).
 
     reference: the CUSUM's allowance per event (excess below it drains the run);
     threshold: the run's accumulated excess that raises an alert;
@@ -45,7 +46,7 @@ class BehaviorAnomalyConfig:
     """
 
     reference: float = 1.0
-    threshold: float = 8.0
+    threshold: float = 7.0
     z_cap: float = 3.0
     prior_events: float = 30.0
     memory_events: float = 200.0

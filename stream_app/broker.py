@@ -198,6 +198,11 @@ class EmbeddedBroker:
     _workdir: Path | None = field(default=None, init=False, repr=False)
 
     def start(self) -> BrokerInfo:
+        if self._process is not None:  # a restart: reap and unregister the previous process first
+            if self._process.poll() is None:
+                raise BrokerError(f"the broker (pid {self._process.pid}) is still running: stop it before a restart")
+            stop_child(self._process)
+            self._process = None
         kind = self._choose_kind()
         port = self.port if self.port is not None else free_port()
         if self.port is not None:

@@ -84,7 +84,7 @@ class Settings:
     behavior_alerts: bool = _setting(True, "STREAM_APP_BEHAVIOR_ALERTS",
                                      "Score each event's surprisal under the prediction before it and emit "
                                      "behavior anomaly alerts (costs one more model output per user and batch)")
-    behavior_alert_threshold: float = _setting(8.0, "STREAM_APP_BEHAVIOR_ALERT_THRESHOLD",
+    behavior_alert_threshold: float = _setting(7.0, "STREAM_APP_BEHAVIOR_ALERT_THRESHOLD",
                                                "Accumulated excess surprisal (standard deviations) of a run of "
                                                "improbable actions that raises a behavior alert")
     behavior_alert_reference: float = _setting(1.0, "STREAM_APP_BEHAVIOR_ALERT_REFERENCE",

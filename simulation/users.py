@@ -6,9 +6,9 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -220,7 +220,8 @@ def _permuted(model: _Model, order: np.ndarray) -> _Model:
                   _cumulative(transitions), _cumulative(starts))
 
 
-def _cumulative(rows: np.ndarray) -> list[list[float]]:
+def _cumulative(rows: np.ndarray) -> list[Any]:
+    """Cumulative sums along the last axis as nested lists (as deep as ``rows``), for ``draw``."""
     cum = np.cumsum(rows, axis=-1)
     cum[..., -1] = 1.0
     return cum.tolist()
@@ -453,7 +454,7 @@ class _Session:
             spot = user.work if weekday and 9 <= hour < 17 and self.rng.random() < 0.8 else user.home
         return spot, spot, 1.0
 
-    def run(self) -> Iterator[_Record]:
+    def run(self) -> Generator[_Record, None, int]:
         model, rng, intent = self.user.model, self.rng, self.intent
         action = draw(model.starts_cum[intent], rng.random())
         ts = self.start_ms
@@ -507,7 +508,7 @@ class _Session:
         return to_latlon(center, float(east + self.walk[0] + step[2]), float(north + self.walk[1] + step[3]))
 
     def _properties(self, name: str) -> dict:
-        rng, props = self.rng, {"device": self.user.device}
+        rng, props = self.rng, dict[str, Any](device=self.user.device)
         if name == "search":
             props["query_len"] = int(rng.integers(3, 40))
         elif name in ("add_to_cart", "payment", "purchase"):
@@ -524,7 +525,7 @@ class _Session:
 def _merged_records(config: BehaviorConfig) -> tuple[list[_UserSim], Iterator[_Record]]:
     model, catalog = _build_model(config.n_intents), _build_catalog(config)
     users = [_UserSim(i, config, model, catalog) for i in range(config.n_users)]
-    merged = heapq.merge(*(user.records() for user in users), key=lambda r: (r.ts, r.user))
+    merged: Iterator[_Record] = heapq.merge(*(user.records() for user in users), key=lambda r: (r.ts, r.user))
     if config.n_events is not None:
         merged = itertools.islice(merged, config.n_events)
     return users, merged
@@ -540,8 +541,8 @@ def generate_user_events(config: BehaviorConfig = BehaviorConfig()) -> BehaviorW
     """A finite workload: the first ``config.n_events`` events and their true next-action distributions."""
     if config.n_events is None:
         raise SimulationConfigError("BehaviorConfig.n_events: a finite workload needs a number of events")
-    users, records = _merged_records(config)
-    records = list(records)
+    users, merged = _merged_records(config)
+    records = list(merged)
     return BehaviorWorkload(
         events=[r.event for r in records], actions=list(ACTIONS),
         intents=list(INTENTS[:config.n_intents]),

@@ -372,8 +372,8 @@ def evaluate_actions(data: ActionData, model: NextActionModel, metadata: dict[st
                                                   n_resamples=resamples))
                     for metric in metrics}
             for other in result.metrics if other != MODEL_NAME}
-    training = {key: metadata[key] for key in ("best_epoch", "validation", "validation_targets", "config", "seconds",
-                                               "baselines", "recipe", "data_shape") if key in metadata}
+    kept = ("best_epoch", "validation", "validation_targets", "config", "seconds", "baselines", "recipe", "data_shape")
+    training: dict[str, Any] = {key: metadata[key] for key in kept if key in metadata}
     history = metadata.get("selection_history", metadata.get("history", []))
     training["epochs_run"] = len([h for h in history if h.get("epoch", 0) > 0])
     return ActionReport(data.dataset.name, data.split, result, str(metadata["version"]),

@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: install tools
+test: install tools lint
 	$(BIN)/python -m pytest
 
 test-fast: install

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]  # one wire-format event (user event or road reading) as JSON-ready values
 
-_FOURSQUARE_EPOCH_MS = int(datetime(2012, 4, 3, tzinfo=UTC).timestamp() * 1000)
+_FOURSQUARE_EPOCH_MS = int(datetime(2012, 4, 3, 18, tzinfo=UTC).timestamp() * 1000)  # as models.next_action.datasets
 _LOS_LOOP_EPOCH_MS = int(datetime(2012, 3, 1, tzinfo=UTC).timestamp() * 1000)
 _LOS_LOOP_STEP_MS = 5 * 60_000
 

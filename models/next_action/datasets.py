@@ -29,8 +29,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Foursquare NYC minutes count from this instant (2012-04-03T00:00Z).
-FOURSQUARE_EPOCH_MS = int(dt.datetime(2012, 4, 3, tzinfo=dt.UTC).timestamp() * 1000)
+# Foursquare NYC minutes count from this instant (2012-04-03T18:00Z: the last minute, 458,435, is then the
+# original data set's last check-in, 2013-02-16 02:35Z, and hourly totals follow New York's day).
+FOURSQUARE_EPOCH_MS = int(dt.datetime(2012, 4, 3, 18, tzinfo=dt.UTC).timestamp() * 1000)
 _ACTION_FIELDS = ("action", "item_id", "category")
 # How an event log is split: "time" cuts every user's stream at the same instants (train on the
 # past, validate, test on the future, as a worker serves it); "last" holds out each user's last

@@ -157,7 +157,7 @@ def _decayed_frequency_mrr(runs: Sequence[np.ndarray], decay: float) -> float:
         if len(run) < 2:
             continue
         _, local = np.unique(run, return_inverse=True)
-        counts = np.zeros(int(local.max()) + 1)
+        counts = np.zeros(int(np.max(local)) + 1)
         for t in range(len(run) - 1):
             counts *= decay
             counts[local[t]] += 1.0

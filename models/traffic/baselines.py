@@ -52,7 +52,8 @@ class TimeOfDayAverage:
         """Profile values at ``slots`` [windows, horizon] -> [windows, horizon, sensors]."""
         if self.profile is None:
             raise ModelError("TimeOfDayAverage.forecast before fit")
-        return self.profile[np.asarray(slots, dtype=np.int64) % self.slots_per_day]
+        values: np.ndarray = self.profile[np.asarray(slots, dtype=np.int64) % self.slots_per_day]
+        return values
 
 
 def _check_inputs(inputs: np.ndarray) -> None:

@@ -101,7 +101,7 @@ class SeasonalProfile:
         week_mean, week_count = _slot_means(values, observed, week_slot, 7 * n_day)
         counts = observed.sum(axis=0)
         total = np.where(observed, values, 0.0).sum(axis=0)
-        overall = total.sum() / max(counts.sum(), 1)
+        overall = float(total.sum()) / max(int(counts.sum()), 1)
         sensor_mean = np.where(counts > 0, total / np.maximum(counts, 1), overall)
         profile = cls(slot_ms, day_mean, day_count, week_mean, week_count, sensor_mean)
         per_slot = max(1, slot_ms // (step_ms or slot_ms))

@@ -26,13 +26,16 @@ def clock() -> float:
     (VALID + b" trailing", "malformed_json"),
     (b'{"event_id":"\\ud800"}', "malformed_json"),
     (b"[" * 7_000 + b"]" * 7_000, "invalid_field"),  # refused at the first byte: not an object
-    (b'{"x":' + b"[" * 8_000 + b"]" * 8_000 + b"}", "malformed_json"),
+    # Nesting deeper than msgspec's recursion limit: refused as malformed where the limit is hit
+    # (Python 3.11), or the unknown field is skipped and the missing event_id refused (Python 3.13).
+    (b'{"x":' + b"[" * 8_000 + b"]" * 8_000 + b"}", ("malformed_json", "invalid_field")),
     (b"null", "invalid_field"),
     (b"12", "invalid_field"),
 ])
 def test_framing_rejections(raw, reason):
     result = decode_user_event(raw, clock=clock)
-    assert isinstance(result, Rejection) and result.reason == reason, result
+    allowed = reason if isinstance(reason, tuple) else (reason,)
+    assert isinstance(result, Rejection) and result.reason in allowed, result
     assert result.detail
 
 

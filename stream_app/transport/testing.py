@@ -17,10 +17,10 @@ import signal
 import struct
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -30,7 +30,8 @@ from stream_app.transport.config import GUARANTEES, TransportConfig
 from stream_app.transport.metrics import TransportMetrics
 from stream_app.transport.transport import Transport
 
-__all__ = ["CountOutput", "count_processor", "passthrough_processor", "decode_count_state", "decode_events",
+__all__ = ["run_count_to_end", "wait_until", "TopicsUnderTest",
+           "CountOutput", "count_processor", "passthrough_processor", "decode_count_state", "decode_events",
            "count_transport", "make_events", "keyed", "expected_outputs", "expected_state", "OutputCheck",
            "check_outputs", "main"]
 
@@ -149,6 +150,47 @@ def count_transport(config: TransportConfig, output_topic: str, *, check_keys: b
     return Transport(config, decode=decode_events, process=count_processor(output_topic, state_padding),
                      id_of=(lambda event: event.user_id) if check_keys else None, id_name="user_id",
                      metrics=metrics, before_checkpoint=before_checkpoint)
+
+
+class TopicsUnderTest(Protocol):
+    """What :func:`run_count_to_end` needs of a test's Kafka helper."""
+
+    def topic(self, name: str) -> str: ...
+    def end_offsets(self, topic: str) -> Mapping[int, int]: ...
+    def committed(self, group: str) -> Mapping[int, int]: ...
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
+    """Poll ``condition`` every 0.2 s; an AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+def run_count_to_end(kafka: TopicsUnderTest, config: TransportConfig, timeout_s: float = 40.0,
+                     **options: Any) -> tuple[Transport[UserEvent], dict[bytes, tuple[int, int]]]:
+    """Run a count transport on ``in`` until its committed offsets reach the input's end, then stop it
+    cleanly. Returns it and its store content (decoded) as it was just before the stop."""
+    async def main() -> tuple[Transport[UserEvent], dict[bytes, tuple[int, int]]]:
+        transport = count_transport(config, kafka.topic("out"), **options)
+        await transport.start()
+        task = asyncio.create_task(transport.run())
+        ends = await asyncio.to_thread(kafka.end_offsets, kafka.topic("in"))
+
+        async def at_end() -> bool:
+            if task.done():
+                task.result()
+            committed = await asyncio.to_thread(kafka.committed, config.group)
+            return all(committed.get(p, -1) >= end for p, end in ends.items())
+
+        await wait_until(at_end, timeout_s, "committed offsets at the end of the input")
+        state = {key: decode_count_state(value) for key, value in transport.items()}
+        transport.stop()
+        await task
+        return transport, state
+    return asyncio.run(main())
 
 
 async def _serve(args: argparse.Namespace) -> None:

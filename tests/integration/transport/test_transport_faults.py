@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -12,7 +11,14 @@ from prometheus_client import CollectorRegistry
 
 from stream_app.transport import TransportMetrics
 from stream_app.transport.changelog import decode_mark
-from stream_app.transport.testing import check_outputs, count_transport, expected_state, keyed, make_events
+from stream_app.transport.testing import (
+    check_outputs,
+    count_transport,
+    expected_state,
+    keyed,
+    make_events,
+    run_count_to_end,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -21,39 +27,11 @@ class Crash(Exception):
     """Stands for the process dying: the transport closes without a checkpoint."""
 
 
-async def _wait(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.2)
-
-
-def _run_to_end(kafka, config, timeout_s: float = 40.0, metrics=None):
-    async def main():
-        transport = count_transport(config, kafka.topic("out"), metrics=metrics)
-        await transport.start()
-        task = asyncio.create_task(transport.run())
-        ends = await asyncio.to_thread(kafka.end_offsets, kafka.topic("in"))
-
-        async def at_end() -> bool:
-            if task.done():
-                task.result()
-            committed = await asyncio.to_thread(kafka.committed, config.group)
-            return all(committed.get(p, -1) >= end for p, end in ends.items())
-
-        await _wait(at_end, timeout_s, "committed offsets at the end")
-        transport.stop()
-        await task
-        return transport
-    return asyncio.run(main())
-
-
 def test_changelog_flushed_but_offsets_not_committed_is_undone_on_restore(kafka_topics, tmp_path):
     events = make_events(2000, users=40, seed=41)
     kafka_topics.produce(keyed(events[:1000]))
     config = kafka_topics.config(tmp_path / "state")
-    _run_to_end(kafka_topics, config)
+    run_count_to_end(kafka_topics, config)
     kafka_topics.produce(keyed(events[1000:]))
 
     async def crash_between_flush_and_commit() -> None:
@@ -74,7 +52,7 @@ def test_changelog_flushed_but_offsets_not_committed_is_undone_on_restore(kafka_
         _offsets(kafka_topics, config.group)).items()}
     assert any(ends[p] > marks[p] for p in ends), "the crash left changelog records past the committed mark"
 
-    resumed = _run_to_end(kafka_topics, config)
+    resumed = run_count_to_end(kafka_topics, config)[0]
 
     check = check_outputs(kafka_topics.outputs(), events)
     assert (check.missing, check.wrong) == ([], []), "replayed outputs equal the first ones"
@@ -110,7 +88,7 @@ def test_exactly_once_failed_transactions_are_aborted_and_replayed(kafka_topics,
     config = kafka_topics.config(tmp_path / "state", guarantee="exactly_once")
 
     registry = CollectorRegistry()
-    _run_to_end(kafka_topics, config, metrics=TransportMetrics.create(registry))
+    run_count_to_end(kafka_topics, config, metrics=TransportMetrics.create(registry))
 
     assert failures["left"] == 0
     assert registry.get_sample_value("stream_app_transport_checkpoint_failures_total",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -19,41 +18,16 @@ from stream_app.transport.testing import (
     expected_state,
     keyed,
     make_events,
+    run_count_to_end,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
 
 
-async def _until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.2)
-
-
 def run_to_end(kafka, state_dir: Path, timeout_s: float = 40.0, **kwargs) -> tuple[Transport, dict]:
-    """Run a count transport until its committed offsets reach the input's end; stop it cleanly.
-    Returns it and its store content (decoded) as it was just before the stop."""
-    async def main() -> tuple[Transport, dict]:
-        config = kafka.config(state_dir)
-        transport = count_transport(config, kafka.topic("out"), **kwargs)
-        await transport.start()
-        task = asyncio.create_task(transport.run())
-        ends = await asyncio.to_thread(kafka.end_offsets, kafka.topic("in"))
-
-        async def at_end() -> bool:
-            if task.done():
-                task.result()
-            committed = await asyncio.to_thread(kafka.committed, config.group)
-            return all(committed.get(p, -1) >= end for p, end in ends.items())
-
-        await _until(at_end, timeout_s, "committed offsets at the end of the input")
-        state = {key: decode_count_state(value) for key, value in transport.items()}
-        transport.stop()
-        await task
-        return transport, state
-    return asyncio.run(main())
+    """A count transport on ``state_dir`` run until its commits reach the input's end (run_count_to_end)."""
+    return run_count_to_end(kafka, kafka.config(state_dir), timeout_s, **kwargs)
 
 
 def restore_only(kafka, state_dir: Path) -> tuple[Transport, dict]:
@@ -66,7 +40,7 @@ def restore_only(kafka, state_dir: Path) -> tuple[Transport, dict]:
         async def restored() -> bool:
             return all(transport.is_local(p) for p in range(kafka.partitions))
 
-        await _until(restored, 30.0, "all partitions restored")
+        await wait_until(restored, 30.0, "all partitions restored")
         state = {key: decode_count_state(value) for key, value in transport.items()}
         transport.stop()
         await task
@@ -184,7 +158,7 @@ def test_every_worker_knows_which_worker_owns_each_partition(kafka_topics, tmp_p
                 *owned) and all(t.owner_of(0) for t in transports)
 
         try:
-            await _until(split, 40.0, "both workers owning partitions")
+            await wait_until(split, 40.0, "both workers owning partitions")
             for partition in range(kafka_topics.partitions):
                 owner = urls[0] if transports[0].is_local(partition) else urls[1]
                 assert [t.owner_of(partition) for t in transports] == [owner, owner]

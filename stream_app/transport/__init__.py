@@ -5,7 +5,16 @@ compacted changelogs, ``at_least_once`` or ``exactly_once``; see ``transport.py`
 """
 
 from stream_app.transport.assignor import OwnerAssignor
-from stream_app.transport.batch import Batch, BatchDecoder, Outputs, PartitionListener, Processor, State, per_record
+from stream_app.transport.batch import (
+    Batch,
+    BatchDecoder,
+    Outputs,
+    PartitionListener,
+    Processor,
+    Punctuator,
+    State,
+    per_record,
+)
 from stream_app.transport.config import GUARANTEES, Guarantee, TransportConfig
 from stream_app.transport.dead_letters import KEY_MISMATCH, PAYLOAD_HEADER, Rejected
 from stream_app.transport.exceptions import NotLocalError, SnapshotError, TransportError
@@ -16,7 +25,7 @@ from stream_app.transport.transport import Transport
 
 __all__ = [
     "Transport", "TransportConfig", "Guarantee", "GUARANTEES", "TransportMetrics",
-    "Batch", "BatchDecoder", "Outputs", "Processor", "PartitionListener", "State", "per_record",
+    "Batch", "BatchDecoder", "Outputs", "Processor", "Punctuator", "PartitionListener", "State", "per_record",
     "PartitionStore", "RoutedStore", "OwnerAssignor", "Rejected", "KEY_MISMATCH", "PAYLOAD_HEADER",
     "OutageLogFilter", "install_outage_filter", "TransportError", "SnapshotError", "NotLocalError",
 ]

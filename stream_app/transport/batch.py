@@ -10,7 +10,7 @@ from aiokafka.structs import ConsumerRecord
 from stream_app.transport.exceptions import NotLocalError
 from stream_app.transport.store import PartitionStore, RoutedStore
 
-__all__ = ["Batch", "State", "BatchDecoder", "Processor", "Outputs", "PartitionListener", "per_record"]
+__all__ = ["Batch", "State", "BatchDecoder", "Processor", "Punctuator", "Outputs", "PartitionListener", "per_record"]
 
 T = TypeVar("T")
 
@@ -61,6 +61,11 @@ class Batch(NamedTuple, Generic[T]):
 
 #: The pipeline: one call per batch, outputs per topic; state changes go through ``batch.state``.
 Processor = Callable[[Batch[T]], Outputs]
+
+#: A wall-clock timer (Kafka Streams' punctuator): called at most once per ``punctuate_interval_s``
+#: with ready partitions (all of them, or one per call in ``exactly_once``), also when no record came;
+#: its outputs are written like a batch's and its state changes flushed by the next checkpoint.
+Punctuator = Callable[[frozenset[int], State], Outputs]
 
 
 class PartitionListener(Protocol):

@@ -35,6 +35,7 @@ class TransportConfig:
     stores: tuple[str, ...] = ()  # store names; default (name,). Unique per app: they name changelogs
     guarantee: Guarantee = "at_least_once"
     commit_interval_s: float = 1.0
+    punctuate_interval_s: float = 1.0  # the wall-clock punctuator's period (when one is given)
     snapshot_interval_s: float = 60.0
     max_records: int = 2048
     fetch_timeout_ms: int = 100
@@ -64,6 +65,8 @@ class TransportConfig:
                 problems.append(f"{name!r} may only hold letters, digits, '.', '_' and '-' (it names topics)")
         if self.commit_interval_s <= 0 or self.max_records < 1 or self.fetch_timeout_ms < 0:
             problems.append("commit_interval_s > 0, max_records >= 1 and fetch_timeout_ms >= 0 are required")
+        if self.punctuate_interval_s <= 0:
+            problems.append(f"punctuate_interval_s must be > 0 (got {self.punctuate_interval_s})")
         if problems:
             raise ConfigError(f"transport {self.name!r}: " + "; ".join(problems))
 

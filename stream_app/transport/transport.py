@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from stream_app.transport.assignor import OwnerAssignor
-from stream_app.transport.batch import Batch, BatchDecoder, Outputs, PartitionListener, Processor, State
+from stream_app.transport.batch import Batch, BatchDecoder, Outputs, PartitionListener, Processor, Punctuator, State
 from stream_app.transport.changelog import (
     RestorePlan,
     RestoreResult,
@@ -87,16 +87,20 @@ class Transport(Generic[T]):
     Kafka key must equal (``id_name`` names it in dead letters), so one key's state never splits.
     ``before_checkpoint`` lets a pipeline that writes its state behind put it into the stores at
     the start of every checkpoint; ``listener`` tells it when partitions' stores are (re)loaded or
-    dropped, so it forgets what it cached from them.
+    dropped, so it forgets what it cached from them. ``punctuate`` is a wall-clock timer (see
+    ``Punctuator``): the loop calls it every ``punctuate_interval_s`` even when no record comes, its
+    outputs go into the same producer (transaction) as a batch's and its state changes into the next
+    checkpoint, so what a timer emits is committed with the state that says it was emitted.
     """
 
     def __init__(self, config: TransportConfig, *, decode: BatchDecoder, process: Processor[T],
                  id_of: Callable[[T], str] | None = None, id_name: str = "id",
                  metrics: TransportMetrics | None = None, listener: PartitionListener | None = None,
-                 before_checkpoint: Callable[[], object] | None = None) -> None:
+                 before_checkpoint: Callable[[], object] | None = None, punctuate: Punctuator | None = None) -> None:
         self.config = config
         self._decode = decode
         self._process = process
+        self._punctuate = punctuate
         self._before_checkpoint = before_checkpoint
         self._id_of = id_of
         self._id_name = id_name
@@ -125,6 +129,7 @@ class Transport(Generic[T]):
         self.checkpoints = 0
         self._next_checkpoint = 0.0
         self._next_snapshot = 0.0
+        self._next_punctuate = 0.0
         self._children = self._metric_children()
         self._commit_failures = 0
         self._closed = False
@@ -165,6 +170,7 @@ class Transport(Generic[T]):
         await self._consumer.start()
         self._next_checkpoint = time.monotonic() + config.commit_interval_s
         self._next_snapshot = time.monotonic() + config.snapshot_interval_s
+        self._next_punctuate = time.monotonic() + config.punctuate_interval_s
 
     async def run(self) -> None:
         """Process batches until ``stop()``; then checkpoint, snapshot and close everything.
@@ -262,6 +268,9 @@ class Transport(Generic[T]):
         if fetched:
             async with self._lock:
                 await self._handle(fetched)
+        if self._punctuate is not None and time.monotonic() >= self._next_punctuate:
+            async with self._lock:
+                await self._run_punctuator()
         if time.monotonic() >= self._next_checkpoint:
             async with self._lock:
                 await self._checkpoint("interval")
@@ -346,9 +355,11 @@ class Transport(Generic[T]):
 
     async def _process_at_least_once(self, valid: dict[int, list[T]], letters: dict[int, list[LetterRecord]]
                                      ) -> None:
-        outputs = self._call(valid)
+        await self._write_at_least_once(self._call(valid), [x for group in letters.values() for x in group])
+
+    async def _write_at_least_once(self, outputs: Outputs, letters: list[LetterRecord]) -> None:
         try:
-            await self._write(self._producer, self._writer, outputs, [x for group in letters.values() for x in group])
+            await self._write(self._started(self._producer), self._writer, outputs, letters)
         except KafkaError as exc:
             self._children["fail_deliver"].inc()
             log.error("could not queue outputs (%r): rewinding to the committed offsets and reloading state", exc)
@@ -365,6 +376,30 @@ class Transport(Generic[T]):
             await self._write(producer, self._txn.writers[partition], outputs, letters)
         except Exception as exc:
             await self._transaction_failed(partition, exc)
+
+    async def _run_punctuator(self) -> None:
+        """The timer over the ready partitions: all at once, or one per transaction in ``exactly_once``."""
+        self._next_punctuate = time.monotonic() + self.config.punctuate_interval_s
+        ready = sorted(self._ready - self._lost)
+        if not ready or self._punctuate is None:
+            return
+        if not self.config.exactly_once:
+            outputs = _materialized(self._punctuate(frozenset(ready), self._started(self._state)))
+            if any(outputs.values()):
+                self._progressed.update(ready)  # the next checkpoint awaits these outputs
+                await self._write_at_least_once(outputs, [])
+            return
+        for partition in ready:
+            if partition not in self._ready:  # a failed transaction earlier in this round dropped it
+                continue
+            outputs = _materialized(self._punctuate(frozenset([partition]), self._started(self._state)))
+            if not any(outputs.values()):
+                continue  # state changes alone go into the next checkpoint's transaction
+            try:
+                producer = await self._txn.begin(partition)
+                await self._write(producer, self._txn.writers[partition], outputs, [])
+            except Exception as exc:
+                await self._transaction_failed(partition, exc)
 
     def _call(self, valid: dict[int, list[T]]) -> Outputs:
         if not any(valid.values()):
@@ -762,6 +797,11 @@ def _write_all(jobs: list[tuple[Path, Snapshot]]) -> None:
             write_snapshot(path, snapshot)
         except OSError as exc:
             log.warning("could not write snapshot %s (%s): the next restore reads more changelog", path, exc)
+
+
+def _materialized(outputs: Outputs) -> dict[str, list[tuple[bytes | None, bytes | None]]]:
+    """Outputs with their records in lists (a punctuator may return iterators), so emptiness is known."""
+    return {topic: list(records) for topic, records in outputs.items()}
 
 
 def _past_markers(consumer: AIOKafkaConsumer, tp: TopicPartition, processed: int) -> int:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
-from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -21,10 +19,21 @@ from models.next_action.model import EventTensors, ProfileTensors
 from models.next_action.state import STATE_FORMAT_VERSION, ActionEvent, UserState, WindowEvent
 from models.next_action.training import LoadedNextAction, load_next_action
 
+if TYPE_CHECKING:  # the fallback lives in models.next_action.fallback, which imports this module
+    from models.next_action.fallback import MarkovPredictor
+
 __all__ = ["STATE_FORMAT_VERSION", "WindowEvent", "ActionEvent", "UserState", "NextActionPredictor",
            "EventPrediction", "update_window", "predict_in_rounds", "GRUPredictor", "MarkovPredictor"]
 
 logger = logging.getLogger(__name__)
+
+
+def __getattr__(name: str) -> Any:
+    """``MarkovPredictor`` is still importable from here (imported on first use: no import cycle)."""
+    if name == "MarkovPredictor":
+        from models.next_action.fallback import MarkovPredictor
+        return MarkovPredictor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,46 +461,6 @@ def _counts_of(loaded: LoadedNextAction) -> TrainingCounts:
     for key, count in zip(model.transition_keys.cpu().tolist(), model.transition_counts.cpu().tolist(), strict=False):
         counts._transitions[key // size][key % size] = int(round(count))
     return counts
-
-
-class MarkovPredictor:
-    """First-order Markov chain over tokens learned online from the stream.
-
-    Each round first counts every (previous token -> token) transition and token, then predicts
-    from the counts of each user's current token, or from popularity when that token was never
-    followed by anything. Returns at most k actions.
-    """
-
-    version = "markov-online"
-
-    def __init__(self, *, window_size: int = 200, window_span_s: float = 365 * 86_400.0) -> None:
-        self.window_size, self.window_span_s = window_size, window_span_s
-        self._transitions: dict[str, Counter[str]] = defaultdict(Counter)
-        self._popularity: Counter[str] = Counter()
-
-    def predict(self, states: list[UserState], events: list[ActionEvent], k: int) -> list[list[tuple[str, float]]]:
-        _check_round(states, events, k)
-        for state, event in zip(states, events, strict=False):
-            if state.window:
-                self._transitions[state.window[-1].token][event.token] += 1
-            self._popularity[event.token] += 1
-            update_window(state, event, window_size=self.window_size, window_span_s=self.window_span_s)
-            state.hidden, state.model_version = None, self.version
-        popular = self._most_common(self._popularity, k)
-        return [self._most_common(self._transitions[e.token], k) if e.token in self._transitions else popular
-                for e in events]
-
-    def predict_many(self, states: list[UserState], sequences: list[list[ActionEvent]],
-                     k: int) -> list[list[EventPrediction]]:
-        return predict_in_rounds(self, states, sequences, k)
-
-    def _most_common(self, counts: Counter[str], k: int) -> list[tuple[str, float]]:
-        """Top k of ``counts`` as probabilities; ties by popularity, then token."""
-        total = sum(counts.values())
-        if total == 0:
-            return []
-        top = heapq.nsmallest(k, counts.items(), key=lambda kv: (-kv[1], -self._popularity[kv[0]], kv[0]))
-        return [(token, count / total) for token, count in top]
 
 
 def _in_time_order(state: UserState, events: list[ActionEvent]) -> bool:

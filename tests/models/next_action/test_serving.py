@@ -292,23 +292,7 @@ def test_gru_predictor_late_event_and_checks(checkpoint: Path) -> None:
 
 # -- Markov predictor ----------------------------------------------------------------------------
 
-def test_markov_predictor_hand_made_stream() -> None:
-    predictor = MarkovPredictor(window_size=2, window_span_s=3600)
-    assert isinstance(predictor, NextActionPredictor)
-    alice, bob = UserState(), UserState()
-    first = predictor.predict([alice, bob], [ActionEvent("home", T0), ActionEvent("home", T0)], k=2)
-    assert first == [[("home", 1.0)], [("home", 1.0)]]            # nothing followed "home" yet
-    predictor.predict([alice], [ActionEvent("work", T0 + 1)], k=2)  # home -> work
-    predictor.predict([bob], [ActionEvent("gym", T0 + 1)], k=2)     # home -> gym
-    predictor.predict([bob], [ActionEvent("home", T0 + 2)], k=2)    # gym -> home
-    top = predictor.predict([alice], [ActionEvent("home", T0 + 3)], k=3)  # work -> home
-    # from "home": work 1, gym 1; tie broken by popularity (home 4 > work 1 = gym 1) then token
-    assert top == [[("gym", 0.5), ("work", 0.5)]]
-    assert predictor.predict([bob], [ActionEvent("work", T0 + 4)], k=1) == [[("home", 1.0)]]
-    assert [w.token for w in alice.window] == ["work", "home"] and alice.event_count == 3
-    assert alice.model_version == "markov-online" and alice.hidden is None
-    later = predictor.predict([alice], [ActionEvent("cafe", T0 + 10 * HOUR_MS)], k=1)
-    assert later == [[("home", 4 / 8)]] and [w.token for w in alice.window] == ["cafe"]
+# (the fallback's own tests: tests/models/next_action/test_fallback.py)
 
 
 def test_switching_between_predictors(checkpoint: Path) -> None:
@@ -316,7 +300,7 @@ def test_switching_between_predictors(checkpoint: Path) -> None:
     state = UserState()
     gru.predict([state], [ActionEvent("p1", T0)], k=1)
     markov.predict([state], [ActionEvent("p2", T0 + 1)], k=1)
-    assert state.hidden is None and state.model_version == "markov-online"
+    assert state.hidden is None and state.model_version == MarkovPredictor.version
     gru.predict([state], [ActionEvent("p3", T0 + 2)], k=1)
     assert state.model_version == gru.version and state.hidden is not None and len(state.window) == 3
 

@@ -19,7 +19,7 @@ from stream_app.agents.behavior import (
     attach_behavior_timers,
     attach_transport,
 )
-from stream_app.agents.cells import attach_cells
+from stream_app.agents.cells import CellTransport, attach_cell_transport, attach_cells
 from stream_app.agents.traffic import attach_traffic
 from stream_app.kafka_io import broker_credentials
 from stream_app.lag import attach_consumer_lag
@@ -79,7 +79,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     # path the users live in the transport's store, given to the pipeline once it has started.
     users: StateStore = cast(StateStore, tables.user_state) if tables.user_state is not None else dict[bytes, bytes]()
     behavior = BehaviorPipeline(settings, users, model, metrics)
-    cells = CellPipeline(settings, cast(StateStore, tables.cell_windows), metrics)
+    cells = CellPipeline(settings, metrics)
     sensors = SensorWindows(settings, cast(StateStore, tables.sensor_windows), metrics)
     networks = NetworkSnapshots(settings, cast(StateStore, tables.network_state), metrics)
     hot_path = None
@@ -89,7 +89,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     else:
         attach_behavior_agent(app, settings, topics, tables, metrics, behavior)
     attach_behavior_timers(app, settings, behavior)
-    attach_cells(app, settings, topics, tables, cells)
+    if hot_path is None:
+        attach_cells(app, settings, topics, tables, cells)
+    else:  # the cell stage on its own transport; the transports share their series
+        attach_cell_transport(app, CellTransport(settings, metrics, cells, _canonical_url(settings),
+                                                 hot_path.transport.metrics))
     attach_traffic(app, settings, topics, tables, metrics, sensors, networks)
     attach_consumer_lag(app, metrics)
     attach_pages(app, tables, behavior, networks, hot_path.transport if hot_path is not None else None)

@@ -47,7 +47,7 @@ def decode_batch(messages: Iterable[Any], decode: Callable[[bytes | None], T | R
             metrics.dead_letters.labels(topic=topic, reason=decoded.reason).inc()
             log.debug("dead letter from %s[%d]@%d: %s", topic, letter.partition, letter.offset, decoded.detail)
         else:
-            valid.append(Received(decoded, message.timestamp, message.partition))
+            valid.append(Received(decoded, message.timestamp, message.partition, message.offset))
     for topic, count in consumed.items():  # one label lookup per topic and batch, not per record
         metrics.events_consumed.labels(topic=topic).inc(count)
     return valid, letters

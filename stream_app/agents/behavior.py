@@ -207,7 +207,7 @@ def _decode_user_events(records: Sequence[ConsumerRecord]) -> list[Any]:
     for record in records:
         event = decode_user_event(record.value)
         out.append(event if isinstance(event, Rejection) else Received(event, record.timestamp / 1000,
-                                                                         record.partition))
+                                                                         record.partition, record.offset))
     return out
 
 

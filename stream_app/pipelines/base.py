@@ -22,6 +22,7 @@ class Received(NamedTuple, Generic[T]):
     value: T
     timestamp: float  # the record's Kafka timestamp, in seconds
     partition: int
+    offset: int = -1  # the record's offset in its partition (-1 where the caller does not know it)
 
 
 class StateStore(Protocol):

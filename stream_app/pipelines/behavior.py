@@ -273,7 +273,7 @@ class BehaviorPipeline:
                 plan.update_stored()
                 self.dirty[user_id] = plan.user
             self._remember(user_id, plan.user)
-        outputs.cell_events = list(cell_batches((r.value for r in batch), cell_partitions,
+        outputs.cell_events = list(cell_batches(batch, cell_partitions,
                                                 self.settings.h3_resolution))
         return outputs
 

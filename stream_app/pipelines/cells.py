@@ -1,16 +1,33 @@
 """Cell activity: located user events, re-keyed by H3 cell, counted in event-time hopping windows.
 
 The behavior pipeline turns each batch's located events into ``cell-events`` records, one per
-partition of that topic (:func:`cell_batches`), so one worker owns each cell. Here windows close
-when the watermark (the smallest of the partitions' latest event times, minus grace) passes their
-end; an event whose every window has closed is counted late. Each cell's open windows are its
-state, written to the store whenever they change.
+partition of that topic (:func:`cell_batches`), so one worker owns each cell. Each event carries
+its source: the ``user-events`` partition and offset it came from.
+
+Everything is kept per ``cell-events`` partition (:class:`CellPartition`), so a partition's state
+moves, restores and checkpoints as one: its cells' open windows, ``closed_until`` and crowd
+profiles, its watermark over the source partitions, its replay marks and its crowd rhythm.
+
+- Windows close when the partition's watermark (the smallest of the source partitions' latest
+  event times, minus grace; a source silent for ``watermark_idle_s`` stops holding it back) passes
+  their end; an event whose every window has closed is counted late.
+- Replays are dropped by source offset (the sequence-number deduplication of Kafka's idempotent
+  producer, applied one stage downstream to an at-least-once upstream): the behavior stage writes
+  a source partition's cell events in offset order with one idempotent producer, so what it sends
+  again after a crash or a rebalance is a prefix of what was delivered before. Per source
+  partition, a cell partition keeps the highest source offset it counted (its replay mark), in the
+  same store and checkpoint as its windows; an event at or below the mark is a replay, dropped and
+  counted (``stream_app_duplicate_events{pipeline="cells"}``). Events of records written before
+  sources existed carry none (-1) and are always counted.
+- A cell with an established crowd profile also closes the windows it had no event in (0 events)
+  as the watermark passes them, at most ``SILENT_SPAN_MS`` of them in a row, so a cell that goes
+  silent can raise a ``drop`` crowd alert.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import h3
@@ -24,18 +41,27 @@ from stream_app.pipelines.base import Received, Record, StateStore, partition_of
 from stream_app.settings import Settings
 from stream_app.windows import ActivityWindow, EventTimeWindows, Watermark
 
-__all__ = ["CellEvent", "CellPipeline", "cell_of", "cell_batches", "decode_cell_events", "crowd_alert"]
+__all__ = ["CellEvent", "CellPartition", "CellPipeline", "cell_of", "cell_batches", "decode_cell_events",
+           "crowd_alert", "crowd_config", "PARTITION_KEY", "SILENT_SPAN_MS"]
 
 PIPELINE = "cells"
+#: The store key of a partition's own state (watermark, replay marks, crowd rhythm): no H3 cell starts with 0x00.
+PARTITION_KEY = b"\x00partition"
+#: How much event time of silent windows a profiled cell closes in a row before it waits for its next event.
+SILENT_SPAN_MS = 6 * 3_600_000
 
 
 class CellEvent(msgspec.Struct, array_like=True):
-    """The part of a user event that cell activity needs (internal topic, compact)."""
+    """The part of a user event that cell activity needs (internal topic, compact), and its source:
+    the ``user-events`` partition and offset it came from (-1 when unknown: records written before
+    sources were added decode with -1, and are never taken for replays)."""
 
     cell: str
     ts: int
     user_id: str
     action: str
+    source_partition: int = -1
+    source_offset: int = -1
 
 
 class _StoredProfile(msgspec.Struct, array_like=True):
@@ -52,10 +78,21 @@ class _StoredCell(msgspec.Struct, array_like=True):
     windows: dict[int, tuple[int, list[str], dict[str, int]]]
     closed_until: int
     profile: _StoredProfile | None = None  # absent in states written before crowd alerts
+    silent: int = 0  # silent windows closed in a row (absent before they were)
+
+
+class _StoredPartition(msgspec.Struct, array_like=True):
+    """A cell partition's own progress, stored under ``PARTITION_KEY`` beside its cells."""
+
+    latest: dict[int, int]  # per source partition, its largest event time seen (the watermark's input)
+    watermark: int | None
+    marks: dict[int, int]  # per source partition, the highest source offset counted (the replay mark)
+    rhythm: dict[str, list[float] | float] | None = None  # the crowd scorer's population rhythm
 
 
 _events_encoder, _events_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(list[CellEvent])
 _cell_encoder, _cell_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(_StoredCell)
+_partition_encoder, _partition_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(_StoredPartition)
 
 
 def cell_of(lat: float, lon: float, resolution: int) -> str:
@@ -64,19 +101,21 @@ def cell_of(lat: float, lon: float, resolution: int) -> str:
     return cell
 
 
-def cell_batches(events: Iterable[Any], n_partitions: int, resolution: int) -> Iterator[Record]:
+def cell_batches(batch: Iterable[Received[Any]], n_partitions: int, resolution: int) -> Iterator[Record]:
     """(key, value) records for ``cell-events``: one per partition of that topic, holding the
     batch's located events of the cells that partition owns (a cell belongs to the partition its
-    key hashes to, as in the cell table), keyed by one of those cells so it lands there. One record
-    per partition rather than per cell or event keeps both the producer's and the cell pipeline's
-    per-record work small."""
+    key hashes to), keyed by one of those cells so it lands there, each with its source partition
+    and offset, in the batch's order (offset order per source). One record per partition rather
+    than per cell or event keeps both the producer's and the cell pipeline's per-record work small."""
     by_partition: dict[int, tuple[bytes, list[CellEvent]]] = {}
-    for event in events:
+    for received in batch:
+        event = received.value
         if event.lat is not None and event.lon is not None:
             cell = cell_of(event.lat, event.lon, resolution)
             key = cell.encode()
             group = by_partition.setdefault(partition_of(key, n_partitions), (key, []))
-            group[1].append(CellEvent(cell, event.ts, event.user_id, event.action))
+            group[1].append(CellEvent(cell, event.ts, event.user_id, event.action, received.partition,
+                                      received.offset))
     for key, located in by_partition.values():
         yield key, _events_encoder.encode(located)
 
@@ -87,62 +126,193 @@ def decode_cell_events(raw: bytes) -> list[CellEvent]:
     return events
 
 
-class CellPipeline:
-    """Hopping windows of activity per cell, for the cells one worker owns.
+class CellPartition:
+    """One ``cell-events`` partition's cells and progress (see the module doc), kept in its store.
 
-    ``process`` adds a batch and returns the ``cell-activity`` records of the windows it closed;
-    ``close_windows`` (from a timer) closes what the watermark passed while no record came. The
-    open windows are restored from ``store`` before the first batch.
+    ``add`` counts events (replays dropped), ``close`` closes the windows the watermark passed and
+    scores them, ``save`` writes the changed cells and the partition's own state back.
     """
 
-    def __init__(self, settings: Settings, store: StateStore, metrics: Metrics,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: Settings, store: StateStore, *, sources: int,
+                 clock: Callable[[], float] = time.monotonic, own_progress: bool = True) -> None:
         self.store = store
+        self.own_progress = own_progress
         self.resolution = settings.h3_resolution
         self.windows: EventTimeWindows[ActivityWindow] = EventTimeWindows(
             size_ms=settings.cell_window_s * 1000, step_ms=settings.cell_step_s * 1000, new_window=ActivityWindow)
-        self.watermark = Watermark(grace_ms=int(settings.grace_s * 1000), idle_s=settings.watermark_idle_s,
-                                   partitions=settings.partitions, clock=clock)
-        self._late = metrics.late_events.labels(pipeline=PIPELINE)
-        self._closed = metrics.windows_closed.labels(kind="cell")
-        self._restored = False
-        # Crowd anomalies: each cell's time-of-week profile (kept with its state), the population's
-        # rhythm in the scorer; alerts wait in ``alerts`` until the transport takes them.
-        self.crowd = CrowdAnomalyScorer(CrowdAnomalyConfig(
-            alpha=settings.crowd_alert_alpha, min_users=settings.crowd_alert_min_users,
-            utc_offset_hours=settings.crowd_alert_utc_offset_h))
         self.profiles: dict[str, CellProfile] = {}
+        self.silent: dict[str, int] = {}   # silent windows closed in a row, per profiled cell
+        self.marks: dict[int, int] = {}    # replay marks: source partition -> highest offset counted
+        self.crowd = CrowdAnomalyScorer(crowd_config(settings))
+        self.max_silent = max(1, SILENT_SPAN_MS // (settings.cell_step_s * 1000))
+        self._sources, self._clock = sources, clock
+        self._grace_ms, self._idle_s = int(settings.grace_s * 1000), settings.watermark_idle_s
+        self.watermark = self._watermark({}, None)
+        self._load()
+
+    def add(self, events: Iterable[CellEvent]) -> tuple[set[str], int, int, int]:
+        """Count events: (cells changed, late events, replays dropped, events observed)."""
+        touched: set[str] = set()
+        late = replays = observed = 0
+        marks, watermark, windows = self.marks, self.watermark, self.windows
+        deduplicate = self.own_progress
+        for event in events:
+            source = event.source_partition
+            if deduplicate and event.source_offset >= 0:
+                if event.source_offset <= marks.get(source, -1):
+                    replays += 1
+                    continue
+                marks[source] = event.source_offset
+            observed += 1
+            watermark.observe(event.ts, max(source, 0))
+            if windows.add(event.cell, event.ts, event.user_id, event.action):
+                touched.add(event.cell)
+            else:
+                late += 1
+        return touched, late, replays, observed
+
+    def close(self) -> tuple[list[CellActivity], list[CrowdAlert]]:
+        """The windows the watermark passed (silent ones of profiled cells included), in time
+        order, and the crowd alerts they raised."""
+        watermark = self.watermark.value
+        if watermark is None:
+            return [], []
+        self._open_silent_windows(watermark)
+        activities, alerts = [], []
+        size = self.windows.size_ms
+        for cell, start, window in list(self.windows.close(watermark)):
+            activity = CellActivity(cell=cell, resolution=self.resolution, window_start=start,
+                                    window_end=start + size, events=window.events, users=len(window.users),
+                                    actions=dict(window.actions))
+            activities.append(activity)
+            if window.events:
+                self.silent.pop(cell, None)
+            else:
+                self.silent[cell] = self.silent.get(cell, 0) + 1
+            profile = self.profiles.setdefault(cell, CellProfile())
+            alert = self.crowd.observe(profile, cell, start, start + size, activity.events, activity.users)
+            if alert is not None:
+                alerts.append(alert)
+        return activities, alerts
+
+    def save(self, cells: Iterable[str]) -> None:
+        """Write ``cells`` and the partition's own state (watermark, replay marks, rhythm) to the store."""
+        for cell in cells:
+            self.store[cell.encode()] = self._encode_cell(cell)
+        if not self.own_progress:
+            return
+        latest, value = _watermark_progress(self.watermark)
+        self.store[PARTITION_KEY] = _partition_encoder.encode(_StoredPartition(
+            latest=latest, watermark=value, marks=dict(self.marks), rhythm=self.crowd.rhythm_state()))
+
+    def _open_silent_windows(self, watermark: int) -> None:
+        """Empty windows, up to the watermark, for profiled cells that had no event in them: at most
+        ``max_silent`` in a row per cell, so a cell gone for good stops costing anything."""
+        size = self.windows.size_ms
+        step = self.windows.step_ms or size
+        last_start = watermark - size
+        warm = self.crowd.config.warmup_windows
+        open_windows = self.windows.open
+        for cell, profile in self.profiles.items():
+            room = self.max_silent - self.silent.get(cell, 0)
+            closed_until = self.windows.closed_until.get(cell, -1)
+            start = closed_until - size + step  # the window after the last one closed
+            if profile.seen < warm or room <= 0 or closed_until < 0 or start > last_start:
+                continue
+            windows = open_windows.setdefault(cell, {})
+            while start <= last_start and room > 0:
+                if start not in windows:
+                    windows[start] = ActivityWindow()
+                    room -= 1
+                start += step
+
+    def _encode_cell(self, cell: str) -> bytes:
+        open_windows = {start: (w.events, sorted(w.users), w.actions)
+                        for start, w in self.windows.open.get(cell, {}).items()}
+        profile = self.profiles.get(cell)
+        return _cell_encoder.encode(_StoredCell(windows=open_windows,
+                                                closed_until=self.windows.closed_until.get(cell, -1),
+                                                profile=None if profile is None else _store_profile(profile),
+                                                silent=self.silent.get(cell, 0)))
+
+    def _load(self) -> None:
+        for key, raw in list(self.store.items()):
+            if key == PARTITION_KEY:
+                stored = _partition_decoder.decode(raw)
+                self.marks = dict(stored.marks)
+                self.watermark = self._watermark(stored.latest, stored.watermark)
+                if stored.rhythm is not None:
+                    self.crowd.load_rhythm(stored.rhythm)
+                continue
+            cell, cell_state = key.decode(), _cell_decoder.decode(raw)
+            self.windows.closed_until[cell] = cell_state.closed_until
+            if cell_state.profile is not None:
+                self.profiles[cell] = _load_profile(cell_state.profile)
+            if cell_state.silent:
+                self.silent[cell] = cell_state.silent
+            for start, (events, users, actions) in cell_state.windows.items():
+                self.windows.open.setdefault(cell, {})[start] = ActivityWindow(events, set(users), dict(actions))
+
+    def _watermark(self, latest: dict[int, int], value: int | None) -> Watermark:
+        """The watermark over the source partitions, resumed at ``latest``/``value``: every source's
+        idle clock starts now, so none is taken for silent just because the partition moved."""
+        seen_at = dict.fromkeys(set(range(self._sources)) | set(latest), self._clock()) if latest else {}
+        return Watermark(grace_ms=self._grace_ms, idle_s=self._idle_s, partitions=self._sources, clock=self._clock,
+                         _max_ts=dict(latest), _seen_at=seen_at, _value=value)
+
+
+class CellPipeline:
+    """Hopping windows of activity per cell, kept per ``cell-events`` partition (:class:`CellPartition`).
+
+    ``load(partition, store)`` (re)builds a partition from its store when it is assigned or
+    reloaded, ``drop`` forgets partitions; ``process`` counts one partition's records and returns
+    the ``cell-activity`` records of the windows that closed; ``close_windows`` (the transport's
+    punctuator) closes what the watermark passed while no record came. ``sources``: partitions of
+    ``user-events`` (the watermark waits for each, until it is idle). Crowd alerts wait in
+    ``take_alerts``.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics, clock: Callable[[], float] = time.monotonic,
+                 sources: int | None = None) -> None:
+        self.settings = settings
+        self.sources = sources or settings.partitions
+        self.clock = clock
+        self.partitions: dict[int, CellPartition] = {}
         self.alerts: list[Record] = []
+        self._late = metrics.late_events.labels(pipeline=PIPELINE)
+        self._replays = metrics.duplicates.labels(pipeline=PIPELINE)
+        self._closed = metrics.windows_closed.labels(kind="cell")
         self._alert_count = metrics.anomaly_alerts.labels(kind="crowd")
 
-    def process(self, batch: Iterable[Received[list[CellEvent]]]) -> list[Record]:
-        """Count a batch of ``cell-events`` records; the records of every window that closed."""
-        self._restore_once()
-        touched: set[str] = set()
-        late = 0
-        for received in batch:
-            for event in received.value:
-                self.watermark.observe(event.ts, received.partition)
-                if self.windows.add(event.cell, event.ts, event.user_id, event.action):
-                    touched.add(event.cell)
-                else:
-                    late += 1
+    def load(self, partition: int, store: StateStore, *, own_progress: bool = True) -> CellPartition:
+        """Build ``partition`` from ``store`` (what a restore left there), replacing what was cached.
+
+        ``own_progress=False`` is for a store shared by several partitions (a Faust table, keyed by
+        cell only): the watermark, replay marks and rhythm then live in memory only, and replays
+        are not dropped (a mark per source is only right within one partition's ordered stream)."""
+        self.partitions[partition] = loaded = CellPartition(self.settings, store, sources=self.sources,
+                                                            clock=self.clock, own_progress=own_progress)
+        return loaded
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self.partitions.pop(partition, None)
+
+    def process(self, partition: int, records: Iterable[Sequence[CellEvent]]) -> list[Record]:
+        """Count one partition's ``cell-events`` records; the records of every window that closed."""
+        cells = self._partition(partition)
+        touched, late, replays, observed = cells.add(event for record in records for event in record)
         if late:
             self._late.inc(late)
-        return self.close_windows(touched)
+        if replays:
+            self._replays.inc(replays)
+        return self._close(cells, touched, changed=observed > 0)
 
-    def close_windows(self, touched: set[str] | None = None) -> list[Record]:
-        """The records of every window the watermark passed; stores the cells that changed."""
-        touched = set() if touched is None else touched
-        closed = []
-        for cell, start, window in list(self.windows.close(self.watermark.value)):
-            activity = self._activity(cell, start, window)
-            closed.append((cell.encode(), encode(activity)))
-            self._score_crowd(activity)
-            touched.add(cell)
-        self._closed.inc(len(closed))
-        for cell in touched:
-            self.store[cell.encode()] = self._encode(cell)
+    def close_windows(self, partitions: Iterable[int] | None = None) -> list[Record]:
+        """The records of every window the watermark passed (idle sources no longer hold it back)."""
+        closed: list[Record] = []
+        for partition in self.partitions if partitions is None else partitions:
+            closed += self._close(self._partition(partition), set(), changed=False)
         return closed
 
     def take_alerts(self) -> list[Record]:
@@ -150,39 +320,41 @@ class CellPipeline:
         alerts, self.alerts = self.alerts, []
         return alerts
 
-    def _score_crowd(self, activity: CellActivity) -> None:
-        profile = self.profiles.setdefault(activity.cell, CellProfile())
-        alert = self.crowd.observe(profile, activity.cell, activity.window_start, activity.window_end,
-                                   activity.events, activity.users)
-        if alert is not None:
-            self.alerts.append((activity.cell.encode(), encode(crowd_alert(alert))))
-            self._alert_count.inc()
+    @property
+    def profiles(self) -> dict[str, CellProfile]:
+        """Every loaded partition's cell profiles."""
+        return {cell: profile for cells in self.partitions.values() for cell, profile in cells.profiles.items()}
 
-    def _activity(self, cell: str, start: int, window: ActivityWindow) -> CellActivity:
-        return CellActivity(cell=cell, resolution=self.resolution, window_start=start,
-                            window_end=start + self.windows.size_ms, events=window.events,
-                            users=len(window.users), actions=dict(window.actions))
+    def _partition(self, partition: int) -> CellPartition:
+        try:
+            return self.partitions[partition]
+        except KeyError:
+            raise KeyError(f"cell partition {partition} is not loaded: call load(partition, store) when it is "
+                           f"assigned (loaded: {sorted(self.partitions)})") from None
 
-    def _encode(self, cell: str) -> bytes:
-        open_windows = {start: (w.events, sorted(w.users), w.actions)
-                        for start, w in self.windows.open.get(cell, {}).items()}
-        profile = self.profiles.get(cell)
-        return _cell_encoder.encode(_StoredCell(windows=open_windows,
-                                                closed_until=self.windows.closed_until.get(cell, -1),
-                                                profile=None if profile is None else _store_profile(profile)))
+    def _close(self, cells: CellPartition, touched: set[str], *, changed: bool) -> list[Record]:
+        activities, alerts = cells.close()
+        for alert in alerts:
+            self.alerts.append((alert.cell.encode(), encode(crowd_alert(alert))))
+        if alerts:
+            self._alert_count.inc(len(alerts))
+        if activities:
+            self._closed.inc(len(activities))
+        if changed or activities:
+            cells.save(touched | {activity.cell for activity in activities})
+        return [(activity.cell.encode(), encode(activity)) for activity in activities]
 
-    def _restore_once(self) -> None:
-        """Open windows of this worker's cells, as the store holds them (once, before the first batch)."""
-        if self._restored:
-            return
-        self._restored = True
-        for key, raw in list(self.store.items()):
-            cell, stored = key.decode(), _cell_decoder.decode(raw)
-            self.windows.closed_until[cell] = stored.closed_until
-            if stored.profile is not None:
-                self.profiles[cell] = _load_profile(stored.profile)
-            for start, (events, users, actions) in stored.windows.items():
-                self.windows.open.setdefault(cell, {})[start] = ActivityWindow(events, set(users), dict(actions))
+
+def crowd_config(settings: Settings) -> CrowdAnomalyConfig:
+    """Crowd anomaly scoring as the settings configure it."""
+    return CrowdAnomalyConfig(alpha=settings.crowd_alert_alpha, min_users=settings.crowd_alert_min_users,
+                              utc_offset_hours=settings.crowd_alert_utc_offset_h)
+
+
+def _watermark_progress(watermark: Watermark) -> tuple[dict[int, int], int | None]:
+    """What a restore needs of a watermark: each source's latest event time and its value
+    (``Watermark`` takes both back as its ``_max_ts`` and ``_value`` fields)."""
+    return dict(watermark._max_ts), watermark._value
 
 
 def crowd_alert(alert: CrowdAlert) -> AnomalyAlert:

@@ -4,6 +4,7 @@
   replays them (duplicates > 0), no event is missing, duplicated predictions agree (top-k and
   model version), every user's state equals an uninterrupted run's, and the committed offsets
   reach the end of the input within seconds after it stops.
+- The same SIGKILL with no checkpoint (the per-user Markov fallback): duplicates agree, probabilities too.
 - Scale 1 -> 2 -> 1 on a live stream, the second worker SIGKILLed: the same, read from the survivor.
 - ``exactly_once``, SIGKILLed inside an open transaction: a ``read_committed`` reader sees every
   event once; the aborted copies are visible only to a ``read_uncommitted`` reader.
@@ -290,3 +291,29 @@ def test_broker_killed_and_restarted_in_place_loses_nothing(deployment, tmp_path
     finally:
         deployment.stop()
         broker.stop()
+
+
+def test_sigkill_with_the_fallback_model_duplicates_agree(deployment):
+    """No checkpoint: the per-user Markov fallback serves. Its predictions depend only on the user's
+    changelogged state, so the events replayed after a crash get the same top-k, probabilities included."""
+    env, per_user = {"STREAM_APP_TOP_K": str(TOP_K)}, 10
+    events = _workload(13, per_user)
+    crashing = deployment.worker("crashing", **env)
+    producer = _produce_in_background(deployment, events, rate=100.0)
+    _wait_for_predictions(deployment, 100)
+    ahead = 0
+
+    def processed_past_commit() -> bool:
+        nonlocal ahead
+        ahead = len(_predictions(deployment)) - _behavior_commits(deployment)[1]
+        return ahead > 0
+
+    _kill_when(crashing, processed_past_commit)
+    restarted = deployment.worker("after", **env)
+    producer.join()
+
+    copies = _wait_for_predictions(deployment, len(events), timeout_s=90)
+    assert _check_predictions(copies, events) >= ahead > 0, "the events processed after the last commit came again"
+    assert all(other.top_k == first.top_k for first, *others in copies.values() for other in others)
+    assert {c[0].model_version for c in copies.values()} == {"markov-user"}
+    _check_user_counts(restarted, per_user)

@@ -20,7 +20,7 @@ from stream_app.agents.behavior import (
     attach_transport,
 )
 from stream_app.agents.cells import CellTransport, attach_cell_transport, attach_cells
-from stream_app.agents.traffic import attach_traffic
+from stream_app.agents.traffic import SensorTransport, attach_traffic, attach_traffic_transport
 from stream_app.kafka_io import broker_credentials
 from stream_app.lag import attach_consumer_lag
 from stream_app.metrics import Metrics
@@ -29,7 +29,7 @@ from stream_app.pipelines.base import StateStore
 from stream_app.pipelines.behavior import PIPELINE as BEHAVIOR
 from stream_app.pipelines.behavior import BehaviorPipeline
 from stream_app.pipelines.cells import CellPipeline
-from stream_app.pipelines.traffic import NetworkSnapshots, SensorWindows
+from stream_app.pipelines.traffic import NetworkSnapshots, SensorPartitions, SensorWindows
 from stream_app.settings import Settings
 from stream_app.tables import Tables, declare_tables
 from stream_app.topics import Topics, declare_topics
@@ -55,9 +55,10 @@ class StreamApp:
     tables: Tables
     behavior: BehaviorPipeline
     cells: CellPipeline
-    sensors: SensorWindows
+    sensors: SensorWindows | SensorPartitions  # traffic stage 1: a Faust agent's, or the transport's
     networks: NetworkSnapshots
     hot_path: BehaviorTransport | None = None  # the transport running ``behavior`` (None: a Faust agent)
+    traffic: SensorTransport | None = None  # the transport running traffic stage 1 (None: a Faust agent)
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> StreamApp:
@@ -80,7 +81,6 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     users: StateStore = cast(StateStore, tables.user_state) if tables.user_state is not None else dict[bytes, bytes]()
     behavior = BehaviorPipeline(settings, users, model, metrics)
     cells = CellPipeline(settings, metrics)
-    sensors = SensorWindows(settings, cast(StateStore, tables.sensor_windows), metrics)
     networks = NetworkSnapshots(settings, cast(StateStore, tables.network_state), metrics)
     hot_path = None
     if settings.hot_path == "transport":
@@ -94,11 +94,17 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     else:  # the cell stage on its own transport; the transports share their series
         attach_cell_transport(app, CellTransport(settings, metrics, cells, _canonical_url(settings),
                                                  hot_path.transport.metrics))
-    attach_traffic(app, settings, topics, tables, metrics, sensors, networks)
+    traffic, sensors = None, SensorWindows(settings, cast(StateStore, tables.sensor_windows), metrics)
+    if hot_path is None:
+        attach_traffic(app, settings, topics, tables, metrics, sensors, networks)
+    else:  # traffic stage 1 on its own transport; the two transports share their series
+        traffic = attach_traffic_transport(app, settings, topics, tables, metrics, networks, _canonical_url(settings),
+                                           hot_path.transport.metrics)
     attach_consumer_lag(app, metrics)
     attach_pages(app, tables, behavior, networks, hot_path.transport if hot_path is not None else None)
     return StreamApp(faust=app, settings=settings, metrics=metrics, topics=topics, tables=tables,
-                     behavior=behavior, cells=cells, sensors=sensors, networks=networks, hot_path=hot_path)
+                     behavior=behavior, cells=cells, sensors=traffic.sensors if traffic else sensors,
+                     networks=networks, hot_path=hot_path, traffic=traffic)
 
 
 def _faust_app(settings: Settings) -> faust.App:

@@ -1,9 +1,11 @@
 """Traffic readings -> per-sensor windows -> network snapshots -> forecasts and alerts.
 
-Stage 1 (:class:`SensorWindows`, key: sensor): tumbling event-time windows per sensor, closed by
-the watermark (the smallest of the partitions' latest event times, minus the grace period); a
-reading for a window already closed is counted late and dropped. Each closed window becomes a
-``SensorAggregate`` record keyed by network.
+Stage 1 (key: sensor): tumbling event-time windows per sensor, closed by the watermark (the
+smallest of the partitions' latest event times, minus the grace period); a reading for a window
+already closed is counted late and dropped. Each closed window becomes a ``SensorAggregate``
+record keyed by network. :class:`SensorPartitions` keeps each input partition's sensors and stream
+time apart, in that partition's store (the batch-native transport); :class:`SensorWindows` keeps
+them in one table (the Faust agent of ``STREAM_APP_HOT_PATH=faust``).
 
 Stage 2 (:class:`NetworkSnapshots`, key: network): aggregates are gathered per window end. A
 snapshot is stepped when every sensor of the network reported, or when an aggregate of a later
@@ -19,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -38,7 +40,7 @@ from stream_app.traffic_alerts import NetworkAlerts
 from stream_app.traffic_models import ServedModel, TrafficModels
 from stream_app.windows import EventTimeWindows, SpeedWindow, Watermark
 
-__all__ = ["SensorWindows", "NetworkSnapshots", "NetworkOutputs"]
+__all__ = ["SensorWindows", "SensorPartitions", "StoreOf", "PARTITION_KEY", "NetworkSnapshots", "NetworkOutputs"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,12 @@ class _StoredNetwork(msgspec.Struct, array_like=True):
     alerts: bytes
 
 
+class _StoredPartition(msgspec.Struct, array_like=True):
+    stream_time: int  # the largest event time read from the partition (Kafka Streams' stream time)
+
+
 _sensor_encoder, _sensor_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(_StoredSensor)
+_partition_decoder = msgspec.msgpack.Decoder(_StoredPartition)
 _network_encoder, _network_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(_StoredNetwork)
 
 
@@ -125,16 +132,10 @@ class SensorWindows:
         return aggregates
 
     def _aggregate(self, sensor_id: str, network: str, start: int, window: SpeedWindow) -> SensorAggregate:
-        return SensorAggregate(sensor_id=sensor_id, network=network, window_start=start,
-                               window_end=start + self.window_ms, mean_speed=window.mean, min_speed=window.low,
-                               max_speed=window.high, count=window.count, flow_sum=window.flow)
+        return _sensor_aggregate(sensor_id, network, start, self.window_ms, window)
 
     def _encode(self, sensor_id: str) -> bytes:
-        open_windows = {start: (w.count, w.total, w.low, w.high, w.flow)
-                        for start, w in self.windows.open.get(sensor_id, {}).items()}
-        stored = _StoredSensor(network=self.sensor_network[sensor_id], windows=open_windows,
-                               closed_until=self.windows.closed_until.get(sensor_id, -1))
-        return _sensor_encoder.encode(stored)
+        return _encode_sensor(self.windows, self.sensor_network[sensor_id], sensor_id)
 
     def _restore_once(self) -> None:
         """Open windows of this worker's sensors, as the store holds them (once, before the first batch)."""
@@ -142,11 +143,218 @@ class SensorWindows:
             return
         self._restored = True
         for key, raw in list(self.store.items()):
-            sensor_id, stored = key.decode(), _sensor_decoder.decode(raw)
-            self.sensor_network[sensor_id] = stored.network
-            self.windows.closed_until[sensor_id] = stored.closed_until
-            for start, (count, total, low, high, flow) in stored.windows.items():
-                self.windows.open.setdefault(sensor_id, {})[start] = SpeedWindow(count, total, low, high, flow)
+            _load_sensor(self.windows, self.sensor_network, key.decode(), raw)
+
+
+def _sensor_aggregate(sensor_id: str, network: str, start: int, window_ms: int, window: SpeedWindow
+                      ) -> SensorAggregate:
+    return SensorAggregate(sensor_id=sensor_id, network=network, window_start=start, window_end=start + window_ms,
+                           mean_speed=window.mean, min_speed=window.low, max_speed=window.high, count=window.count,
+                           flow_sum=window.flow)
+
+
+def _encode_sensor(windows: EventTimeWindows[SpeedWindow], network: str, sensor_id: str) -> bytes:
+    """A sensor's open windows and how far its windows are closed, as stored."""
+    open_windows = {start: (w.count, w.total, w.low, w.high, w.flow)
+                    for start, w in windows.open.get(sensor_id, {}).items()}
+    return _sensor_encoder.encode(_StoredSensor(network=network, windows=open_windows,
+                                                closed_until=windows.closed_until.get(sensor_id, -1)))
+
+
+def _load_sensor(windows: EventTimeWindows[SpeedWindow], networks: dict[str, str], sensor_id: str, raw: bytes) -> None:
+    """Put a stored sensor back into ``windows`` and ``networks``."""
+    stored = _sensor_decoder.decode(raw)
+    networks[sensor_id] = stored.network
+    windows.closed_until[sensor_id] = stored.closed_until
+    for start, (count, total, low, high, flow) in stored.windows.items():
+        windows.open.setdefault(sensor_id, {})[start] = SpeedWindow(count, total, low, high, flow)
+
+
+#: Where a partition's own entry (its stream time) lives in its store: no sensor id is empty.
+PARTITION_KEY = b""
+
+#: The store of one owned input partition, or None when it is not (or no longer) local.
+StoreOf = Callable[[int], StateStore | None]
+
+
+@dataclass
+class _SensorPartition:
+    """One input partition's sensors (open windows, networks) and how far its event time got."""
+
+    windows: EventTimeWindows[SpeedWindow]
+    networks: dict[str, str]
+    stream_time: int | None  # the largest event time read from this partition; None before the first
+    heard_at: float  # wall clock of its last reading, or of its (re)load
+
+
+class SensorPartitions:
+    """Stage 1 with each input partition's state apart, in that partition's store (the transport).
+
+    A partition's store holds its sensors (open windows and ``closed_until``, one entry per sensor)
+    and its stream time (under ``PARTITION_KEY``): after a crash a partition comes back exactly as
+    its committed offset had seen it, whichever worker restores it. The transport's listener hooks
+    say which partitions this worker owns (:meth:`assigned`, :meth:`revoked`); an assigned
+    partition is read back from its store at the next call, a revoked one forgotten.
+
+    The watermark is that of :class:`stream_app.windows.Watermark` over the partitions owned here:
+    the smallest stream time of the active ones minus the grace; a partition silent (or unread
+    since its assignment) for ``watermark_idle_s`` stops holding it back; when all are silent the
+    input is taken as ended for now and it moves a window past the latest reading, then with
+    processing time. Keeping the partitions in step is what lets stage 2 find a network's sensors
+    of one window together. It restarts from the stores' stream times when the owned partitions
+    change, so a partition taken over from a slower worker is not closed early.
+
+    Which partitions' windows a call closes is the caller's: in ``at_least_once`` every owned one
+    (one checkpoint covers them all); in ``exactly_once`` only the call's own, whose transaction
+    carries both the aggregates and the state that says they were sent.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_ms = settings.sensor_window_s * 1000
+        self.grace_ms = int(settings.grace_s * 1000)
+        self.idle_s = settings.watermark_idle_s
+        self.clock = clock
+        self.partitions: dict[int, _SensorPartition] = {}
+        self._unread: dict[int, float] = {}  # assigned, not yet read from its store: when it was assigned
+        self._watermark: int | None = None
+        self._batch_size = metrics.batch_size.labels(pipeline=PIPELINE)
+        self._processed = metrics.events_processed.labels(pipeline=PIPELINE)
+        self._late = metrics.late_events.labels(pipeline=PIPELINE)
+        self._closed = metrics.windows_closed.labels(kind="sensor")
+
+    # ------------------------------------------------------------ ownership (the transport's listener)
+
+    def assigned(self, partitions: Collection[int]) -> None:
+        """These partitions' stores were (re)loaded: drop what was read from them before; read them again."""
+        now = self.clock()
+        for partition in partitions:
+            self.partitions.pop(partition, None)
+            self._unread[partition] = now
+        self._watermark = None if partitions else self._watermark
+
+    def revoked(self, partitions: Collection[int]) -> None:
+        """These partitions' stores are gone from this worker: forget them."""
+        for partition in partitions:
+            self.partitions.pop(partition, None)
+            self._unread.pop(partition, None)
+        self._watermark = None if partitions else self._watermark
+
+    # ------------------------------------------------------------ calls
+
+    def process(self, records: Mapping[int, Sequence[Received[TrafficReading]]], store_of: StoreOf,
+                close: Collection[int] | None = None) -> list[Record]:
+        """Add each partition's valid readings (offset order); the ``sensor-aggregates`` records of the
+        windows that closed in the ``close`` partitions (default: every owned one)."""
+        self._read_unread(store_of)
+        now, late, count = self.clock(), 0, 0
+        touched: dict[int, set[str]] = {}
+        for partition, readings in records.items():
+            if not readings:
+                continue
+            state = self._partition(partition, store_of)
+            touched[partition] = changed = {""}  # "": the stream time moved
+            stream_time = state.stream_time
+            for received in readings:
+                reading = received.value
+                ts = epoch_ms(reading.ts)
+                if stream_time is None or ts > stream_time:
+                    stream_time = ts
+                state.networks[reading.sensor_id] = reading.network
+                if state.windows.add(reading.sensor_id, ts, reading.measured, reading.flow):
+                    changed.add(reading.sensor_id)
+                else:
+                    late += 1
+            state.stream_time, state.heard_at = stream_time, now
+            count += len(readings)
+        if late:
+            self._late.inc(late)
+        self._batch_size.observe(count)
+        aggregates = self._close(self.partitions if close is None else close, store_of, touched)
+        self._processed.inc(count)
+        return aggregates
+
+    def close_windows(self, partitions: Collection[int], store_of: StoreOf) -> list[Record]:
+        """The aggregates of every window of ``partitions`` the watermark passed (the wall-clock timer:
+        idle partitions stop holding it back, and an ended input closes its last windows)."""
+        self._read_unread(store_of)
+        return self._close(partitions, store_of, {})
+
+    def watermark(self) -> int | None:
+        """Event time up to which every window may close (None until the owned partitions allow one)."""
+        now = self.clock()
+        owned = [(p.stream_time, p.heard_at) for p in self.partitions.values()]
+        owned += [(None, assigned_at) for assigned_at in self._unread.values()]
+        active = [stream_time for stream_time, heard_at in owned if now - heard_at <= self.idle_s]
+        known = [stream_time for stream_time, _ in owned if stream_time is not None]
+        if not known or None in active:  # an active partition that has not been read may hold older windows
+            return self._watermark
+        if active:
+            candidate = min(t for t in active if t is not None) - self.grace_ms
+        else:  # every partition silent: the input ended for now (see stream_app.windows)
+            silent_for = now - max(heard_at for _, heard_at in owned) - self.idle_s
+            candidate = max(known) + self.window_ms + int(silent_for * 1000)
+        self._watermark = candidate if self._watermark is None else max(self._watermark, candidate)
+        return self._watermark
+
+    # ------------------------------------------------------------ state
+
+    def _read_unread(self, store_of: StoreOf) -> None:
+        for partition in list(self._unread):
+            store = store_of(partition)
+            if store is not None:
+                self.partitions[partition] = self._read(store, self._unread.pop(partition))
+
+    def _partition(self, partition: int, store_of: StoreOf) -> _SensorPartition:
+        """A partition's state, read from its store the first time this worker sees it."""
+        state = self.partitions.get(partition)
+        if state is None:
+            store = store_of(partition)
+            assigned_at = self._unread.pop(partition, self.clock())
+            state = self.partitions[partition] = self._read({} if store is None else store, assigned_at)
+        return state
+
+    def _read(self, store: StateStore, heard_at: float) -> _SensorPartition:
+        state = _SensorPartition(EventTimeWindows(size_ms=self.window_ms, new_window=SpeedWindow), {}, None, heard_at)
+        for key, raw in list(store.items()):
+            if key == PARTITION_KEY:
+                state.stream_time = _partition_decoder.decode(raw).stream_time
+            else:
+                _load_sensor(state.windows, state.networks, key.decode(), raw)
+        return state
+
+    def _close(self, partitions: Iterable[int], store_of: StoreOf, touched: dict[int, set[str]]) -> list[Record]:
+        """Close what the watermark passed in ``partitions`` (in window order across them, so stage 2
+        gets a window's sensors before the next window's); write every changed sensor back."""
+        watermark = self.watermark()
+        closed: list[tuple[int, str, int, SpeedWindow]] = []
+        for partition in partitions:
+            state = self.partitions.get(partition)
+            if state is None or watermark is None:
+                continue
+            for sensor_id, start, window in state.windows.close(watermark):
+                closed.append((start, sensor_id, partition, window))
+                touched.setdefault(partition, set()).add(sensor_id)
+        closed.sort(key=lambda entry: (entry[0], entry[1]))
+        aggregates = []
+        for start, sensor_id, partition, window in closed:
+            network = self.partitions[partition].networks[sensor_id]
+            aggregates.append((network.encode(), encode(_sensor_aggregate(sensor_id, network, start, self.window_ms,
+                                                                          window))))
+        if aggregates:
+            self._closed.inc(len(aggregates))
+        for partition, sensors in touched.items():
+            self._write(partition, sensors, store_of)
+        return aggregates
+
+    def _write(self, partition: int, sensors: set[str], store_of: StoreOf) -> None:
+        store, state = store_of(partition), self.partitions[partition]
+        if store is None:
+            return
+        for sensor_id in sensors:
+            if sensor_id:
+                store[sensor_id.encode()] = _encode_sensor(state.windows, state.networks[sensor_id], sensor_id)
+            elif state.stream_time is not None:
+                store[PARTITION_KEY] = _sensor_encoder.encode(_StoredPartition(state.stream_time))
 
 
 # ---------------------------------------------------------------- stage 2: network snapshots

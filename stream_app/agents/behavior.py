@@ -13,14 +13,12 @@ Two hot paths, chosen by ``settings.hot_path``:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
-import mode
 from aiokafka.structs import ConsumerRecord
 from faust.types import ConsumerT
 
@@ -35,6 +33,7 @@ from stream_app.settings import Settings
 from stream_app.tables import Tables, ready_for_writes
 from stream_app.topics import TOPIC_NAMES, Topics
 from stream_app.transport import Batch, Outputs, Transport, TransportConfig, TransportMetrics
+from stream_app.transport.service import attach_transport_service
 
 __all__ = ["attach_behavior_timers", "attach_behavior_agent", "BehaviorTransport", "attach_transport"]
 
@@ -131,7 +130,8 @@ class BehaviorTransport:
         await kafka_io.ensure_topics(settings, [settings.topic(name) for name in TOPIC_NAMES])
         self.cell_partitions = (await kafka_io.partition_counts(settings, [self.cells_topic]))[self.cells_topic]
         await self.transport.start()
-        self.pipeline.store = self.transport.store_view(USERS_STORE)
+        if not self.transport.closed:  # closed: stopped while starting
+            self.pipeline.store = self.transport.store_view(USERS_STORE)
 
     def process(self, batch: Batch[Received[UserEvent]]) -> Outputs:
         valid = [received for records in batch.records.values() for received in records]
@@ -157,33 +157,9 @@ class BehaviorTransport:
 
 def attach_transport(app: faust.App, hot_path: BehaviorTransport) -> None:
     """Run ``hot_path`` as a service of ``app``: started with the app, stopped with it after a last
-    checkpoint; an error in the transport (a pipeline bug) stops the worker."""
-    transport = hot_path.transport
-
-    @app.service
-    class BehaviorTransportService(mode.Service):
-        _finished: asyncio.Event
-
-        async def on_start(self) -> None:
-            self._finished = asyncio.Event()
-            await hot_path.start()
-
-        @mode.Service.task
-        async def _run(self) -> None:
-            try:
-                await transport.run()
-            except Exception as exc:
-                log.critical("the behavior transport stopped on an error; stopping the worker: %r", exc)
-                await self.crash(exc)
-            finally:
-                self._finished.set()
-
-        async def on_stop(self) -> None:
-            transport.stop()
-            try:
-                await asyncio.wait_for(self._finished.wait(), transport.config.shutdown_timeout_s + 5)
-            except TimeoutError:
-                log.warning("the behavior transport did not stop within %.0f s", transport.config.shutdown_timeout_s)
+    checkpoint (at once, without one, when stopped while starting); an error in the transport (a
+    pipeline bug) stops the worker."""
+    attach_transport_service(app, hot_path.transport, hot_path.start, "behavior transport")
 
 
 def _transport_config(settings: Settings, advertised_url: str) -> TransportConfig:

@@ -133,11 +133,31 @@ class Transport(Generic[T]):
         self._children = self._metric_children()
         self._commit_failures = 0
         self._closed = False
+        self._starting: asyncio.Event | None = None  # set once start() has returned
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Check topics, create changelogs, join the group (partitions are restored as they come)."""
+        """Check topics, create changelogs, join the group (partitions are restored as they come).
+
+        A ``stop()`` or ``close()`` that comes while this runs (a SIGTERM during the worker's start)
+        closes the clients once it returns, as does a start that fails or is cancelled: no client
+        is left open either way.
+        """
+        if self._closed or self._stop_requested.is_set():
+            return
+        self._starting = asyncio.Event()
+        try:
+            await self._start_clients()
+        except BaseException:
+            await self._close(clean=False)
+            raise
+        finally:
+            self._starting.set()
+        if self._stop_requested.is_set():  # run() will not follow: nothing was processed, nothing to commit
+            await self._close(clean=False)
+
+    async def _start_clients(self) -> None:
         config = self.config
         install_outage_filter()
         config.store_dir.mkdir(parents=True, exist_ok=True)
@@ -180,6 +200,8 @@ class Transport(Generic[T]):
         """
         if self._consumer is None:
             await self.start()
+        if self._closed:  # stopped while starting
+            return
         clean = False
         try:
             while not self._stop_requested.is_set():
@@ -196,6 +218,15 @@ class Transport(Generic[T]):
     def stop(self) -> None:
         """Ask ``run()`` to finish after the current batch (with a last checkpoint)."""
         self._stop_requested.set()
+
+    async def close(self) -> None:
+        """Stop a transport whose ``run()`` never began (stopped before or while starting): close its
+        clients without a checkpoint (nothing was processed). A start in progress closes them itself
+        when it returns; this waits for that."""
+        self.stop()
+        if self._starting is not None and not self._starting.is_set():
+            await self._starting.wait()
+        await self._close(clean=False)
 
     async def _close(self, clean: bool) -> None:
         if self._closed:
@@ -222,6 +253,11 @@ class Transport(Generic[T]):
                 await self._snapshot_stores(self._owned_stores(), wait=True)
 
     # ------------------------------------------------------------------ queries
+
+    @property
+    def closed(self) -> bool:
+        """True once the clients are closed (after ``run()``, or a stop before or while starting)."""
+        return self._closed
 
     def owner_of(self, partition: int) -> str | None:
         """URL of the worker that owns ``partition`` of the input (None until a rebalance names one)."""

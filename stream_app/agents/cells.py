@@ -13,14 +13,12 @@ Two paths, chosen with the behavior stage's ``settings.hot_path``:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import faust
-import mode
 import msgspec
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord
@@ -34,6 +32,7 @@ from stream_app.settings import Settings
 from stream_app.tables import Tables, ready_for_writes
 from stream_app.topics import TOPIC_NAMES, Topics
 from stream_app.transport import Batch, Outputs, Rejected, State, Transport, TransportConfig, TransportMetrics
+from stream_app.transport.service import attach_transport_service
 
 __all__ = ["attach_cells", "CellTransport", "attach_cell_transport", "CELLS_STORE", "IDLE_CLOSE_S"]
 
@@ -104,34 +103,9 @@ class CellTransport:
 
 
 def attach_cell_transport(app: faust.App, cells: CellTransport) -> None:
-    """Run ``cells`` as a service of ``app``: started with it, stopped with it after a last
-    checkpoint; an error in the transport (a pipeline bug) stops the worker."""
-    transport = cells.transport
-
-    @app.service
-    class CellTransportService(mode.Service):
-        _finished: asyncio.Event
-
-        async def on_start(self) -> None:
-            self._finished = asyncio.Event()
-            await cells.start()
-
-        @mode.Service.task
-        async def _run(self) -> None:
-            try:
-                await transport.run()
-            except Exception as exc:
-                log.critical("the cell transport stopped on an error; stopping the worker: %r", exc)
-                await self.crash(exc)
-            finally:
-                self._finished.set()
-
-        async def on_stop(self) -> None:
-            transport.stop()
-            try:
-                await asyncio.wait_for(self._finished.wait(), transport.config.shutdown_timeout_s + 5)
-            except TimeoutError:
-                log.warning("the cell transport did not stop within %.0f s", transport.config.shutdown_timeout_s)
+    """Run ``cells`` as a service of ``app`` (``attach_transport_service``): started with it, stopped
+    with it after a last checkpoint; an error in the transport (a pipeline bug) stops the worker."""
+    attach_transport_service(app, cells.transport, cells.start, "cell transport")
 
 
 def attach_cells(app: faust.App, settings: Settings, topics: Topics, tables: Tables, pipeline: CellPipeline) -> None:

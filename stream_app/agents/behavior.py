@@ -25,6 +25,7 @@ from faust.types import ConsumerT
 from schemas import Rejection, UserEvent, decode_user_event
 from stream_app import kafka_io
 from stream_app.ingest import validate_batch
+from stream_app.lag import attach_transport_lag
 from stream_app.metrics import Metrics
 from stream_app.pipelines.base import Received
 from stream_app.pipelines.behavior import BehaviorPipeline
@@ -160,6 +161,7 @@ def attach_transport(app: faust.App, hot_path: BehaviorTransport) -> None:
     checkpoint (at once, without one, when stopped while starting); an error in the transport (a
     pipeline bug) stops the worker."""
     attach_transport_service(app, hot_path.transport, hot_path.start, "behavior transport")
+    attach_transport_lag(app, hot_path.transport, hot_path.pipeline.metrics)
 
 
 def _transport_config(settings: Settings, advertised_url: str) -> TransportConfig:

@@ -61,5 +61,7 @@ def attach_transport_service(app: faust.App, transport: Transport[Any], start: C
             except TimeoutError:
                 log.warning("the %s did not stop within %.0f s", what, timeout_s)
 
-    TransportService.__name__ = TransportService.__qualname__ = f"{what.title().replace(' ', '')}Service"
+    # The name in logs ("[^--BehaviorTransportService]: Starting..."); mode keys the service's tasks by
+    # module and __qualname__, which stays as defined.
+    TransportService.__name__ = f"{what.title().replace(' ', '')}Service"
     return TransportService

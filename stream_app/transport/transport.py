@@ -113,6 +113,7 @@ class Transport(Generic[T]):
         self._lost: set[int] = set()    # fenced partitions, paused until the next rebalance
         self._expected: dict[int, int] = {}  # next input offset each owned partition should deliver
         self._progressed: set[int] = set()   # partitions processed since their last commit
+        self._committed_offsets: dict[int, int] = {}  # committed input offset of each owned partition (consumer lag)
         self._lock = asyncio.Lock()
         self._stop_requested = asyncio.Event()
         self._fatal: BaseException | None = None
@@ -281,6 +282,21 @@ class Transport(Generic[T]):
         """The owned partitions of a store as one ``StateStore`` routed by key (after ``start()``),
         for a pipeline built with a single store."""
         return self._started(self._state).routed(store)
+
+    def lag(self) -> dict[int, int]:
+        """Consumer lag of each owned partition: its end offset (as of the last fetch) minus the
+        committed offset; partitions not fetched from yet are left out."""
+        if self._consumer is None or self._closed:
+            return {}
+        lags = {}
+        for partition, committed in list(self._committed_offsets.items()):
+            try:
+                end = self._consumer.highwater(TopicPartition(self.config.input_topic, partition))
+            except Exception:  # no longer assigned
+                continue
+            if end is not None:
+                lags[partition] = max(0, end - committed)
+        return lags
 
     def items(self, store: str | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) of a store on the partitions this worker owns."""
@@ -503,6 +519,7 @@ class Transport(Generic[T]):
             log.warning("offsets committed again after %d failed commits", self._commit_failures)
             self._commit_failures = 0
         self._progressed.difference_update(partitions)
+        self._committed_offsets.update({tp.partition: meta.offset for tp, meta in offsets.items()})
         return True
 
     async def _checkpoint_exactly_once(self) -> bool:
@@ -561,6 +578,7 @@ class Transport(Generic[T]):
             await producer.send_offsets_to_transaction(offsets, self.config.group)
         await producer.commit_transaction()
         self._txn.committed(partition)
+        self._committed_offsets.update({tp.partition: meta.offset for tp, meta in offsets.items()})
 
     async def _flush_changelog(self, producer: AIOKafkaProducer, writer: OutputWriter, partitions: Sequence[int]
                                ) -> dict[tuple[str, int], list[Delivery]]:
@@ -696,6 +714,7 @@ class Transport(Generic[T]):
             self._children["restored_changelog"][plan.store.name].inc(self.last_restore.records_read[key])
         for partition in partitions:
             await self._seek(partition, committed[partition][0])
+            self._committed_offsets[partition] = max(0, committed[partition][0])
             self._ready.add(partition)
             self._progressed.discard(partition)
         self.last_restore.seconds = time.perf_counter() - started  # snapshot files and committed offsets too
@@ -765,6 +784,7 @@ class Transport(Generic[T]):
         for partition in partitions:
             self._ready.discard(partition)
             self._progressed.discard(partition)
+            self._committed_offsets.pop(partition, None)
 
     def _owned_stores(self) -> list[PartitionStore]:
         return [store for stores in self._stores.values() for store in stores.values()]

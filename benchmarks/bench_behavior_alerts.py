@@ -1,13 +1,18 @@
-"""Behavior alerts on clean users through a real worker: the false-alert rate a deployment would see.
+"""Behavior alerts through a real worker: the false-alert rate a deployment would see, and
+(``--takeovers N``) how soon taken-over accounts are flagged.
 
-Generated users (no takeover) are loaded into ``user-events`` of an embedded Apache Kafka broker,
-one ``stream-app worker`` serving a trained next-action checkpoint (or, without ``--checkpoint``,
-the per-user Markov fallback) processes them all, and the script counts the ``behavior`` alerts
-it wrote to ``anomaly-alerts``: every one is a false alert, since no account was taken over.
-The rate is alerts per user per simulated day (the span of the events' times).
+Generated users are loaded into ``user-events`` of an embedded Apache Kafka broker, one
+``stream-app worker`` serving a trained next-action checkpoint (or, without ``--checkpoint``, the
+per-user Markov fallback) processes them all, and the script reads the ``behavior`` alerts it
+wrote to ``anomaly-alerts``. With ``--takeovers N``, N accounts spread over the population are
+taken over (``simulation.users.Takeover``) at 85 % of the run's time span; an alert on one of
+their intruder's events is a detection (reported as the intruder's event number), every other
+alert is a false one. The false-alert rate is per user (victims' own behavior included) per
+simulated day (the span of the events' times).
 
     stream-app train next-action --data generated --threads 1 --out na.pt      # 300 users, seed 0
     python benchmarks/bench_behavior_alerts.py --checkpoint na.pt --users 1000 --events 170000 --seed 1
+    python benchmarks/bench_behavior_alerts.py --users 1000 --events 170000 --seed 1 --takeovers 20   # fallback
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 from bench_pipeline import Worker, create_topics, metric
 
 from schemas import AnomalyAlert, decode
-from simulation.users import BehaviorConfig, generate_user_events
+from simulation.users import BehaviorConfig, BehaviorWorkload, Takeover, generate_user_events
 from stream_app.broker import EmbeddedBroker, free_port
 from stream_app.cli.io import to_records
 from stream_app.kafka_io import consume, produce
@@ -46,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=1000, help="generated users [1000]")
     parser.add_argument("--events", type=int, default=170_000, help="events in all [170000: about 4 days]")
     parser.add_argument("--seed", type=int, default=1, help="generator seed; train on another one [1]")
+    parser.add_argument("--takeovers", type=int, default=0, help="accounts taken over at 85 %% of the time [0]")
     parser.add_argument("--partitions", type=int, default=2, help="partitions of user-events [2]")
     parser.add_argument("--timeout-s", type=float, default=1800.0, help="give up after this long [1800]")
     parser.add_argument("--json", type=Path, help="also write the result here")
@@ -53,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    events = generate_user_events(BehaviorConfig(n_users=args.users, n_events=args.events, seed=args.seed)).events
+    workload = _workload(args)
+    events = workload.events
     days = (events[-1]["ts"] - events[0]["ts"]) / 86_400_000
     workdir, broker = Path(tempfile.mkdtemp(prefix="bench-alerts-")), EmbeddedBroker(kind="kafka")
     prefix = f"a{uuid.uuid4().hex[:6]}-"
@@ -73,11 +80,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             worker.stop()
         broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    counted = metric(samples, "stream_app_anomaly_alerts_total", kind="behavior")
+    detected, false_alerts = _judge(workload, alerts)
+    victims = {events[i]["user_id"] for i in workload.intruder.nonzero()[0]}
     return {"checkpoint": str(args.checkpoint) if args.checkpoint else None, "users": args.users,
             "events": len(events), "days": round(days, 2), "seed": args.seed, "worker_s": round(seconds, 1),
-            "alerts": len(alerts), "alerts_counted": counted, "users_alerted": len(set(alerts)),
-            "alerts_per_user_day": len(alerts) / (args.users * days)}
+            "alerts": len(alerts),
+            "alerts_counted": metric(samples, "stream_app_anomaly_alerts_total", kind="behavior"),
+            "false_alerts": len(false_alerts), "users_falsely_alerted": len(set(false_alerts)),
+            "false_alerts_per_user_day": len(false_alerts) / (args.users * days),
+            "takeovers_with_events": len(victims), "takeovers_flagged_at_event": detected}
+
+
+def _workload(args: argparse.Namespace) -> BehaviorWorkload:
+    config = BehaviorConfig(n_users=args.users, n_events=args.events, seed=args.seed)
+    if not args.takeovers:
+        return generate_user_events(config)
+    events = generate_user_events(config).events
+    at = events[0]["ts"] + int(0.85 * (events[-1]["ts"] - events[0]["ts"]))
+    step = max(1, args.users // args.takeovers)
+    takeovers = tuple(Takeover(user=u, start_ms=at, seed=7) for u in range(0, args.users, step)[:args.takeovers])
+    return generate_user_events(BehaviorConfig(n_users=args.users, n_events=args.events, seed=args.seed,
+                                               takeovers=takeovers))
+
+
+def _judge(workload: BehaviorWorkload, alerts: list[tuple[str, str]]) -> tuple[dict[str, int], list[str]]:
+    """({victim: the intruder's event number of its first alert}, the users of every other alert)."""
+    intruder_events: dict[str, list[str]] = {}
+    for event, intruder in zip(workload.events, workload.intruder, strict=True):
+        if intruder:
+            intruder_events.setdefault(event["user_id"], []).append(event["event_id"])
+    detected: dict[str, int] = {}
+    false_alerts = []
+    for user, event_id in alerts:
+        order = intruder_events.get(user, [])
+        if event_id in order:
+            detected.setdefault(user, order.index(event_id) + 1)
+        else:
+            false_alerts.append(user)
+    return detected, false_alerts
 
 
 def _worker_env(args: argparse.Namespace, settings: Settings, prefix: str, workdir: Path) -> dict[str, str]:
@@ -107,22 +147,26 @@ def _wait_until_processed(worker: Worker, n: int, timeout_s: float) -> dict[str,
         time.sleep(1.0)
 
 
-async def _behavior_alerts(settings: Settings, topic: str) -> list[str]:
-    """The user key of every behavior alert on ``topic``."""
-    users = []
+async def _behavior_alerts(settings: Settings, topic: str) -> list[tuple[str, str]]:
+    """(user, id of the event that raised it) of every behavior alert on ``topic``."""
+    alerts = []
     async for record in consume(settings, [topic], idle_timeout_s=5.0):
         alert = decode(record.value, AnomalyAlert)
         if isinstance(alert, AnomalyAlert) and alert.kind == "behavior":
-            users.append(alert.key)
-    return users
+            alerts.append((alert.key, alert.alert_id.removeprefix(f"behavior:{alert.key}:")))
+    return alerts
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     result = run(args)
     print(json.dumps(result, indent=2))
-    print(f"{result['alerts']} behavior alerts on {result['users']} clean users over {result['days']} days: "
-          f"{100 * result['alerts_per_user_day']:.3f} % of users per day")
+    print(f"{result['false_alerts']} false behavior alerts on {result['users']} users over {result['days']} days: "
+          f"{100 * result['false_alerts_per_user_day']:.3f} % of users per day")
+    if args.takeovers:
+        flagged = sorted(result["takeovers_flagged_at_event"].values())
+        print(f"{len(flagged)} of {result['takeovers_with_events']} taken-over accounts flagged, at the intruder's "
+              f"event {flagged}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -1,9 +1,10 @@
 """Readers of one pre-loaded topic, side by side: raw aiokafka, Quix Streams, the model alone and the worker.
 
 One embedded Apache Kafka broker; one ``<prefix>user-events`` topic (``--partitions``) pre-loaded once
-with ``--events`` generated user events; then, per repeat and interleaved (every reader once per
-repeat, in the same order), each reader drains the whole topic from the beginning with its own
-consumer group:
+with ``--fast-events`` generated user events; then, per repeat and interleaved (every reader once per
+repeat, in the same order), each reader reads it from the beginning with its own consumer group: the
+fast readers (``raw``, ``quix-passthrough``, ``transport-passthrough``: ``FAST``) its first
+``--fast-events``, the others its first ``--events`` (they are 20-100x slower):
 
 - ``raw``: aiokafka ``getmany`` (no group) + ``schemas.decode_user_event`` per record;
 - ``quix-passthrough`` / ``quix-stateful``: a Quix Streams app that decodes each value with the same
@@ -16,9 +17,12 @@ consumer group:
   7e8b271) in full mode, run with this venv and ``PYTHONPATH=<old-tree>``.
 
 Every reader runs in its own process. Events/s: for the in-process readers, from the first record
-to the last; for workers, the growth of ``stream_app_events_processed_total`` between /metrics polls
-(start and group join excluded, as in bench_pipeline.py). CPU µs/event: user+system CPU of that
-process over the same interval divided by the events in it (the broker's CPU is not counted).
+to the last; for workers, from the batch that the first /metrics poll with progress saw to the last
+batch (``stream_app_events_processed_total`` and ``stream_app_last_processed_timestamp_seconds``, which
+the worker sets together per batch: batch-exact, not poll-exact; a worker without that gauge, the
+old one, is timed by the polls). Start and group join are excluded, as in bench_pipeline.py. CPU
+µs/event: user+system CPU of that process between the first and the last poll that saw it busy,
+divided by the events in between (the broker's CPU is not counted).
 
     python benchmarks/bench_readers.py --checkpoint next-action.pt --old-tree /tmp/old-7e8b271
 """
@@ -37,7 +41,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -51,6 +55,8 @@ from stream_app.topics import TOPIC_NAMES  # noqa: E402
 __all__ = ["main"]
 
 IN_PROCESS = ("raw", "quix-passthrough", "quix-stateful", "model")
+FAST = ("raw", "quix-passthrough", "transport-passthrough")  # read --fast-events: a drain of seconds, not 1
+LAST_BATCH = "stream_app_last_processed_timestamp_seconds"
 WORKERS = {"transport-passthrough": ("transport", "passthrough"), "transport-full": ("transport", "full"),
            "faust-passthrough": ("faust", "passthrough"), "faust-full": ("faust", "full"), "old-full": (None, "full")}
 READERS = IN_PROCESS + tuple(WORKERS)
@@ -167,9 +173,13 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
+def events_for(args: argparse.Namespace, reader: str) -> int:
+    return args.fast_events if reader in FAST else args.events
+
+
 def run_child(args: argparse.Namespace, url: str, topic: str, reader: str) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", reader, "--broker", url, "--topic", topic,
-               "--events", str(args.events), "--batch-max", str(args.batch_max)]
+               "--events", str(events_for(args, reader)), "--batch-max", str(args.batch_max)]
     if args.checkpoint:
         command += ["--checkpoint", args.checkpoint]
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout_s, cwd=bp.ROOT)
@@ -196,20 +206,40 @@ def run_worker(args: argparse.Namespace, bench: bp.Bench, prefix: str, reader: s
     with worker.log_path.open("ab") as out:  # bp.Worker.start runs in bp.ROOT; the old tree needs its own cwd
         worker.process = subprocess.Popen([sys.executable, "-m", "stream_app", "worker"], env=env, cwd=cwd,
                                           stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    n = events_for(args, reader)
     try:
-        points = _watch(worker, args)
+        points = _watch(worker, args, n)
     finally:
         bench.stop_worker(worker)
-    (t0, c0, cpu0), busy = points[0], [p for p in points if p[1] < args.events]
-    t1, c1, cpu1 = busy[-1] if len(busy) >= 2 else points[-1]
     samples = points_samples.pop(worker.log_path)
-    if c1 <= c0:
-        raise bp.RunFailed(f"{reader} processed all events before two polls saw it busy: use more --events")
-    return {"events": c1 - c0, "seconds": t1 - t0, "cpu_s": cpu1 - cpu0, "version": bp.model_version(samples),
-            "mean_batch": _mean_batch(samples)}
+    first, last = points[0], points[-1]
+    busy = [p for p in points if p.count < n]
+    cpu_end = busy[-1] if len(busy) >= 2 else last
+    if last.count <= first.count:
+        raise bp.RunFailed(f"{reader} processed all events before two polls saw it busy: use more events")
+    if first.batch_at and last.batch_at > first.batch_at:  # the worker's own clock, batch-exact
+        seconds, clock = last.batch_at - first.batch_at, "batch"
+    else:  # a worker without the gauge (the old tree): the polls' clock, over the busy polls
+        last, clock = cpu_end, "poll"
+        seconds = last.at - first.at
+    events = last.count - first.count
+    # CPU is read at the polls only: per event over the busy polls, scaled to the events timed.
+    cpu_per_event = (cpu_end.cpu - first.cpu) / max(1.0, cpu_end.count - first.count)
+    return {"events": events, "seconds": seconds, "clock": clock, "cpu_s": cpu_per_event * events,
+            "version": bp.model_version(samples), "mean_batch": _mean_batch(samples)}
 
 
 points_samples: dict[Path, dict[str, float]] = {}
+
+
+class Point(NamedTuple):
+    """One /metrics poll of a worker: when (monotonic), events processed, its CPU s, and the wall
+    time of the batch that brought the counter there (0.0 when the worker has no such gauge)."""
+
+    at: float
+    count: float
+    cpu: float
+    batch_at: float
 
 
 def _mean_batch(samples: dict[str, float]) -> float:
@@ -217,9 +247,9 @@ def _mean_batch(samples: dict[str, float]) -> float:
     return bp.metric(samples, "stream_app_batch_size_sum", pipeline="behavior") / count if count else 0.0
 
 
-def _watch(worker: bp.Worker, args: argparse.Namespace) -> list[tuple[float, float, float]]:
-    """(time, processed, worker CPU s) of every poll from the first that saw progress to the one at N."""
-    points: list[tuple[float, float, float]] = []
+def _watch(worker: bp.Worker, args: argparse.Namespace, n: int) -> list[Point]:
+    """Every poll from the first that saw progress to the one that saw ``n`` events processed."""
+    points: list[Point] = []
     started = last_change = time.monotonic()
     last = -1.0
     while True:
@@ -234,14 +264,14 @@ def _watch(worker: bp.Worker, args: argparse.Namespace) -> list[tuple[float, flo
         now, count = time.monotonic(), bp.metric(samples, bp.PROCESSED, pipeline="behavior")
         cpu = _proc_cpu_s(worker.process.pid)
         if count > 0 and bp.serves_expected_model(samples, args):
-            points.append((now, count, cpu))
-        if count >= args.events and len(points) >= 2:
+            points.append(Point(now, count, cpu, bp.metric(samples, LAST_BATCH, pipeline="behavior")))
+        if count >= n and len(points) >= 2:
             points_samples[worker.log_path] = samples
             return points
         if count != last:
             last_change, last = now, count
         if now - last_change > (args.stall_s if points else args.startup_timeout_s) or now - started > args.timeout_s:
-            raise bp.RunFailed(f"{count:.0f}/{args.events} after {now - started:.0f} s", worker.log_tail())
+            raise bp.RunFailed(f"{count:.0f}/{n} after {now - started:.0f} s", worker.log_tail())
         time.sleep(args.poll_s)
 
 
@@ -256,7 +286,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     latency = None
     try:
         prefix = f"r{uuid.uuid4().hex[:6]}-"
-        records = bp.events_records(args.events, args.users, args.seed)
+        records = bp.events_records(max(args.events, args.fast_events), args.users, args.seed)
         settings = bench.settings(prefix)
         asyncio.run(bp.create_topics(settings, [settings.topic(name) for name in TOPIC_NAMES], args.partitions))
         asyncio.run(produce(settings, [(f"{prefix}{t}", k, v) for t, k, v in records]))
@@ -277,15 +307,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                               cpu_us_per_event=1e6 * result["cpu_s"] / result["events"])
                 runs.append(result)
                 print(f"  {reader:22s} repeat {repeat}: {result['events_per_s']:>9,.0f} events/s "
-                      f"{result['cpu_us_per_event']:>7.1f} CPU µs/event  ({result.get('version', '')})", flush=True)
+                      f"{result['cpu_us_per_event']:>7.1f} CPU µs/event  {result['events']:>9,.0f} events timed "
+                      f"({result.get('clock', 'in-process')} clock) {result.get('version', '')}", flush=True)
         summary = summarize(runs)
         capacity = summary["median_events_per_s"].get("transport-full")
         if args.latency_seconds > 0 and capacity:
             latency = bp.measure_latency(bench, capacity / 2)
     finally:
         bench.close()
-    return {"events": args.events, "runs": runs, "summary": summarize(runs), "latency": latency,
-            "load_average": os.getloadavg()}
+    return {"events": args.events, "fast_events": args.fast_events, "runs": runs, "summary": summarize(runs),
+            "latency": latency, "load_average": os.getloadavg()}
 
 
 RATIOS = {"transport-passthrough / quix-passthrough": ("transport-passthrough", "quix-passthrough", 1.0, 1.0),
@@ -343,7 +374,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Readers: " + ", ".join(READERS))
-    parser.add_argument("--events", type=int, default=100_000, help="events pre-loaded (default 100000)")
+    parser.add_argument("--events", type=int, default=50_000,
+                        help="events each slow reader (model, quix-stateful, the full and faust workers) reads "
+                             "(default 50000)")
+    parser.add_argument("--fast-events", type=int, default=500_000,
+                        help=f"events pre-loaded, and read by the fast readers ({', '.join(FAST)}; default 500000)")
     parser.add_argument("--users", type=int, default=5000, help="simulated users (default 5000)")
     parser.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
     parser.add_argument("--partitions", type=int, default=2, help="input topic partitions (default 2)")

@@ -18,8 +18,8 @@ from models.next_action.history import Profile, ProfileSnapshots, consumed_bits,
 
 __all__ = [
     "PAD_ID", "OOV_ID", "N_DENSE", "DENSE_NAMES", "STATIC_DENSE", "TIME_DENSE", "LOCATION_DENSE",
-    "EventRecord", "Vocabulary", "FeatureSpec", "EncodedEvents",
-    "encode_events", "encode_next_events", "haversine_km", "time_features", "cell_bucket", "consumed_columns",
+    "EventRecord", "Vocabulary", "FeatureSpec", "EncodedEvents", "event_row_dtype", "concat_rows",
+    "encode_events", "encode_next_events", "encode_runs", "haversine_km", "time_features", "cell_bucket", "consumed_columns",
     "consumed_index", "encode_profiles",
 ]
 
@@ -196,6 +196,38 @@ class EncodedEvents:
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
+    def to_rows(self) -> np.ndarray:
+        """The events as one record array [time] of ``event_row_dtype`` (field names as here)."""
+        rows = np.empty(len(self), event_row_dtype(self.consumed.shape[1]))
+        for name in _ROW_FIELDS:
+            rows[name] = getattr(self, name)
+        return rows
+
+    @classmethod
+    def from_rows(cls, rows: np.ndarray) -> EncodedEvents:
+        """Inverse of ``to_rows``."""
+        return cls(**{name: np.ascontiguousarray(rows[name]) for name in _ROW_FIELDS})
+
+
+_ROW_FIELDS = ("tokens", "cells", "ts_ms", "lat", "lon", "dense", "consumed")
+
+
+@lru_cache(maxsize=16)
+def event_row_dtype(hashes: int) -> np.dtype:
+    """One encoded event as a numpy record (the fields of ``EncodedEvents``): a serving window
+    cache is one array of these, so appending to, trimming and batching a user's window are one
+    numpy call each instead of one per field."""
+    return np.dtype([("tokens", np.int64), ("cells", np.int64), ("ts_ms", np.int64), ("lat", np.float64),
+                     ("lon", np.float64), ("consumed", np.int64, (hashes,)), ("dense", np.float32, (N_DENSE,))],
+                    align=True)
+
+
+def concat_rows(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """``np.concatenate`` of contiguous record arrays of one dtype (at least one part), as bytes:
+    numpy would check the fields of every part in Python, which costs more than the copy."""
+    dtype = parts[0].dtype
+    return np.concatenate([p.view(np.uint8) for p in parts]).view(dtype)
+
 
 def time_features(ts_ms: np.ndarray) -> np.ndarray:
     """Hour-of-day and weekday (Monday = 0) as sin/cos, UTC: float64 [time, 4]."""
@@ -231,27 +263,46 @@ def cell_bucket(lat: float, lon: float, resolution: int, n_buckets: int) -> int:
 
 def encode_events(events: Sequence[EventRecord], vocab: Vocabulary, spec: FeatureSpec, *,
                   prev_ts_ms: int | None = None, prev_lat: float | None = None,
-                  prev_lon: float | None = None) -> EncodedEvents:
+                  prev_lon: float | None = None, cells: bool = True) -> EncodedEvents:
     """Encode one user's consecutive events; ``prev_*`` describe the event before the first one.
 
     Gaps and moves are taken from each event's predecessor (the ``prev_*`` values for the first
     event; 0 when there is none). An event older than its predecessor gets a gap of 0.
+    ``cells=False`` leaves every cell 0 (for a model without a cell embedding: no H3 lookups).
     """
-    columns = _Columns.of(events)
-    first = _Columns.of_previous([(prev_ts_ms, prev_lat, prev_lon)])
-    before = _Columns(*(np.concatenate([a, b[:-1]]) for a, b in zip(first, columns, strict=True))) \
-        if len(events) else columns
-    return _encode(events, columns, before, vocab, spec)
+    return encode_runs(events, [0] if len(events) else [], [(prev_ts_ms, prev_lat, prev_lon)][:len(events)],
+                       vocab, spec, cells=cells)
 
 
 def encode_next_events(events: Sequence[EventRecord],
                        previous: Sequence[tuple[int | None, float | None, float | None]],
-                       vocab: Vocabulary, spec: FeatureSpec) -> EncodedEvents:
+                       vocab: Vocabulary, spec: FeatureSpec, *, cells: bool = True) -> EncodedEvents:
     """Encode the next event of several users at once: ``previous[i]`` is (ts_ms, lat, lon) of
     the event before ``events[i]`` (None when unknown). Same features as ``encode_events``."""
     if len(previous) != len(events):
         raise ModelError(f"{len(events)} events but {len(previous)} previous events")
-    return _encode(events, _Columns.of(events), _Columns.of_previous(previous), vocab, spec)
+    return _encode(events, _Columns.of(events), _Columns.of_previous(previous), vocab, spec, cells)
+
+
+def encode_runs(events: Sequence[EventRecord], starts: Sequence[int] | np.ndarray,
+                previous: Sequence[tuple[int | None, float | None, float | None]],
+                vocab: Vocabulary, spec: FeatureSpec, *, cells: bool = True) -> EncodedEvents:
+    """Encode several users' consecutive events at once: ``events`` holds the runs back to back,
+    run i starting at index ``starts[i]`` (increasing, the first 0) after the event ``previous[i]``
+    ((ts_ms, lat, lon), None when unknown). Same features as ``encode_events`` per run."""
+    if len(starts) != len(previous) or (len(events) and (not len(starts) or starts[0] != 0)):
+        raise ModelError(f"{len(starts)} run starts (the first must be 0) for {len(previous)} previous events "
+                         f"and {len(events)} events")
+    now = _Columns.of(events)
+    first = _Columns.of_previous(previous)
+    at = np.asarray(starts, dtype=np.int64)
+    before = []
+    for column, head in zip(now, first, strict=True):
+        shifted = np.empty_like(column)
+        shifted[1:] = column[:-1]
+        shifted[at] = head
+        before.append(shifted)
+    return _encode(events, now, _Columns(*before), vocab, spec, cells)
 
 
 class _Columns(NamedTuple):
@@ -265,40 +316,56 @@ class _Columns(NamedTuple):
 
     @classmethod
     def of(cls, events: Sequence[EventRecord]) -> _Columns:
-        return cls.of_previous([(e.ts_ms, e.lat, e.lon) for e in events])
+        n = len(events)
+        return cls._located(np.array([e.ts_ms for e in events], dtype=np.int64).reshape(n), np.ones(n, dtype=bool),
+                            [e.lat for e in events], [e.lon for e in events])
 
     @classmethod
     def of_previous(cls, rows: Sequence[tuple[int | None, float | None, float | None]]) -> _Columns:
         n = len(rows)
-        has = np.fromiter((a is not None and o is not None for _, a, o in rows), dtype=bool, count=n)
-        return cls(ts=np.fromiter((0 if t is None else int(t) for t, _, _ in rows), dtype=np.int64, count=n),
-                   has_ts=np.fromiter((t is not None for t, _, _ in rows), dtype=bool, count=n),
-                   lat=np.fromiter((a if h else 0.0 for (_, a, _), h in zip(rows, has, strict=True)),
-                                   dtype=np.float64, count=n),
-                   lon=np.fromiter((o if h else 0.0 for (_, _, o), h in zip(rows, has, strict=True)),
-                                   dtype=np.float64, count=n),
-                   has=has)
+        times = [t for t, _, _ in rows]
+        return cls._located(np.array([0 if t is None else int(t) for t in times], dtype=np.int64).reshape(n),
+                            np.array([t is not None for t in times], dtype=bool).reshape(n),
+                            [a for _, a, _ in rows], [o for _, _, o in rows])
+
+    @classmethod
+    def _located(cls, ts: np.ndarray, has_ts: np.ndarray, lats: list[float | None],
+                 lons: list[float | None]) -> _Columns:
+        """Coordinates are known where both are given (0.0 elsewhere)."""
+        has = np.array([a is not None and o is not None for a, o in zip(lats, lons, strict=True)],
+                       dtype=bool).reshape(len(lats))
+        lat = np.array(lats, dtype=np.float64).reshape(len(lats))  # None reads as nan, zeroed below
+        lon = np.array(lons, dtype=np.float64).reshape(len(lons))
+        if not has.all():
+            lat[~has], lon[~has] = 0.0, 0.0
+        return cls(ts=ts, has_ts=has_ts, lat=lat, lon=lon, has=has)
 
 
 def _encode(events: Sequence[EventRecord], now: _Columns, before: _Columns, vocab: Vocabulary,
-            spec: FeatureSpec) -> EncodedEvents:
+            spec: FeatureSpec, cells: bool = True) -> EncodedEvents:
     """The features of events given their own columns and their predecessors' columns."""
-    cells = np.fromiter((cell_bucket(float(a), float(o), spec.h3_resolution, spec.n_cell_buckets) if h else 0
-                         for a, o, h in zip(now.lat, now.lon, now.has, strict=True)),
-                        dtype=np.int64, count=len(events))
+    n = len(events)
+    if cells:
+        cell_ids = np.array([cell_bucket(a, o, spec.h3_resolution, spec.n_cell_buckets) if h else 0
+                             for a, o, h in zip(now.lat.tolist(), now.lon.tolist(), now.has.tolist(), strict=True)],
+                            dtype=np.int64).reshape(n)
+    else:
+        cell_ids = np.zeros(n, dtype=np.int64)
     gap_s = np.where(before.has_ts, np.maximum(now.ts - before.ts, 0) / 1000.0, 0.0)
     moved = now.has & before.has
     km = np.where(moved, haversine_km(before.lat, before.lon, now.lat, now.lon), 0.0)
-    dense = np.zeros((len(events), N_DENSE), dtype=np.float64)
+    dense = np.zeros((n, N_DENSE), dtype=np.float64)
     dense[:, 0:4] = time_features(now.ts)
     dense[:, 4] = np.log1p(gap_s)
     dense[:, 5] = np.where(now.has, (now.lat - spec.lat_mean) / spec.lat_std, 0.0)
     dense[:, 6] = np.where(now.has, (now.lon - spec.lon_mean) / spec.lon_std, 0.0)
     dense[:, 7] = np.log1p(km)
     dense[:, 8] = now.has
-    return EncodedEvents(tokens=vocab.encode_many(e.token for e in events), cells=cells, ts_ms=now.ts,
-                         lat=now.lat, lon=now.lon, dense=dense.astype(np.float32),
-                         consumed=consumed_columns([e.token for e in events], spec))
+    tokens = [e.token for e in events]
+    get = vocab.ids.get
+    return EncodedEvents(tokens=np.array([get(t, OOV_ID) for t in tokens], dtype=np.int64).reshape(n),
+                         cells=cell_ids, ts_ms=now.ts, lat=now.lat, lon=now.lon, dense=dense.astype(np.float32),
+                         consumed=consumed_columns(tokens, spec))
 
 
 def consumed_columns(tokens: Sequence[str], spec: FeatureSpec) -> np.ndarray:

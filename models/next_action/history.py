@@ -18,8 +18,8 @@ import numpy as np
 
 from models.exceptions import ModelError
 
-__all__ = ["Profile", "ProfileSnapshots", "profile_decay", "profile_snapshots", "consumed_bits",
-           "ConsumedFilter"]
+__all__ = ["Profile", "ProfileSnapshots", "profile_decay", "profile_snapshots", "advance_profiles",
+           "consumed_bits", "ConsumedFilter"]
 
 _RESCALE_BELOW = 1e-150
 
@@ -140,22 +140,84 @@ def profile_snapshots(tokens: Iterable[str], encode: dict[str, int], profile: Pr
     (int64 [size], updated in place) are the ids of the profile's current slots when the caller
     keeps them, else they are computed from the profile.
     """
-    size = profile.size
     ids = profile.slot_ids(encode, oov_id) if slot_ids is None else slot_ids
-    rows_ids, rows_w = [], []
-    for token in tokens:
-        slot = profile.add(token, decay)
-        if slot >= 0:
-            ids[slot] = encode.get(token, oov_id)
-        rows_ids.append(ids.copy())
-        rows_w.append(profile.weights())
-    n = len(rows_ids)
-    if n == 0 or size == 0:
-        return ProfileSnapshots.empty(n, size)
-    weights = np.stack(rows_w)
+    return advance_profiles([list(tokens)], encode, [profile], decay, [ids], oov_id)[1]
+
+
+def advance_profiles(runs: Sequence[Sequence[str]], encode: dict[str, int], profiles: Sequence[Profile],
+                     decay: float, slot_ids: Sequence[np.ndarray], oov_id: int = 1
+                     ) -> tuple[ProfileSnapshots, ProfileSnapshots]:
+    """``profile_snapshots`` for several users at once: add ``runs[i]`` to ``profiles[i]`` (in
+    place; all of one size) and return the snapshots before each run [users] and after each token
+    [tokens of all runs, back to back]. ``slot_ids[i]`` (int64 [size]) are the ids of profile i's
+    slots, updated in place.
+
+    Python does the O(1) ``Profile.add`` per token and numpy the rest: each snapshot row is the
+    user's starting counts with, per slot, the value of its latest update (a forward fill down
+    the rows), so the work per token does not grow with the profile's size.
+    """
+    counts = [len(run) for run in runs]
+    size = profiles[0].size if profiles else 0
+    n_rows = len(runs) + sum(counts)
+    if size == 0 or n_rows == len(runs):
+        for profile, run in zip(profiles, runs, strict=True):
+            for token in run:
+                profile.add(token, decay)  # (only the count of a size-0 profile's events moves)
+        return (_snapshots(np.stack([p.weights() for p in profiles]) if profiles else np.zeros((0, size)),
+                           np.stack(list(slot_ids)) if profiles else np.zeros((0, size), np.int64), before=True),
+                ProfileSnapshots.empty(sum(counts), size))
+    # Rows: each user's starting state, then one row per token. A row holds the units and ids
+    # written there (``written``); its other cells are those of the latest row written above it.
+    if len({len(p.tokens) for p in profiles}) > 1:
+        raise ModelError(f"profiles of {sorted({p.size for p in profiles})} slots advanced together")
+    heads = np.cumsum([0] + counts[:-1]) + np.arange(len(runs))
+    units = np.empty((n_rows, size), dtype=np.float64)
+    ids = np.empty((n_rows, size), dtype=np.int64)
+    units[heads], ids[heads] = np.stack([p.units for p in profiles]), np.stack(list(slot_ids))
+    scales, rows, slots, values, new_ids, rescaled = [], [], [], [], [], []
+    row = 0
+    get = encode.get
+    for profile, run in zip(profiles, runs, strict=True):
+        scales.append(profile.scale)
+        for token in run:
+            row += 1
+            slot = profile.add(token, decay)
+            rows.append(row)
+            slots.append(slot)
+            values.append(profile.units[slot])
+            new_ids.append(get(token, oov_id))
+            scales.append(profile.scale)
+            if profile.scale == 1.0 and decay != 1.0:  # the add rescaled every slot's units (rare)
+                rescaled.append((row, profile.units.copy(), profile.slot_ids(encode, oov_id)))
+        row += 1
+    written = np.zeros((n_rows, size), dtype=bool)
+    written[heads] = True
+    written[rows, slots] = True
+    units[rows, slots], ids[rows, slots] = values, new_ids
+    for at, all_units, all_ids in rescaled:
+        units[at], ids[at], written[at] = all_units, all_ids, True
+    # Each cell's source: the latest row at or above it that wrote it (each user's head row did).
+    source = np.where(written, np.arange(n_rows)[:, None], 0)
+    np.maximum.accumulate(source, axis=0, out=source)
+    source = source * size + np.arange(size)
+    weights = units.take(source) * np.asarray(scales)[:, None]
+    ids = ids.take(source)
+    token_rows = np.ones(n_rows, dtype=bool)
+    token_rows[heads] = False
+    for slot_id, latest in zip(slot_ids, ids[np.append(heads[1:], n_rows) - 1], strict=True):
+        slot_id[:] = latest
+    return _snapshots(weights[heads], ids[heads], before=True), _snapshots(weights[token_rows], ids[token_rows])
+
+
+def _snapshots(weights: np.ndarray, ids: np.ndarray, *, before: bool = False) -> ProfileSnapshots:
+    """Snapshots from counts [n, size]: probabilities (counts of an empty profile stay 0 with
+    ``before``; after an event the mass is never 0) and the total mass."""
     mass = weights.sum(axis=1)
-    return ProfileSnapshots(np.stack(rows_ids).astype(np.int32), (weights / mass[:, None]).astype(np.float32),
-                            mass.astype(np.float32))
+    if before:
+        probs = np.divide(weights, mass[:, None], out=weights.copy(), where=mass[:, None] > 0)
+    else:
+        probs = weights / mass[:, None]
+    return ProfileSnapshots(ids.astype(np.int32), probs.astype(np.float32), mass.astype(np.float32))
 
 
 @lru_cache(maxsize=262_144)

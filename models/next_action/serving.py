@@ -13,8 +13,8 @@ import torch
 from models.exceptions import ModelError
 from models.next_action.baselines import TargetContext, TrainingCounts, servable_baselines
 from models.next_action.evaluation import baseline_probabilities
-from models.next_action.features import OOV_ID, PAD_ID, EncodedEvents, encode_events, encode_next_events
-from models.next_action.history import ConsumedFilter, Profile, ProfileSnapshots, profile_snapshots
+from models.next_action.features import OOV_ID, PAD_ID, concat_rows, encode_events, encode_runs
+from models.next_action.history import ConsumedFilter, Profile, ProfileSnapshots, advance_profiles
 from models.next_action.model import EventTensors, ProfileTensors
 from models.next_action.state import STATE_FORMAT_VERSION, ActionEvent, UserState, WindowEvent
 from models.next_action.training import LoadedNextAction, load_next_action
@@ -92,48 +92,57 @@ def predict_in_rounds(predictor: NextActionPredictor, states: list[UserState],
 
 
 def update_window(state: UserState, event: ActionEvent, *, window_size: int, window_span_s: float,
-                  encoded: EncodedEvents | None = None) -> None:
+                  encoded: np.ndarray | None = None) -> None:
     """Append ``event`` to the window, keep the last ``window_size`` events whose time is within
     ``window_span_s`` of the event's, and record it as the user's latest event (a late event
-    never moves ``last_ts_ms`` back). ``encoded`` (one row) keeps the encoding cache in step."""
+    never moves ``last_ts_ms`` back). ``encoded`` (the event as one ``features.event_row_dtype``
+    record) keeps the encoding cache in step."""
     cache = state._encoded
-    cache = _concat(cache, encoded) if encoded is not None and cache is not None and \
+    cache = concat_rows([cache, encoded]) if encoded is not None and cache is not None and \
         len(cache) == len(state.window) else None
     window = state.window + [event]
     start = max(0, len(window) - window_size)
-    ts = cache.ts_ms[start:] if cache is not None else np.fromiter((w.ts_ms for w in window[start:]), np.int64)
+    ts = cache["ts_ms"][start:] if cache is not None else np.fromiter((w.ts_ms for w in window[start:]), np.int64)
     inside = ts > event.ts_ms - int(round(window_span_s * 1000.0))
     if inside.all():
-        state.window, state._encoded = window[start:], cache and _select(cache, slice(start, None))
+        state.window, state._encoded = window[start:], None if cache is None else cache[start:]
     else:
         keep = start + np.flatnonzero(inside)
-        state.window, state._encoded = [window[i] for i in keep], cache and _select(cache, keep)
+        state.window, state._encoded = [window[i] for i in keep], None if cache is None else cache[keep]
     state.last_ts_ms = event.ts_ms if state.last_ts_ms is None else max(state.last_ts_ms, event.ts_ms)
     state.last_lat, state.last_lon = event.lat, event.lon
     state.event_count += 1
 
 
-def _concat(a: EncodedEvents, b: EncodedEvents) -> EncodedEvents:
-    return EncodedEvents(*(np.concatenate([x, y]) for x, y in zip(_columns(a), _columns(b), strict=False)))
+@dataclass(frozen=True)
+class _Batch:
+    """One call's new events back to back: user u's ``counts[u]`` events from index ``starts[u]``;
+    ``user`` and ``local`` say whose each event is and its index among that user's."""
 
+    events: list[ActionEvent]
+    counts: np.ndarray
+    starts: np.ndarray
+    user: np.ndarray
+    local: np.ndarray
 
-def _select(a: EncodedEvents, index: np.ndarray | slice) -> EncodedEvents:
-    return EncodedEvents(*(x[index] for x in _columns(a)))
-
-
-def _columns(a: EncodedEvents) -> tuple[np.ndarray, ...]:
-    return a.tokens, a.cells, a.ts_ms, a.lat, a.lon, a.dense, a.consumed
+    @classmethod
+    def of(cls, sequences: list[list[ActionEvent]]) -> _Batch:
+        counts = np.array([len(events) for events in sequences], dtype=np.int64).reshape(len(sequences))
+        starts = np.cumsum(counts) - counts
+        user = np.repeat(np.arange(len(counts)), counts)
+        return cls([e for events in sequences for e in events], counts, starts, user, np.arange(len(user)) - starts[user])
 
 
 @dataclass
 class _History:
-    """One call's long-term inputs per user: the profile before the new events (one snapshot),
-    after each new event, and the consumed filter's bits before and after each new event."""
+    """One call's long-term inputs: the profile before each user's new events [users] and after
+    each new event [events], and the consumed filter's bits before them [users, bits] and after
+    each [events, bits] (None when not needed)."""
 
-    before: list[ProfileSnapshots]
-    after: list[ProfileSnapshots]
-    filter_before: list[np.ndarray] | None
-    filter_after: list[np.ndarray] | None
+    before: ProfileSnapshots
+    after: ProfileSnapshots
+    filter_before: np.ndarray | None
+    filter_after: np.ndarray | None
 
 
 class GRUPredictor:
@@ -163,7 +172,10 @@ class GRUPredictor:
         self._model = loaded.model.to(device).eval()
         self._vocab, self._spec, self._device = loaded.vocab, loaded.spec, torch.device(device)
         self._tokens = [loaded.vocab.decode(i) for i in range(len(loaded.vocab))]
-        self._no_events = encode_events([], self._vocab, self._spec)
+        self._specials = torch.tensor([PAD_ID, OOV_ID], device=self._device)
+        # A model without a cell embedding never reads the cells: encoding skips their H3 lookups.
+        self._cells = self._model.cell_embedding is not None
+        self._no_events = encode_events([], self._vocab, self._spec).to_rows()
         self._surprisal = surprisal
         self.metadata = loaded.metadata
         self.serves = loaded.serves
@@ -191,12 +203,12 @@ class GRUPredictor:
 
     # -- entry points ---------------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, states: list[UserState], events: list[ActionEvent], k: int) -> list[list[tuple[str, float]]]:
         _check_round(states, events, k)
         return [p.top for p in self.predict_events(states, events, k)]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_events(self, states: list[UserState], events: list[ActionEvent], k: int) -> list[EventPrediction]:
         """``predict`` with each event's window and surprisal (one event per user, in any time order)."""
         _check_round(states, events, k)
@@ -205,7 +217,7 @@ class GRUPredictor:
         self._prepare(states)
         return [r[0] for r in self._steps(states, [[e] for e in events], k, in_order=False)]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_many(self, states: list[UserState], sequences: list[list[ActionEvent]],
                      k: int) -> list[list[EventPrediction]]:
         """One ``NextActionModel.steps`` call for every user whose event times do not decrease
@@ -213,8 +225,7 @@ class GRUPredictor:
         users with out-of-order events go through ``predict`` round by round."""
         _check_sequences(states, sequences, k)
         self._prepare(states)
-        in_order = [bool(events) and _in_time_order(state, events)
-                    for state, events in zip(states, sequences, strict=True)]
+        in_order = _in_time_order(states, sequences)
         results: list[list[EventPrediction]] = [[] for _ in states]
         for group in (True, False):
             rows = [i for i, events in enumerate(sequences) if events and in_order[i] is group]
@@ -231,112 +242,110 @@ class GRUPredictor:
 
     def _steps(self, states: list[UserState], sequences: list[list[ActionEvent]], k: int, *,
                in_order: bool) -> list[list[EventPrediction]]:
-        counts = [len(events) for events in sequences]
-        bounds = np.cumsum([0] + counts).tolist()
-        previous: list[tuple[int | None, float | None, float | None]] = []
-        for state, events in zip(states, sequences, strict=False):
-            previous.append((state.last_ts_ms, state.last_lat, state.last_lon))
-            previous.extend((e.ts_ms, e.lat, e.lon) for e in events[:-1])
-        encoded = encode_next_events([e for events in sequences for e in events], previous, self._vocab, self._spec)
-        new = [_select(encoded, slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
+        """One model call for users with at least one new event each; every per-event step runs
+        on the whole batch at once (numpy or torch), Python only touches each user a few times."""
+        batch = _Batch.of(sequences)
+        new = encode_runs(batch.events, batch.starts, [(s.last_ts_ms, s.last_lat, s.last_lon) for s in states],
+                          self._vocab, self._spec, cells=self._cells).to_rows()
+        old_lengths = np.array([len(s.window) for s in states], dtype=np.int64)
+        old_rows = concat_rows([s._encoded for s in states])  # (_prepare made every cache)
+        window = EventTensors.pad_rows(old_rows, old_lengths, align="right").to(self._device)
+        x = EventTensors.pad_rows(new, batch.counts).to(self._device)
         hidden = torch.from_numpy(np.stack([self._hidden_of(s) for s in states])).to(self._device)
-        window = EventTensors.collate([s._encoded if s._encoded is not None else self._no_events for s in states],
-                                      align="right").to(self._device)
-        before_hidden = hidden
-        history = self._advance_history(states, sequences)
-        x = EventTensors.collate(new).to(self._device)
-        profile = ProfileTensors.collate(history.after).to(self._device) if self._spec.profile_size else None
-        consumed = self._bits(history.filter_before)
-        log_probs, out = self._model.steps(x, hidden, window, profile, consumed)
-        ids = torch.from_numpy(encoded.tokens).to(self._device)
+        history = self._advance_history(states, batch)
+        profile = ProfileTensors.pad(history.after, batch.counts).to(self._device) if self._spec.profile_size \
+            else None
+        log_probs, out = self._model.steps(x, hidden, window, profile, self._bits(history.filter_before))
+        ids = new["tokens"]
         if self._baseline is None:
             top, chosen = self._top_k(log_probs, k), log_probs
         else:
-            top, chosen = self._baseline_top_k(encoded.tokens, history, k)
-        surprisal = self._surprisals(states, window, before_hidden, history, chosen, ids, counts) \
+            top, chosen = self._baseline_top_k(ids, history, k)
+        surprisal = self._surprisals(states, window, hidden, history, chosen, ids, batch) \
             if self._surprisal else [None] * len(ids)
-        finals = out[torch.arange(len(states), device=self._device), torch.tensor(counts, device=self._device) - 1]
-        results = []
-        for state, events, rows, h, a in zip(states, sequences, new, finals.cpu().numpy(), bounds, strict=False):
-            windows = self._advance(state, events, rows) if in_order else self._append(state, events[0], rows)
-            state.hidden = h.astype(np.float32, copy=True) if self._baseline is None else None
+        last = torch.from_numpy(batch.counts - 1).to(self._device)
+        finals = out[torch.arange(len(states), device=self._device), last].cpu().numpy()
+        if in_order:
+            sizes, spans = self._advance(states, sequences, batch, old_rows, old_lengths, new)
+        else:
+            sizes, spans = map(list, zip(*[self._append(state, events[0], new[i:i + 1])
+                                           for i, (state, events) in enumerate(zip(states, sequences, strict=True))]))
+        for state, h in zip(states, finals, strict=True):
+            state.hidden = h.copy() if self._baseline is None else None
             state.model_version = self.version
-            results.append([EventPrediction(ranked, n, span, s) for ranked, (n, span), s in
-                            zip(top[a:a + len(events)], windows, surprisal[a:a + len(events)], strict=False)])
-        return results
+        predictions = list(map(EventPrediction, top, sizes, spans, surprisal))
+        return [predictions[a:a + n] for a, n in zip(batch.starts.tolist(), batch.counts.tolist(), strict=True)]
 
-    def _advance_history(self, states: list[UserState], sequences: list[list[ActionEvent]]) -> _History:
+    def _advance_history(self, states: list[UserState], batch: _Batch) -> _History:
         """Add the new events to each user's profile and filter, keeping snapshots for the model."""
-        before, after, f_before, f_after = [], [], [], []
-        for state, events in zip(states, sequences, strict=False):
-            profile = state.profile if state.profile is not None else Profile(0)
-            weights = profile.weights()
-            mass = float(weights.sum())
-            probs = (weights / mass if mass > 0 else weights).astype(np.float32)
-            ids = state._profile_ids if state._profile_ids is not None else profile.slot_ids(self._vocab.ids, OOV_ID)
-            before.append(ProfileSnapshots(ids[None].astype(np.int32), probs[None], np.array([mass], np.float32)))
-            after.append(profile_snapshots((e.token for e in events), self._vocab.ids, profile, self._decay,
-                                           slot_ids=ids, oov_id=OOV_ID))
-            state._profile_ids = ids
-            if state.consumed is not None:
-                f_before.append(state.consumed.bits.copy())
-                rows = []
-                for event in events:
-                    state.consumed.add(event.token)
-                    rows.append(state.consumed.bits.copy())
-                f_after.append(np.stack(rows))
-        filters = self._excludes or self._baseline is not None and self._model.config.exclude_consumed
-        return _History(before, after, f_before if filters and f_before else None,
-                        f_after if filters and f_after else None)
+        slot_ids = []
+        for state in states:
+            if state._profile_ids is None:
+                state._profile_ids = state.profile.slot_ids(self._vocab.ids, OOV_ID)  # type: ignore[union-attr]
+            slot_ids.append(state._profile_ids)
+        tokens = [e.token for e in batch.events]
+        runs = [tokens[a:a + n] for a, n in zip(batch.starts.tolist(), batch.counts.tolist(), strict=True)]
+        before, after = advance_profiles(runs, self._vocab.ids, [s.profile for s in states],  # type: ignore[misc]
+                                         self._decay, slot_ids, OOV_ID)
+        filter_before = filter_after = None
+        if states and states[0].consumed is not None:  # (_ensure_history gives all or none a filter)
+            filter_before = np.stack([s.consumed.bits for s in states])  # type: ignore[union-attr]
+            after_rows = []
+            for state, run in zip(states, runs, strict=True):
+                for token in run:
+                    state.consumed.add(token)  # type: ignore[union-attr]
+                    if self._baseline is not None:
+                        after_rows.append(state.consumed.bits.copy())  # type: ignore[union-attr]
+            filter_after = np.stack(after_rows) if after_rows else None
+        wanted = self._excludes or self._baseline is not None and self._model.config.exclude_consumed
+        return _History(before, after, filter_before if wanted else None, filter_after if wanted else None)
 
-    def _bits(self, filters: list[np.ndarray] | None) -> torch.Tensor | None:
+    def _bits(self, filters: np.ndarray | None) -> torch.Tensor | None:
         if not self._excludes or filters is None:
             return None
-        return torch.from_numpy(np.stack(filters)).to(self._device)
+        return torch.from_numpy(filters).to(self._device)
 
     def _surprisals(self, states: list[UserState], window: EventTensors, hidden: torch.Tensor, history: _History,
-                    log_probs: torch.Tensor, ids: torch.Tensor, counts: list[int]) -> list[float | None]:
+                    log_probs: torch.Tensor, ids: np.ndarray, batch: _Batch) -> list[float | None]:
         """-log p of each new event under the prediction before it: the previous row of this call,
         or for a user's first new event the prediction after its stored last event."""
-        starts = np.cumsum([0] + counts[:-1])
-        prior = self._prior_log_probs(states, window, hidden, history)
-        out: list[float | None] = []
-        for u, (start, count) in enumerate(zip(starts.tolist(), counts, strict=False)):
-            for j in range(count):
-                token = int(ids[start + j])
-                row = prior[u] if j == 0 else log_probs[start + j - 1]
-                out.append(None if row is None or token in (PAD_ID, OOV_ID) else -float(row[token]))
-        return out
+        prior, has_prior = self._prior_log_probs(states, window, hidden, history)
+        first = batch.local == 0
+        token = torch.from_numpy(ids).to(self._device)
+        previous = torch.from_numpy(np.maximum(np.arange(len(ids)) - 1, 0)).to(self._device)
+        picked = log_probs[previous, token]
+        if prior is not None:
+            picked = torch.where(torch.from_numpy(first).to(self._device),
+                                 prior[torch.from_numpy(batch.user).to(self._device), token], picked)
+        scored = (ids != PAD_ID) & (ids != OOV_ID) & (~first | has_prior[batch.user])
+        return [-p if ok else None for p, ok in zip(picked.tolist(), scored.tolist(), strict=True)]
 
     def _prior_log_probs(self, states: list[UserState], window: EventTensors, hidden: torch.Tensor,
-                         history: _History) -> list[torch.Tensor | None]:
-        """The prediction after each user's stored last event (None for a user without one)."""
-        has = [bool(s.window) for s in states]
-        if not any(has):
-            return [None] * len(states)
+                         history: _History) -> tuple[torch.Tensor | None, np.ndarray]:
+        """The prediction after each user's stored last event [users, vocab] (None when no user
+        has one), and which users have one."""
+        has = np.array([bool(s.window) for s in states], dtype=bool).reshape(len(states))
+        if not has.any():
+            return None, has
         if self._baseline is not None:
             last = np.array([self._vocab.encode(s.window[-1].token) if s.window else -1 for s in states])
             scores = self._baseline_scores(last, history.before, history.filter_before)
-            probs = torch.from_numpy(np.log(np.maximum(baseline_probabilities(scores, self._popularity), 1e-12)))
-            return [probs[u] if has[u] else None for u in range(len(states))]
-        profile = ProfileTensors.stack(history.before).to(self._device) if self._spec.profile_size else None
-        consumed = self._bits(history.filter_before)
-        log_probs = self._model.log_probs_after(hidden, window, profile, consumed)
-        return [log_probs[u] if has[u] else None for u in range(len(states))]
+            probs = np.log(np.maximum(baseline_probabilities(scores, self._popularity), 1e-12))
+            return torch.from_numpy(probs).to(self._device), has
+        profile = ProfileTensors.of(history.before).to(self._device) if self._spec.profile_size else None
+        return self._model.log_probs_after(hidden, window, profile, self._bits(history.filter_before)), has
 
     # -- baselines ------------------------------------------------------------------------------
 
-    def _baseline_scores(self, last: np.ndarray, profiles: list[ProfileSnapshots],
-                         filters: list[np.ndarray] | None) -> np.ndarray:
+    def _baseline_scores(self, last: np.ndarray, snapshots: ProfileSnapshots,
+                         filters: np.ndarray | None) -> np.ndarray:
         """The served baseline's scores [n, vocab] after events whose ids are ``last``, with the
-        profile (and filter bits) after each."""
-        snap = ProfileSnapshots.concat(profiles) if profiles else ProfileSnapshots.empty(len(last), 0)
+        profile snapshots (and filter bits [n, bits]) after each."""
         consumed = None
         if filters is not None and self._consumed_index.shape[1]:
-            bits = np.concatenate([f.reshape(-1, f.shape[-1]) for f in filters])
-            consumed = np.asarray(bits[:, self._consumed_index].all(-1), dtype=bool)
-        context = TargetContext([np.array([i]) for i in last.tolist()], snap.ids.astype(np.int64), snap.probs,
-                                consumed)
+            consumed = np.asarray(filters[:, self._consumed_index].all(-1), dtype=bool)
+        context = TargetContext([np.array([i]) for i in last.tolist()], snapshots.ids.astype(np.int64),
+                                snapshots.probs, consumed)
         if self._baseline is None:
             raise ModelError(f"{self.version} serves the model, not a baseline")
         return self._baseline.scores(context)
@@ -350,38 +359,56 @@ class GRUPredictor:
         order = np.lexsort((vocab_ids, -np.broadcast_to(self._popularity, scores.shape), -scores), axis=-1)
         order = order[:, :min(k, scores.shape[1] - 2)]
         top = [[(self._tokens[i], float(probs[row, i])) for i in picks] for row, picks in enumerate(order.tolist())]
-        return top, torch.from_numpy(np.log(np.maximum(probs, 1e-12)))
+        return top, torch.from_numpy(np.log(np.maximum(probs, 1e-12))).to(self._device)
 
     # -- state upkeep ---------------------------------------------------------------------------
 
-    def _advance(self, state: UserState, events: list[ActionEvent], encoded: EncodedEvents) -> list[tuple[int, float]]:
-        """``update_window`` for events in time order at once: the window becomes the last
-        ``window_size`` events within the span of the newest. Returns each event's window
-        (events, span in seconds) as ``update_window`` would have left it."""
-        old, n_old = state._encoded if state._encoded is not None else self._no_events, len(state.window)
-        ts = np.concatenate([old.ts_ms, encoded.ts_ms])
-        ends = np.arange(n_old, len(ts))
-        firsts = np.searchsorted(ts, ts[n_old:] - self._span_ms, side="right")
-        np.maximum(firsts, ends + 1 - self.window_size, out=firsts)
-        start, newest = int(firsts[-1]), events[-1]
-        added = list(events)
-        if start < n_old:
-            state.window = state.window[start:] + added
-            pairs = zip(_columns(old), _columns(encoded), strict=True)
-            state._encoded = EncodedEvents(*(np.concatenate([a[start:], b]) for a, b in pairs))
-        else:
-            state.window, state._encoded = added[start - n_old:], _select(encoded, slice(start - n_old, None))
-        state.last_ts_ms = newest.ts_ms if state.last_ts_ms is None else max(state.last_ts_ms, newest.ts_ms)
-        state.last_lat, state.last_lon = newest.lat, newest.lon
-        state.event_count += len(events)
-        sizes, spans = (ends - firsts + 1).tolist(), (ts[n_old:] - ts[firsts]).tolist()
-        return [(n, span / 1000) for n, span in zip(sizes, spans, strict=True)]
+    def _advance(self, states: list[UserState], sequences: list[list[ActionEvent]], batch: _Batch,
+                 old_rows: np.ndarray, old_lengths: np.ndarray, new: np.ndarray) -> tuple[list[int], list[float]]:
+        """``update_window`` for every user's events, in time order, at once: each window becomes
+        the last ``window_size`` of its events within the span of the newest. Returns each event's
+        window size and span in seconds as ``update_window`` would have left them."""
+        lengths = old_lengths + batch.counts
+        offsets = np.cumsum(lengths) - lengths
+        old_at = np.repeat(offsets - (np.cumsum(old_lengths) - old_lengths), old_lengths) + np.arange(len(old_rows))
+        new_at = (offsets + old_lengths)[batch.user] + batch.local
+        combined = np.empty(len(old_rows) + len(new), dtype=new.dtype)
+        combined[old_at], combined[new_at] = old_rows, new
+        ts = combined["ts_ms"]
+        firsts = np.maximum(self._span_starts(ts, lengths, new_at), offsets[batch.user])
+        np.maximum(firsts, new_at + 1 - self.window_size, out=firsts)
+        keep_from = (firsts[batch.starts + batch.counts - 1] - offsets).tolist()
+        for state, events, start, n_old, offset, length in zip(
+                states, sequences, keep_from, old_lengths.tolist(), offsets.tolist(), lengths.tolist(), strict=True):
+            state._encoded = combined[offset + start:offset + length].copy()
+            state.window = state.window[start:] + events if start < n_old else events[start - n_old:]
+            newest = events[-1]
+            state.last_ts_ms = newest.ts_ms if state.last_ts_ms is None else max(state.last_ts_ms, newest.ts_ms)
+            state.last_lat, state.last_lon = newest.lat, newest.lon
+            state.event_count += len(events)
+        return (new_at - firsts + 1).tolist(), ((ts[new_at] - ts[firsts]) / 1000).tolist()
 
-    def _append(self, state: UserState, event: ActionEvent, encoded: EncodedEvents) -> list[tuple[int, float]]:
-        """``update_window`` for one event in any time order."""
+    def _span_starts(self, ts: np.ndarray, lengths: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """For the rows ``at`` of per-user runs of times (``lengths[u]`` rows each, back to back,
+        each run non-decreasing): the first row of the same run within the window span of it, or
+        one of an earlier run (the caller clamps)."""
+        low, high = int(ts.min()), int(ts.max())
+        stride = high - low + 1
+        if stride * len(lengths) + self._span_ms < 2 ** 62:  # one search on keys that order users apart
+            keys = ts - low + np.repeat(np.arange(len(lengths)) * stride, lengths)
+            found: np.ndarray = np.searchsorted(keys, keys[at] - self._span_ms, side="right")
+            return found
+        bounds = np.cumsum(lengths)
+        run = np.searchsorted(bounds, at, side="right")
+        return np.array([int(bounds[u] - lengths[u]) + int(np.searchsorted(ts[bounds[u] - lengths[u]:bounds[u]],
+                                                                            ts[i] - self._span_ms, side="right"))
+                         for i, u in zip(at.tolist(), run.tolist(), strict=True)], dtype=np.int64).reshape(len(at))
+
+    def _append(self, state: UserState, event: ActionEvent, encoded: np.ndarray) -> tuple[int, float]:
+        """``update_window`` for one event in any time order: the window's size and span after it."""
         update_window(state, event, window_size=self.window_size, window_span_s=self.window_span_s, encoded=encoded)
         window = state.window
-        return [(len(window), (window[-1].ts_ms - window[0].ts_ms) / 1000 if window else 0.0)]
+        return len(window), (window[-1].ts_ms - window[0].ts_ms) / 1000 if window else 0.0
 
     def _hidden_of(self, state: UserState) -> np.ndarray:
         size = self._model.config.hidden_dim
@@ -394,11 +421,13 @@ class GRUPredictor:
 
     def _prepare(self, states: list[UserState]) -> None:
         """Replay stale states, then make sure every state has this model's caches and history."""
-        self._replay_stale([s for s in states if s.model_version != self.version])
+        stale = [s for s in states if s.model_version != self.version]
+        if stale:
+            self._replay_stale(stale)
         for state in states:
             if state._encoded is None or len(state._encoded) != len(state.window):
-                state._encoded = encode_events(state.window, self._vocab, self._spec) if state.window \
-                    else self._no_events
+                state._encoded = encode_events(state.window, self._vocab, self._spec, cells=self._cells).to_rows() \
+                    if state.window else self._no_events
             self._ensure_history(state)
 
     def _ensure_history(self, state: UserState) -> None:
@@ -445,11 +474,9 @@ class GRUPredictor:
         logger.info("rebuilt %d hidden states for model %s by replaying their windows", len(replay), self.version)
 
     def _top_k(self, log_probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
-        log_probs = log_probs.index_fill(1, torch.tensor([PAD_ID, OOV_ID], device=log_probs.device), -np.inf)
-        values, ids = log_probs.topk(min(k, log_probs.shape[1] - 2), dim=1)
-        tokens = self._tokens
-        return [[(tokens[i], p) for p, i in zip(row_p, row_i, strict=False)]
-                for row_p, row_i in zip(values.exp().tolist(), ids.tolist(), strict=False)]
+        values, ids = log_probs.index_fill(1, self._specials, -np.inf).topk(min(k, log_probs.shape[1] - 2), dim=1)
+        token = self._tokens.__getitem__
+        return [list(zip(map(token, row_i), row_p)) for row_p, row_i in zip(values.exp().tolist(), ids.tolist())]
 
 
 def _counts_of(loaded: LoadedNextAction) -> TrainingCounts:
@@ -463,17 +490,27 @@ def _counts_of(loaded: LoadedNextAction) -> TrainingCounts:
     return counts
 
 
-def _in_time_order(state: UserState, events: list[ActionEvent]) -> bool:
-    """Whether the stored window, the latest event time and the new events never go back in time."""
-    ts = [e.ts_ms for e in events]
-    if state.last_ts_ms is not None and ts[0] < state.last_ts_ms:
-        return False  # (every window event is at most last_ts_ms)
-    if any(later < earlier for earlier, later in zip(ts, ts[1:], strict=False)):
-        return False
-    if state._encoded is None or len(state._encoded) < 2:
-        return True
-    window_ts = state._encoded.ts_ms
-    return bool(np.all(window_ts[1:] >= window_ts[:-1]))
+def _in_time_order(states: list[UserState], sequences: list[list[ActionEvent]]) -> list[bool]:
+    """Per user: whether the stored window, the latest event time and the new events never go
+    back in time (windows cached, as after ``GRUPredictor._prepare``)."""
+    # Each user's run of times: the window's, the latest event's (every window event is at most
+    # that), then the new events'. Checked for all users at once, runs back to back.
+    parts: list[np.ndarray] = [np.zeros(0, np.int64)]
+    lengths = []
+    for state, events in zip(states, sequences, strict=True):
+        window = state._encoded["ts_ms"] if state._encoded is not None else parts[0]
+        times = [e.ts_ms for e in events]
+        if state.last_ts_ms is not None:
+            times.insert(0, state.last_ts_ms)
+        parts += (window, np.array(times, dtype=np.int64).reshape(len(times)))
+        lengths.append(len(window) + len(times))
+    ts = np.concatenate(parts)
+    ends = np.cumsum(lengths)
+    later = np.flatnonzero(ts[1:] < ts[:-1]) + 1
+    owner = np.searchsorted(ends, later, side="right")
+    in_order = np.ones(len(states), dtype=bool)
+    in_order[owner[later != (ends - lengths)[owner]]] = False  # (a drop into the next run is no drop)
+    return in_order.tolist()
 
 
 def _check_sequences(states: list[UserState], sequences: list[list[ActionEvent]], k: int) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from models.exceptions import ModelError
 from models.next_action.anomaly import SurpriseState
-from models.next_action.features import DENSE_NAMES, EncodedEvents, EventRecord
+from models.next_action.features import DENSE_NAMES, EventRecord
 from models.next_action.history import ConsumedFilter, Profile
 
 __all__ = ["STATE_FORMAT_VERSION", "UserState", "WindowEvent", "ActionEvent"]
@@ -61,8 +61,9 @@ class UserState:
     profile: Profile | None = None
     consumed: ConsumedFilter | None = None
     surprise: SurpriseState | None = None
-    # The window encoded for ``model_version`` (not serialized; rebuilt when missing or stale).
-    _encoded: EncodedEvents | None = field(default=None, init=False, repr=False)
+    # The window encoded for ``model_version``, one record per event (``features.event_row_dtype``;
+    # not serialized; rebuilt when missing or stale).
+    _encoded: np.ndarray | None = field(default=None, init=False, repr=False)
     # The profile slots' vocabulary ids for ``model_version`` (not serialized).
     _profile_ids: np.ndarray | None = field(default=None, init=False, repr=False)
 
@@ -97,7 +98,7 @@ class UserState:
             raise ModelError(f"user state is corrupt ({len(data)} bytes): {exc}") from exc
 
 
-def _pack_window(window: list[WindowEvent], encoded: EncodedEvents | None = None) -> bytes:
+def _pack_window(window: list[WindowEvent], encoded: np.ndarray | None = None) -> bytes:
     """The window as columns; times and places come from ``encoded`` (the model's cache of the
     same events) when it is there, which saves a pass over the events in Python."""
     tokens = [w.token.encode("utf-8") for w in window]
@@ -106,8 +107,8 @@ def _pack_window(window: list[WindowEvent], encoded: EncodedEvents | None = None
         raise ModelError("a window token is longer than 65535 utf-8 bytes")
     columns: dict[str, object]
     if encoded is not None and len(encoded) == len(window):
-        columns = {"ts_ms": encoded.ts_ms, "located": encoded.dense[:, _HAS_LOCATION_DENSE] > 0,
-                   "lat": encoded.lat, "lon": encoded.lon}
+        columns = {"ts_ms": encoded["ts_ms"], "located": encoded["dense"][:, _HAS_LOCATION_DENSE] > 0,
+                   "lat": encoded["lat"], "lon": encoded["lon"]}
     else:
         located = [w.lat is not None and w.lon is not None for w in window]
         columns = {"ts_ms": [w.ts_ms for w in window], "located": located,

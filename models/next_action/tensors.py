@@ -13,7 +13,7 @@ from models.exceptions import ModelError
 from models.next_action.features import N_DENSE, EncodedEvents
 from models.next_action.history import ProfileSnapshots
 
-__all__ = ["EventTensors", "ProfileTensors"]
+__all__ = ["EventTensors", "ProfileTensors", "padded_positions"]
 
 _COLUMNS = (("tokens", (), np.int64), ("cells", (), np.int64), ("ts_ms", (), np.int64),
             ("lat", (), np.float64), ("lon", (), np.float64), ("dense", (N_DENSE,), np.float32))
@@ -56,6 +56,19 @@ class EventTensors:
             mask[row, cols] = True
         return cls(mask=torch.from_numpy(mask), **{k: torch.from_numpy(v) for k, v in arrays.items()})
 
+    @classmethod
+    def pad_rows(cls, rows: np.ndarray, lengths: np.ndarray, *, align: str = "left") -> EventTensors:
+        """``collate`` for sequences given as one record array (``features.event_row_dtype``):
+        ``rows`` holds them back to back, ``lengths[i]`` rows for sequence i."""
+        at_rows, at_cols, width = padded_positions(lengths, align=align)
+        padded = np.zeros((len(lengths), width), dtype=rows.dtype)
+        padded[at_rows, at_cols] = rows
+        mask = np.zeros((len(lengths), width), dtype=bool)
+        mask[at_rows, at_cols] = True
+        return cls(mask=torch.from_numpy(mask),
+                   **{f.name: torch.from_numpy(np.ascontiguousarray(padded[f.name])) for f in fields(cls)
+                      if f.name != "mask"})
+
     def to(self, device: torch.device | str) -> EventTensors:
         return EventTensors(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
@@ -92,6 +105,24 @@ class ProfileTensors:
         return cls(torch.from_numpy(ids), torch.from_numpy(probs), torch.from_numpy(mass))
 
     @classmethod
+    def pad(cls, snapshots: ProfileSnapshots, lengths: np.ndarray) -> ProfileTensors:
+        """``collate`` for sequences of snapshots given back to back (``lengths[i]`` for sequence i)."""
+        at_rows, at_cols, width = padded_positions(lengths, align="left")
+        slots = snapshots.ids.shape[1]
+        ids = np.zeros((len(lengths), width, slots), dtype=np.int64)
+        probs = np.zeros((len(lengths), width, slots), dtype=np.float32)
+        mass = np.zeros((len(lengths), width), dtype=np.float32)
+        ids[at_rows, at_cols], probs[at_rows, at_cols], mass[at_rows, at_cols] = \
+            snapshots.ids, snapshots.probs, snapshots.mass
+        return cls(torch.from_numpy(ids), torch.from_numpy(probs), torch.from_numpy(mass))
+
+    @classmethod
+    def of(cls, snapshots: ProfileSnapshots) -> ProfileTensors:
+        """One snapshot per row as [batch, slots] (``stack`` of them one by one)."""
+        return cls(torch.from_numpy(snapshots.ids.astype(np.int64)), torch.from_numpy(snapshots.probs),
+                   torch.from_numpy(snapshots.mass))
+
+    @classmethod
     def stack(cls, snapshots: Sequence[ProfileSnapshots]) -> ProfileTensors:
         """One snapshot each ([1, slots]) as [batch, slots]."""
         collated = cls.collate(snapshots)
@@ -106,3 +137,19 @@ class ProfileTensors:
     @property
     def slots(self) -> int:
         return int(self.ids.shape[-1])
+
+
+def padded_positions(lengths: np.ndarray, *, align: str = "left") -> tuple[np.ndarray, np.ndarray, int]:
+    """Where the elements of sequences given back to back (``lengths[i]`` for sequence i) go in
+    a padded [batch, width] array: their rows, their columns, and the width (the longest
+    sequence, at least 1). ``align="right"`` puts the padding first."""
+    if align not in ("left", "right"):
+        raise ModelError(f"align must be 'left' or 'right', got {align!r}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    width = max(int(lengths.max(initial=0)), 1)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    starts = np.cumsum(lengths) - lengths
+    cols = np.arange(len(rows)) - starts[rows]
+    if align == "right":
+        cols += width - lengths[rows]
+    return rows, cols, width

@@ -314,8 +314,16 @@ class NextActionModel(nn.Module):
         n_batch = x.tokens.shape[0]
         h = self.initial_hidden(n_batch, x.tokens.device) if h0 is None else h0
         weights = [self.input_gates.weight, self.hidden_gates.weight, self.input_gates.bias, self.hidden_gates.bias]
-        out, _ = torch._VF.gru(self._event_inputs(x), h.unsqueeze(0).contiguous(), weights, True, 1, 0.0,
-                               self.training, False, True)
+        # Packed: each row runs over its own events only (rows differ a lot in length; padding
+        # would cost as much arithmetic as events). States at padding come back 0.
+        packed = nn.utils.rnn.pack_padded_sequence(self._event_inputs(x), x.mask.sum(1).clamp_min(1).cpu(),
+                                                   batch_first=True, enforce_sorted=False)
+        order = packed.sorted_indices
+        h = (h if order is None else h.index_select(0, order)).unsqueeze(0).contiguous()
+        data, _ = torch._VF.gru(packed.data, packed.batch_sizes, h, weights, True, 1, 0.0, self.training, False)
+        out, _ = nn.utils.rnn.pad_packed_sequence(
+            nn.utils.rnn.PackedSequence(data, packed.batch_sizes, order, packed.unsorted_indices),
+            batch_first=True, total_length=x.tokens.shape[1])
         return out
 
     def initial_hidden(self, batch_size: int, device: torch.device | str) -> Tensor:
@@ -381,25 +389,43 @@ class NextActionModel(nn.Module):
     def _windows_at(self, batch: EventTensors, out: Tensor, rows: Tensor, cols: Tensor, width: int) -> _WindowView:
         """The windows of positions (rows[i], cols[i]) of the padded sequence [batch, time] as
         [n, 1, width], ``out`` [n, hidden] being the GRU state at each: ``_band_window`` for a
-        few positions, without the work for the others (``width``: the longest window there)."""
+        few positions, without the work for the others (``width``: the longest window there).
+
+        Windows differ a lot in length, so the scores (attention and pair terms) are computed for
+        the valid (position, window event) pairs only; elsewhere they are 0, and masked as in
+        ``_window_view``."""
         offset = torch.arange(width, device=out.device)
         index = cols[:, None] - offset[None, :]
         # Gathers on the flattened [batch * time] axis: index_select is several times faster than
         # indexing with two index tensors on CPU.
         n_time, n = batch.tokens.shape[1], len(rows)
         flat = (rows[:, None] * n_time + index.clamp_min(0)).reshape(-1)
-        here = rows * n_time + cols
 
         def take(t: Tensor, at: Tensor) -> Tensor:
             return t.flatten(0, 1).index_select(0, at)
 
-        events = batch.map(lambda t: take(t, flat).reshape(n, 1, width, *t.shape[2:]))
-        events = replace(events, mask=events.mask & (index >= 0).unsqueeze(1))
-        keys, a = take(self._keys(batch), flat).reshape(n, width, -1), self.config.attn_dim
-        query = self.query(out).reshape(n, 2, a)
-        scores = torch.einsum("nha,nwha->nwh", query, keys[..., :2 * a].reshape(n, width, 2, a)).unsqueeze(1)
-        current = batch.map(lambda t: take(t, here)[:, None, None])
-        return self._window_view(current, events, scores, keys[..., 2 * a:].unsqueeze(1), offset)
+        current = batch.map(lambda t: take(t, rows * n_time + cols))
+        span_ms = int(round(self.config.window_span_s * 1000.0))
+        valid = take(batch.mask, flat).reshape(n, width) & (index >= 0) & current.mask[:, None] & \
+            (take(batch.ts_ms, flat).reshape(n, width) > current.ts_ms[:, None] - span_ms)
+        pair = valid.reshape(-1).nonzero()[:, 0]  # flat (position, offset) of the valid pairs
+        at, pair_offset = pair // width, pair % width
+        # The pair terms also read the next older window event: each pair's events are [P, 1, 2]
+        # (the pair's, the older one), as in _window_view's window axis.
+        has_older = pair_offset + 1 < width
+        older = torch.where(has_older, pair + 1, pair)
+        events = batch.map(lambda t: take(t, flat[torch.stack([pair, older], 1).reshape(-1)]).reshape(
+            len(pair), 1, 2, *t.shape[2:]))
+        pair_valid = torch.stack([torch.ones_like(has_older), valid.reshape(-1)[older] & has_older], 1).unsqueeze(1)
+        terms = self._pair_features(current.map(lambda t: t.index_select(0, at)[:, None, None]), events, pair_valid,
+                                    torch.stack([pair_offset, pair_offset + 1], 1).unsqueeze(1))[:, 0, 0]
+        keys, a = take(self._keys(batch), flat[pair]), self.config.attn_dim
+        query = self.query(out).reshape(n, 2, a).index_select(0, at)
+        scores = (query * keys[:, :2 * a].reshape(-1, 2, a)).sum(-1) / math.sqrt(a) + self.pair_bias(terms)
+        scores = out.new_zeros(n * width, 2).index_copy_(0, pair, scores).reshape(n, 1, width, 2)
+        values = out.new_zeros(n * width, keys.shape[1] - 2 * a).index_copy_(0, pair, keys[:, 2 * a:])
+        return _WindowView(tokens=take(batch.tokens, flat).reshape(n, 1, width), scores=scores[..., 0],
+                           read_scores=scores[..., 1], values=values.reshape(n, 1, width, -1), valid=valid.unsqueeze(1))
 
     def _given_window(self, current: EventTensors, window: EventTensors, out: Tensor) -> _WindowView:
         """A streaming window [batch, window] (oldest first) as a newest-first [batch, 1, window] view."""
@@ -435,7 +461,8 @@ class NextActionModel(nn.Module):
         rank = torch.log1p(offset.float()).expand_as(age)
         has = LOCATION_DENSE[-1]
         located = current.dense[..., has] * events.dense[..., has] * float(self.config.use_location)
-        km = torch.log1p(_haversine_km(current.lat, current.lon, events.lat, events.lon)).float() * located
+        km = torch.log1p(_haversine_km(current.lat, current.lon, events.lat, events.lon)).float() * located \
+            if self.config.use_location else torch.zeros_like(located)  # (0 either way; saves the trigonometry)
         same = events.tokens == current.tokens
         followed = torch.zeros_like(same)
         followed[..., :-1] = same[..., 1:] & valid[..., 1:]

@@ -14,10 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from models.exceptions import ModelError
-from models.next_action.features import LOCATION_DENSE, N_DENSE, PAD_ID, STATIC_DENSE, TIME_DENSE
+from models.next_action.features import LOCATION_DENSE, N_DENSE, OOV_ID, PAD_ID, STATIC_DENSE, TIME_DENSE
 from models.next_action.tensors import EventTensors, ProfileTensors
 
-__all__ = ["NextActionConfig", "EventTensors", "ProfileTensors", "NextActionModel", "COMPONENTS"]
+__all__ = ["NextActionConfig", "EventTensors", "ProfileTensors", "NextActionModel", "COMPONENTS", "BLEND_BASELINES"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,10 @@ _MS_PER_HOUR = 3_600_000.0
 _EARTH_RADIUS_KM = 6371.0088
 _N_PAIR = 11
 COMPONENTS = ("generate", "copy", "transition", "profile")
+# Baselines (``models.next_action.baselines.SERVABLE`` names) the model can blend with: computed
+# from what it already reads (the profile and the transition counts).
+BLEND_BASELINES = ("user-frequency", "mix")
+_BASELINE_SMOOTHING = 0.01  # as ``evaluation.baseline_probabilities``: 1 % add-one popularity
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +57,10 @@ class NextActionConfig:
     dropout: float = 0.2
     # Units of a hidden layer between the output state and the generate logits (0: linear logits).
     head_dim: int = 0
+    # The served distribution is the mixture times a servable baseline's distribution to this power
+    # (renormalized; 0: none). Chosen on validation after training, never learned by gradient.
+    blend_weight: float = 0.0
+    blend_baseline: str = "user-frequency"
 
     def __post_init__(self) -> None:
         if self.cell_dim < 0:
@@ -67,6 +75,9 @@ class NextActionConfig:
             raise ModelError(f"NextActionConfig.head_dim must be >= 0, got {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ModelError(f"NextActionConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.blend_weight < 0 or self.blend_baseline not in BLEND_BASELINES:
+            raise ModelError(f"NextActionConfig.blend_weight must be >= 0 and blend_baseline one of {BLEND_BASELINES}, "
+                             f"got {self.blend_weight} and {self.blend_baseline!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -280,7 +291,7 @@ class NextActionModel(nn.Module):
         view = self._band_window(batch, out).select(rows, cols)
         context = _Context(profile, self._consumed_after(batch)).select(rows, cols)
         out, current = out[rows, cols].unsqueeze(1), batch.tokens[rows, cols].unsqueeze(1)
-        if context.consumed is not None:  # the exclusion renormalizes over the whole vocabulary
+        if context.consumed is not None or self.config.blend_weight > 0:  # both renormalize over the vocabulary
             leave_out = targets[:, None] if leave_one_out else None
             mixed = self._mixture(out, view, current, context, leave_out=leave_out)
             return torch.log(mixed.gather(2, targets[:, None, None]).clamp_min(_MIN_PROB))[:, 0, 0]
@@ -419,7 +430,12 @@ class NextActionModel(nn.Module):
         pair_valid = torch.stack([torch.ones_like(has_older), valid.reshape(-1)[older] & has_older], 1).unsqueeze(1)
         terms = self._pair_features(current.map(lambda t: t.index_select(0, at)[:, None, None]), events, pair_valid,
                                     torch.stack([pair_offset, pair_offset + 1], 1).unsqueeze(1))[:, 0, 0]
-        keys, a = take(self._keys(batch), flat[pair]), self.config.attn_dim
+        # Keys of the sequence's events (not of its padding), then of each pair's window event.
+        real = batch.mask.reshape(-1).nonzero()[:, 0]
+        row_of = torch.zeros(batch.mask.numel(), dtype=torch.long, device=out.device)
+        row_of[real] = torch.arange(len(real), device=out.device)
+        keys = self._keys(batch.map(lambda t: take(t, real))).index_select(0, row_of[flat[pair]])
+        a = self.config.attn_dim
         query = self.query(out).reshape(n, 2, a).index_select(0, at)
         scores = (query * keys[:, :2 * a].reshape(-1, 2, a)).sum(-1) / math.sqrt(a) + self.pair_bias(terms)
         scores = out.new_zeros(n * width, 2).index_copy_(0, pair, scores).reshape(n, 1, width, 2)
@@ -504,10 +520,34 @@ class NextActionModel(nn.Module):
             mixed = mixed + gate[..., 2:3] * self._transition_rows(current, leave_out)
         if context.profile is not None:
             mixed = mixed + gate[..., 3:4] * self._profile_distribution(out, context.profile)
+        if self.config.blend_weight > 0:  # in log space: a strong blend must not underflow
+            blended = torch.log(mixed.clamp_min(_MIN_PROB)) + self.config.blend_weight * torch.log(
+                self._baseline_distribution(current, context.profile))
+            mixed = torch.softmax(blended.index_fill(-1, torch.tensor([PAD_ID], device=mixed.device), _MASKED), dim=-1)
         if context.consumed is not None:
             mixed = mixed * ~self._consumed_mask(context.consumed)
             mixed = mixed / mixed.sum(-1, keepdim=True).clamp_min(_MIN_PROB)
         return mixed
+
+    def _baseline_distribution(self, current: Tensor, profile: ProfileTensors | None) -> Tensor:
+        """The blended baseline as the validation scorer serves it (``baselines.servable_baselines``
+        through ``evaluation.baseline_probabilities``): the profile's counts ("user-frequency"), or
+        their 0.5/0.5 mix with the transitions from the current token ("mix"), mixed with 1 %
+        add-one popularity (all of it when both are empty): [*lead, vocab]."""
+        size = self.config.vocab_size
+        main = torch.zeros(*current.shape, size, device=current.device)
+        if profile is not None:
+            own = main.scatter_add(-1, profile.ids.long(), profile.probs.to(main.dtype))
+            own = own / own.sum(-1, keepdim=True).clamp_min(_MIN_PROB)
+            main = own if self.config.blend_baseline == "user-frequency" else 0.5 * own
+        if self.config.blend_baseline == "mix":
+            main = main + 0.5 * self._transition_rows(current)
+        main = main.index_fill(-1, torch.tensor([PAD_ID, OOV_ID], device=main.device), 0.0)
+        total = main.sum(-1, keepdim=True)
+        prior = (self.popularity + 1.0).index_fill(0, torch.tensor([PAD_ID], device=main.device), 0.0)
+        prior = prior / prior.sum()
+        main = torch.where(total > 0, main / total.clamp_min(_MIN_PROB), prior)
+        return (1.0 - _BASELINE_SMOOTHING) * main + _BASELINE_SMOOTHING * prior
 
     def _output_state(self, out: Tensor, profile: ProfileTensors | None, view: _WindowView) -> Tensor:
         """The GRU state with the window's read (its events' values weighted by the read

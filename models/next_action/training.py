@@ -35,10 +35,10 @@ from models.next_action.evaluation import (
     training_runs,
 )
 from models.next_action.features import FeatureSpec, Vocabulary, consumed_index
-from models.next_action.model import NextActionConfig, NextActionModel
+from models.next_action.model import BLEND_BASELINES, NextActionConfig, NextActionModel
 
 __all__ = ["CHECKPOINT_KIND", "STOP_METRICS", "LoadedNextAction", "train_next_action", "model_version",
-           "save_next_action", "load_next_action", "prepare_model"]
+           "save_next_action", "load_next_action", "prepare_model", "apply_blend", "BLEND_WEIGHTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ CHECKPOINT_KIND = "next-action"
 # Early-stopping criteria: higher MRR or lower NLL over all validation targets.
 STOP_METRICS = ("mrr", "nll")
 _MIN_LOG_PROB = math.log(1e-11)  # below: a target the exclusion of consumed actions makes impossible
+# Powers of a baseline's distribution tried as a blend with the trained model (on validation).
+BLEND_WEIGHTS = (0.25, 0.5, 1.0, 2.0)
+# A blend must beat the model alone by this many standard errors of the paired difference.
+BLEND_MARGIN_SE = 2.0
 
 
 @dataclass(frozen=True)
@@ -128,12 +132,13 @@ def train_next_action(sequences: ActionDataset | Sequence[ActionSequence], confi
                                epochs=plan["epochs"], patience=plan["patience"], device=device, progress=progress,
                                max_batch_events=plan["max_batch_events"], grad_clip=grad_clip, stop_metric=stop_metric)
     seconds = time.monotonic() - started
+    blend = _choose_blend(model, prepared, device, stop_metric)
     choice = _choose_server(model, prepared, device, stop_metric)
     metadata = _metadata(model, prepared, history, best_epoch, seed=seed, lr=plan["lr"], lr_decay=plan["lr_decay"],
                          epochs=plan["epochs"], patience=plan["patience"], max_batch_events=plan["max_batch_events"],
                          stop_metric=stop_metric, fingerprint=fingerprint or (dataset.fingerprint if dataset else None),
                          dataset=dataset.name if dataset else None, seconds=seconds, initial_mixture=mixture,
-                         **choice)
+                         blend=blend, **choice)
     return model, metadata
 
 
@@ -284,6 +289,52 @@ def _validate(model: NextActionModel, prepared: _Prepared, device: torch.device 
     """Validation metrics over all validation targets (prefixed ``valid_``), without standard errors."""
     ranks, nll = model_ranks(model, prepared.valid, prepared.counts.popularity, device=device)
     return {f"valid_{k}": v for k, v in summarize(ranks, nll).items() if not k.endswith("_se") and k != "n"}
+
+
+def _choose_blend(model: NextActionModel, prepared: _Prepared, device: torch.device | str,
+                  stop_metric: str) -> dict[str, Any]:
+    """Blend the trained model with a baseline it can compute (``BLEND_BASELINES``: the mixture
+    times the baseline's distribution to a power, renormalized) when that scores better by
+    ``stop_metric`` on the validation targets than the model alone: the model keeps the best
+    (``model.config.blend_weight`` / ``blend_baseline``, 0 when none helps). Returns the choice and
+    each candidate's validation score."""
+    if len(prepared.valid) == 0:
+        return {"baseline": None, "weight": 0.0, "validation": {}}
+    sign = 1.0 if stop_metric == "mrr" else -1.0
+    popularity = prepared.counts.popularity
+
+    def per_target(config: NextActionConfig) -> np.ndarray:
+        """The stop metric's per-target values, signed so that higher is better."""
+        model.config = config
+        ranks, nll = model_ranks(model, prepared.valid, popularity, device=device)
+        return 1.0 / ranks if stop_metric == "mrr" else -nll
+
+    alone = replace(model.config, blend_weight=0.0)
+    reference = per_target(alone)
+    tried = {"none": float(sign * reference.mean())}
+    best, best_config = 0.0, alone
+    for baseline in BLEND_BASELINES:
+        for weight in BLEND_WEIGHTS:
+            config = replace(alone, blend_weight=weight, blend_baseline=baseline)
+            gain = per_target(config) - reference
+            tried[f"{baseline}^{weight:g}"] = float(sign * (reference + gain).mean())
+            # Only a gain beyond the noise of the paired difference: a blend changes every
+            # prediction (and the surprisals anomaly scoring reads), so a tie keeps the model alone.
+            margin = BLEND_MARGIN_SE * float(gain.std(ddof=1)) / math.sqrt(len(gain)) if len(gain) > 1 else 0.0
+            if gain.mean() > max(best, margin):
+                best, best_config = float(gain.mean()), config
+    model.config = best_config
+    logger.info("blend on validation %s: %s; chose %s", stop_metric, {k: round(v, 4) for k, v in tried.items()},
+                f"{best_config.blend_baseline}^{best_config.blend_weight:g}" if best_config.blend_weight else "none")
+    return {"baseline": best_config.blend_baseline if best_config.blend_weight > 0 else None,
+            "weight": best_config.blend_weight, "validation": tried}
+
+
+def apply_blend(model: NextActionModel, blend: dict[str, Any] | None) -> NextActionModel:
+    """Give ``model`` the blend a ``_choose_blend`` record names (e.g. chosen before a refit)."""
+    if blend and blend.get("baseline"):
+        model.config = replace(model.config, blend_weight=float(blend["weight"]), blend_baseline=str(blend["baseline"]))
+    return model
 
 
 def _choose_server(model: NextActionModel, prepared: _Prepared, device: torch.device | str,

@@ -49,7 +49,13 @@ from models.next_action.evaluation import (
 )
 from models.next_action.features import EventRecord, FeatureSpec, Vocabulary
 from models.next_action.model import NextActionModel
-from models.next_action.training import load_next_action, save_next_action, train_next_action
+from models.next_action.training import (
+    apply_blend,
+    load_next_action,
+    model_version,
+    save_next_action,
+    train_next_action,
+)
 from simulation.users import BehaviorConfig, BehaviorWorkload, generate_user_events, posterior_next
 from stream_app.jobs import JobError, shared_folder
 
@@ -281,9 +287,12 @@ def train_actions(data: ActionData, *, epochs: int | None = None, patience: int 
             model, metadata = train_next_action(merge_validation(data.dataset),
                                                 **{**args, "epochs": max(1, first["best_epoch"])})
             metadata["seconds"] += first["seconds"]
-            for key in ("validation", "serve", "baselines", "surprisal", "validation_targets"):
+            for key in ("validation", "serve", "baselines", "surprisal", "validation_targets", "blend"):
                 metadata[key] = first[key]
             metadata["selection_history"] = first["history"]
+            # The blend chosen on the validation sessions applies to the refitted model too.
+            metadata["config"] = apply_blend(model, first["blend"]).config.to_dict()
+            metadata["version"] = model_version(model, metadata)
     except ModelError as exc:
         raise JobError(f"training on {data.dataset.name} failed: {exc}. {SPLIT_NEEDS.get(data.split, '')}") from exc
     metadata["data"] = data.describe()

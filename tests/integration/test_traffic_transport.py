@@ -129,9 +129,10 @@ def _env(tmp_path: Path) -> dict[str, str]:
             "STREAM_APP_WATERMARK_IDLE_S": "3"}
 
 
-def test_stage_1_on_the_transport_forecasts_and_dead_letters_bad_readings(deployment, tmp_path):
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_stage_1_on_the_transport_forecasts_and_dead_letters_bad_readings(deployment, tmp_path, guarantee):
     readings = _readings()
-    env = _env(tmp_path)
+    env = {**_env(tmp_path), "STREAM_APP_PROCESSING_GUARANTEE": guarantee}
     worker = deployment.worker(**env)
     wrong_key = json.dumps({"sensor_id": "s1", "network": "ring", "ts": START_MS, "speed": 50.0}).encode()
     deployment.produce([("traffic-readings", b"s0", b"{not json"), ("traffic-readings", b"s0", wrong_key),

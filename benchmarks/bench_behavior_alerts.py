@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +82,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     detected, false_alerts = _judge(workload, alerts)
-    victims = {events[i]["user_id"] for i in workload.intruder.nonzero()[0]}
+    victims = Counter(events[i]["user_id"] for i in workload.intruder.nonzero()[0])  # the intruder's events
     return {"checkpoint": str(args.checkpoint) if args.checkpoint else None, "users": args.users,
             "events": len(events), "days": round(days, 2), "seed": args.seed, "worker_s": round(seconds, 1),
             "alerts": len(alerts),
             "alerts_counted": metric(samples, "stream_app_anomaly_alerts_total", kind="behavior"),
             "false_alerts": len(false_alerts), "users_falsely_alerted": len(set(false_alerts)),
             "false_alerts_per_user_day": len(false_alerts) / (args.users * days),
-            "takeovers_with_events": len(victims), "takeovers_flagged_at_event": detected}
+            "takeovers_with_events": len(victims), "takeover_events": dict(victims),
+            "takeovers_flagged_at_event": detected}
 
 
 def _workload(args: argparse.Namespace) -> BehaviorWorkload:

@@ -19,8 +19,8 @@ from models.next_action.history import Profile, ProfileSnapshots, consumed_bits,
 __all__ = [
     "PAD_ID", "OOV_ID", "N_DENSE", "DENSE_NAMES", "STATIC_DENSE", "TIME_DENSE", "LOCATION_DENSE",
     "EventRecord", "Vocabulary", "FeatureSpec", "EncodedEvents", "event_row_dtype", "concat_rows",
-    "encode_events", "encode_next_events", "encode_runs", "haversine_km", "time_features", "cell_bucket", "consumed_columns",
-    "consumed_index", "encode_profiles",
+    "encode_events", "encode_next_events", "encode_runs", "haversine_km", "time_features", "cell_bucket",
+    "consumed_columns", "consumed_index", "encode_profiles",
 ]
 
 logger = logging.getLogger(__name__)

@@ -87,8 +87,10 @@ class Profile:
 
     def slot_ids(self, encode: dict[str, int], oov_id: int = 1) -> np.ndarray:
         """Vocabulary id of each slot's token (``oov_id`` when unknown, 0 for an empty slot): int64 [size]."""
-        return np.array([encode.get(t, oov_id) if self._occupied(s) else 0 for s, t in enumerate(self.tokens)],
-                        dtype=np.int64)
+        ids = np.zeros(len(self.tokens), dtype=np.int64)
+        if self._index:  # (the occupied slots)
+            ids[list(self._index.values())] = [encode.get(t, oov_id) for t in self._index]
+        return ids
 
     def weights(self) -> np.ndarray:
         """Current counts per slot: float64 [size] (0 for an empty slot)."""
@@ -174,22 +176,22 @@ def advance_profiles(runs: Sequence[Sequence[str]], encode: dict[str, int], prof
     units = np.empty((n_rows, size), dtype=np.float64)
     ids = np.empty((n_rows, size), dtype=np.int64)
     units[heads], ids[heads] = np.stack([p.units for p in profiles]), np.stack(list(slot_ids))
-    scales, rows, slots, values, new_ids, rescaled = [], [], [], [], [], []
-    row = 0
-    get = encode.get
+    scales, slots, values, new_ids, rescaled = [], [], [], [], []
+    get, decays = encode.get, decay != 1.0
     for profile, run in zip(profiles, runs, strict=True):
+        add, own = profile.add, profile.units  # (add updates the units in place)
         scales.append(profile.scale)
         for token in run:
-            row += 1
-            slot = profile.add(token, decay)
-            rows.append(row)
+            slot = add(token, decay)
             slots.append(slot)
-            values.append(profile.units[slot])
+            values.append(own[slot])
             new_ids.append(get(token, oov_id))
             scales.append(profile.scale)
-            if profile.scale == 1.0 and decay != 1.0:  # the add rescaled every slot's units (rare)
-                rescaled.append((row, profile.units.copy(), profile.slot_ids(encode, oov_id)))
-        row += 1
+            if decays and profile.scale == 1.0:  # the add rescaled every slot's units (rare)
+                rescaled.append((len(scales) - 1, own.copy(), profile.slot_ids(encode, oov_id)))
+    token_rows = np.ones(n_rows, dtype=bool)
+    token_rows[heads] = False
+    rows = np.flatnonzero(token_rows)
     written = np.zeros((n_rows, size), dtype=bool)
     written[heads] = True
     written[rows, slots] = True
@@ -202,8 +204,6 @@ def advance_profiles(runs: Sequence[Sequence[str]], encode: dict[str, int], prof
     source = source * size + np.arange(size)
     weights = units.take(source) * np.asarray(scales)[:, None]
     ids = ids.take(source)
-    token_rows = np.ones(n_rows, dtype=bool)
-    token_rows[heads] = False
     for slot_id, latest in zip(slot_ids, ids[np.append(heads[1:], n_rows) - 1], strict=True):
         slot_id[:] = latest
     return _snapshots(weights[heads], ids[heads], before=True), _snapshots(weights[token_rows], ids[token_rows])

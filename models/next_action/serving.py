@@ -130,7 +130,8 @@ class _Batch:
         counts = np.array([len(events) for events in sequences], dtype=np.int64).reshape(len(sequences))
         starts = np.cumsum(counts) - counts
         user = np.repeat(np.arange(len(counts)), counts)
-        return cls([e for events in sequences for e in events], counts, starts, user, np.arange(len(user)) - starts[user])
+        local = np.arange(len(user)) - starts[user]
+        return cls([e for events in sequences for e in events], counts, starts, user, local)
 
 
 @dataclass
@@ -194,6 +195,7 @@ class GRUPredictor:
             self._baseline = servable_baselines(counts, exclude_consumed=loaded.model.config.exclude_consumed)[
                 self.serves]
         self._consumed_index = loaded.model.consumed_index.cpu().numpy()
+        self._wants_filter = bool(self._spec.consumed_hashes > 0 and loaded.model.config.exclude_consumed)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu", *,
@@ -424,11 +426,14 @@ class GRUPredictor:
         stale = [s for s in states if s.model_version != self.version]
         if stale:
             self._replay_stale(stale)
+        size, wants_filter = self._spec.profile_size, self._wants_filter
         for state in states:
             if state._encoded is None or len(state._encoded) != len(state.window):
                 state._encoded = encode_events(state.window, self._vocab, self._spec, cells=self._cells).to_rows() \
                     if state.window else self._no_events
-            self._ensure_history(state)
+            if state.profile is None or len(state.profile.tokens) != size or \
+                    (state.consumed is not None) is not wants_filter or wants_filter:
+                self._ensure_history(state)
 
     def _ensure_history(self, state: UserState) -> None:
         """A profile of this model's size and, when the model uses it, a filter of its size;
@@ -444,8 +449,7 @@ class GRUPredictor:
                 slots = old.filled()
                 state.profile = Profile(size, [t for t, _ in slots], [w for _, w in slots])
             state._profile_ids = None
-        wants_filter = spec.consumed_hashes > 0 and self._model.config.exclude_consumed
-        if not wants_filter:
+        if not self._wants_filter:
             state.consumed = None
         elif state.consumed is None or len(state.consumed.bits) != spec.consumed_bits or \
                 state.consumed.n_hashes != spec.consumed_hashes:
@@ -475,8 +479,10 @@ class GRUPredictor:
 
     def _top_k(self, log_probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
         values, ids = log_probs.index_fill(1, self._specials, -np.inf).topk(min(k, log_probs.shape[1] - 2), dim=1)
-        token = self._tokens.__getitem__
-        return [list(zip(map(token, row_i), row_p)) for row_p, row_i in zip(values.exp().tolist(), ids.tolist())]
+        width = ids.shape[1]
+        pairs = list(zip(map(self._tokens.__getitem__, ids.cpu().numpy().ravel().tolist()),
+                         values.exp().cpu().numpy().ravel().tolist()))
+        return [pairs[i:i + width] for i in range(0, len(pairs), width)]
 
 
 def _counts_of(loaded: LoadedNextAction) -> TrainingCounts:
@@ -493,24 +499,32 @@ def _counts_of(loaded: LoadedNextAction) -> TrainingCounts:
 def _in_time_order(states: list[UserState], sequences: list[list[ActionEvent]]) -> list[bool]:
     """Per user: whether the stored window, the latest event time and the new events never go
     back in time (windows cached, as after ``GRUPredictor._prepare``)."""
+    if not states:
+        return []
     # Each user's run of times: the window's, the latest event's (every window event is at most
     # that), then the new events'. Checked for all users at once, runs back to back.
-    parts: list[np.ndarray] = [np.zeros(0, np.int64)]
-    lengths = []
-    for state, events in zip(states, sequences, strict=True):
-        window = state._encoded["ts_ms"] if state._encoded is not None else parts[0]
-        times = [e.ts_ms for e in events]
-        if state.last_ts_ms is not None:
-            times.insert(0, state.last_ts_ms)
-        parts += (window, np.array(times, dtype=np.int64).reshape(len(times)))
-        lengths.append(len(window) + len(times))
-    ts = np.concatenate(parts)
-    ends = np.cumsum(lengths)
+    windows = concat_rows([s._encoded for s in states])["ts_ms"]  # type: ignore[misc]
+    window_lengths = np.array([len(s.window) for s in states], dtype=np.int64)
+    latest = [s.last_ts_ms for s in states]
+    has_latest = np.array([t is not None for t in latest], dtype=bool)
+    counts = np.array([len(events) for events in sequences], dtype=np.int64)
+    lengths = window_lengths + has_latest + counts
+    starts = np.cumsum(lengths) - lengths
+    ts = np.empty(int(lengths.sum()), dtype=np.int64)
+    ts[_run_positions(starts, window_lengths)] = windows
+    ts[(starts + window_lengths)[has_latest]] = [t for t in latest if t is not None]
+    ts[_run_positions(starts + window_lengths + has_latest, counts)] = [e.ts_ms for events in sequences for e in events]
     later = np.flatnonzero(ts[1:] < ts[:-1]) + 1
-    owner = np.searchsorted(ends, later, side="right")
+    owner = np.searchsorted(starts + lengths, later, side="right")
     in_order = np.ones(len(states), dtype=bool)
-    in_order[owner[later != (ends - lengths)[owner]]] = False  # (a drop into the next run is no drop)
+    in_order[owner[later != starts[owner]]] = False  # (a drop into the next run is no drop)
     return in_order.tolist()
+
+
+def _run_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions of runs of ``lengths[i]`` elements starting at ``starts[i]``, back to back."""
+    firsts = np.cumsum(lengths) - lengths
+    return np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
 
 
 def _check_sequences(states: list[UserState], sequences: list[list[ActionEvent]], k: int) -> None:

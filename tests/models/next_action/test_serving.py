@@ -401,3 +401,72 @@ def test_surprisal_is_minus_log_p_of_the_prediction_before_each_event(checkpoint
         np.testing.assert_allclose([g for g in got[u] if g is not None], [w for w in want if w is not None], atol=1e-5)
     plain = GRUPredictor.from_checkpoint(checkpoint)
     assert all(r.surprisal is None for r in plain.predict_many([UserState()], [seqs[0][:3]], k=1)[0])
+
+
+# -- the batched path pinned to one event at a time -------------------------------------------------
+
+def _handmade_predictor(exclude: bool) -> GRUPredictor:
+    """A model with every input the batched path prepares: cells, location, profile (fewer slots
+    than tokens, so slots get replaced) and, with ``exclude``, the consumed-action filter."""
+    from models.next_action.features import FeatureSpec, Vocabulary, consumed_index
+    from models.next_action.model import NextActionModel
+    from models.next_action.training import LoadedNextAction
+
+    vocab = Vocabulary([f"p{i}" for i in range(9)])
+    spec = FeatureSpec(lat_mean=40.7, lat_std=0.1, lon_mean=-74.0, lon_std=0.1, n_cell_buckets=16,
+                       profile_size=4, profile_half_life=5.0,
+                       consumed_bits=64 if exclude else 0, consumed_hashes=2 if exclude else 0)
+    torch.manual_seed(3)
+    model = NextActionModel(NextActionConfig(vocab_size=len(vocab), embed_dim=6, hidden_dim=8, n_cell_buckets=16,
+                                             cell_dim=3, attn_dim=4, pair_dim=4, window_size=5,
+                                             window_span_s=20 * 3600.0, exclude_consumed=exclude, dropout=0.0))
+    model.set_transitions([vocab.encode_many(f"p{i % 9}" for i in range(s, s + 30)) for s in range(4)])
+    model.set_consumed_index(consumed_index(vocab, spec), spec.consumed_bits)
+    with torch.no_grad():
+        model.repeat_bias.fill_(0.5)
+    loaded = LoadedNextAction(model.eval(), vocab, spec, {"version": "handmade-1", "serve": "model"})
+    return GRUPredictor(loaded, surprisal=True)
+
+
+@pytest.mark.parametrize("exclude", [False, True], ids=["repeats", "exclude-consumed"])
+def test_predict_many_equals_one_event_at_a_time_in_every_output(exclude: bool) -> None:
+    """One ``predict_many`` call per batch (many users, several events each, all the per-event
+    work done over the whole batch) gives what one ``predict_events`` call per event gives: the
+    top-k, its probabilities, the window, the surprisal, and the same state bytes (the hidden
+    state to float rounding), also after states come back from bytes."""
+    rng = np.random.default_rng(11)
+    users = 7
+    streams = []
+    for u in range(users):
+        ts = T0 + np.cumsum(rng.integers(0, 9 * HOUR_MS, 40))  # gaps past the span and equal times
+        streams.append([ActionEvent(f"p{rng.integers(0, 12)}", int(t),  # p9..p11: outside the vocabulary
+                                    *((40.7 + 0.01 * rng.normal(), -74.0) if rng.random() < 0.7 else (None, None)))
+                        for t in ts])
+    batched, single = _handmade_predictor(exclude), _handmade_predictor(exclude)
+    fast, slow = [UserState() for _ in streams], [UserState() for _ in streams]
+    position = [0] * users
+    call = scored = 0
+    while any(p < len(s) for p, s in zip(position, streams, strict=True)):
+        chunks = []
+        for u, stream in enumerate(streams):
+            chunks.append(stream[position[u]:position[u] + int(rng.integers(0, 6))])
+            position[u] += len(chunks[-1])
+        if call % 3 == 2:  # both as from a table (the fast path rebuilds its caches)
+            fast, slow = ([UserState.from_bytes(s.to_bytes()) for s in states] for states in (fast, slow))
+        got = batched.predict_many(fast, chunks, k=3)
+        want = [[single.predict_events([slow[u]], [event], k=3)[0] for event in chunk]
+                for u, chunk in enumerate(chunks)]
+        call += 1
+        for g, w in zip(got, want, strict=True):
+            assert [[t for t, _ in r.top] for r in g] == [[t for t, _ in r.top] for r in w]
+            np.testing.assert_allclose([p for r in g for _, p in r.top], [p for r in w for _, p in r.top], atol=1e-5)
+            assert [(r.window_events, r.window_span_s) for r in g] == [(r.window_events, r.window_span_s) for r in w]
+            assert [r.surprisal is None for r in g] == [r.surprisal is None for r in w]
+            np.testing.assert_allclose([r.surprisal for r in g if r.surprisal is not None],
+                                       [r.surprisal for r in w if r.surprisal is not None], atol=1e-4)
+            scored += sum(r.surprisal is not None for r in g)
+        for a, b in zip(fast, slow, strict=True):
+            if b.event_count:  # (predict_many gives even a user without events an empty profile)
+                np.testing.assert_allclose(a.hidden, b.hidden, atol=1e-5)
+                assert dataclasses.replace(a, hidden=b.hidden).to_bytes() == b.to_bytes()
+    assert sum(s.event_count for s in fast) == sum(map(len, streams)) and scored > 100

@@ -15,20 +15,18 @@ network, so stage 2 gathers a network's snapshot on the one worker that owns tha
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import faust
-import mode
 from aiokafka.structs import ConsumerRecord
 
 from schemas import Rejection, SensorAggregate, TrafficReading, decode, decode_traffic_reading
 from stream_app import kafka_io
 from stream_app.ingest import validate_batch
+from stream_app.lag import attach_transport_lag
 from stream_app.metrics import Metrics
 from stream_app.pipelines.base import Received, StateStore
 from stream_app.pipelines.traffic import NetworkSnapshots, SensorPartitions, SensorWindows, StoreOf
@@ -45,11 +43,11 @@ from stream_app.transport import (
     TransportConfig,
     TransportMetrics,
 )
+from stream_app.transport.service import attach_transport_service
 
 __all__ = ["attach_traffic", "attach_traffic_transport", "attach_sensor_agent", "attach_network_steps",
            "SensorTransport", "SENSORS_STORE"]
 
-log = logging.getLogger(__name__)
 SENSORS_STORE = "sensors"
 
 IDLE_CLOSE_S = 1.0
@@ -71,7 +69,8 @@ def attach_traffic_transport(app: faust.App, settings: Settings, topics: Topics,
     already declared on the registry (declaring them twice is an error)."""
     sensors = SensorTransport(settings, metrics, SensorPartitions(settings, metrics), advertised_url,
                               transport_metrics)
-    _attach_service(app, sensors)
+    attach_transport_service(app, sensors.transport, sensors.start, "traffic transport")
+    attach_transport_lag(app, sensors.transport, metrics)
     attach_network_steps(app, settings, topics, tables, metrics, networks)
     return sensors
 
@@ -163,37 +162,6 @@ class SensorTransport:
         self.sensors.revoked(partitions)
 
 
-def _attach_service(app: faust.App, stage: SensorTransport) -> None:
-    """Run ``stage``'s transport as a service of ``app``: started with the app, stopped with it after a
-    last checkpoint; an error in the transport (a pipeline bug) stops the worker."""
-    transport = stage.transport
-
-    @app.service
-    class SensorTransportService(mode.Service):
-        _finished: asyncio.Event
-
-        async def on_start(self) -> None:
-            self._finished = asyncio.Event()
-            await stage.start()
-
-        @mode.Service.task
-        async def _run(self) -> None:
-            try:
-                await transport.run()
-            except Exception as exc:
-                log.critical("the traffic (sensors) transport stopped on an error; stopping the worker: %r", exc)
-                await self.crash(exc)
-            finally:
-                self._finished.set()
-
-        async def on_stop(self) -> None:
-            transport.stop()
-            try:
-                await asyncio.wait_for(self._finished.wait(), transport.config.shutdown_timeout_s + 5)
-            except TimeoutError:
-                log.warning("the traffic transport did not stop within %.0f s", transport.config.shutdown_timeout_s)
-
-
 def _stores(state: State) -> StoreOf:
     """The ``sensors`` store of an owned partition, None for one that is not (or no longer) local."""
 
@@ -227,7 +195,7 @@ def _decode_readings(records: Sequence[ConsumerRecord]) -> list[Any]:
     for record in records:
         reading = decode_traffic_reading(record.value)
         out.append(reading if isinstance(reading, Rejection) else Received(reading, record.timestamp / 1000,
-                                                                           record.partition))
+                                                                           record.partition, record.offset))
     return out
 
 

@@ -74,13 +74,17 @@ def _forecast_windows(deployment: Deployment, count: int) -> dict[int, set[str]]
     return windows
 
 
-def _metric(worker: Worker, name: str, **labels: str) -> float:
-    """A sample of the worker's /metrics (0 when absent)."""
+def _sample(worker: Worker, name: str, **labels: str) -> float | None:
+    """A sample of the worker's /metrics (None when absent)."""
     for family in text_string_to_metric_families(worker.metrics_text()):
         for sample in family.samples:
             if sample.name == name and sample.labels == labels:
                 return float(sample.value)
-    return 0.0
+    return None
+
+
+def _metric(worker: Worker, name: str, **labels: str) -> float:
+    return _sample(worker, name, **labels) or 0.0
 
 
 def _committed(deployment: Deployment) -> int:
@@ -146,6 +150,13 @@ def test_stage_1_on_the_transport_forecasts_and_dead_letters_bad_readings(deploy
     assert all(sensors == {s for s, _, _ in SENSORS} for sensors in windows.values())
     forecast = worker.get_json("/networks/ring/sensors/s2/forecast")
     assert forecast["window_end"] == START_MS + WINDOWS * STEP_MS, "the query route answers from stage 2"
+
+    topic = deployment.topic("traffic-readings")
+    lag_series = [{"topic": topic, "partition": str(p)} for p in range(2)]
+    deadline = time.monotonic() + 20
+    while any(_sample(worker, "stream_app_consumer_lag", **labels) != 0 for labels in lag_series):
+        assert time.monotonic() < deadline, "the sensors group's lag is exported and drops to 0"
+        time.sleep(0.5)
 
     letters = [decode(r.value, DeadLetter) for r in deployment.collect("dead-letters", 3, timeout_s=30)]
     reasons = sorted(letter.reason for letter in letters if isinstance(letter, DeadLetter))

@@ -465,7 +465,7 @@ class Transport(Generic[T]):
                      letters: list[LetterRecord]) -> None:
         for topic, records in outputs.items():
             deliveries = await writer.write(producer, topic, records)
-            self.metrics.outputs.labels(topic=topic).inc(sum(d.count for d in deliveries))
+            self._output_counter(topic).inc(sum(d.count for d in deliveries))
         if letters:
             await writer.write_with_headers(producer, self.config.dead_letter_topic, letters)
 
@@ -828,6 +828,14 @@ class Transport(Generic[T]):
             "restored_changelog": {s: m.restored_records.labels(store=s, source="changelog")
                                    for s in self.config.store_names},
         }
+
+    def _output_counter(self, topic: str) -> Any:
+        """The outputs counter of ``topic``, looked up once (a labels() call takes a lock and hashes)."""
+        counters = self._children.setdefault("outputs", {})
+        counter = counters.get(topic)
+        if counter is None:
+            counter = counters[topic] = self.metrics.outputs.labels(topic=topic)
+        return counter
 
     def _count_batch(self, consumed: int, reasons: Counter[str]) -> None:
         self._children["consumed"].inc(consumed)

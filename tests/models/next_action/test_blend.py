@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from models.next_action import training
 from models.next_action.baselines import MarkovScorer, MixScorer, ProfileScorer, TargetContext, TrainingCounts
 from models.next_action.datasets import ActionDataset, ActionSequence, Split
 from models.next_action.evaluation import baseline_probabilities
@@ -23,7 +25,6 @@ from models.next_action.features import (
 )
 from models.next_action.history import Profile
 from models.next_action.model import EventTensors, NextActionConfig, NextActionModel, ProfileTensors
-from models.next_action import training
 from models.next_action.training import (
     BLEND_WEIGHTS,
     apply_blend,
@@ -50,8 +51,8 @@ def _sequences(lengths: list[int], seed: int = 0) -> list[list[EventRecord]]:
 
 
 def _model(**overrides: object) -> NextActionModel:
-    config = dict(vocab_size=len(VOCAB), embed_dim=8, hidden_dim=12, n_cell_buckets=32, cell_dim=4, attn_dim=6,
-                  pair_dim=5, window_size=4, window_span_s=36 * 3600.0, use_location=False)
+    config: dict[str, Any] = dict(vocab_size=len(VOCAB), embed_dim=8, hidden_dim=12, n_cell_buckets=32, cell_dim=4,
+                                  attn_dim=6, pair_dim=5, window_size=4, window_span_s=36 * 3600.0, use_location=False)
     config.update(overrides)
     torch.manual_seed(0)
     model = NextActionModel(NextActionConfig(**config))

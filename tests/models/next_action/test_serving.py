@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from models.exceptions import ModelError
+from models.next_action import training
 from models.next_action.anomaly import SurpriseState, SurprisingEvent
 from models.next_action.datasets import ActionSequence, Split
 from models.next_action.features import EventRecord, encode_events, encode_profiles
@@ -27,7 +28,6 @@ from models.next_action.serving import (
     predict_in_rounds,
     update_window,
 )
-from models.next_action import training
 from models.next_action.training import load_next_action, save_next_action, train_next_action
 
 HOUR_MS = 3_600_000

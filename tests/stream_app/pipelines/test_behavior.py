@@ -6,9 +6,12 @@ late or an older duplicate); outputs keep each user's order; the store changes o
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
 import pytest
 
+from models.next_action.fallback import MarkovPredictor
 from models.next_action.serving import EventPrediction, UserState, update_window
 from schemas import AnomalyAlert, NextActionPrediction, UserEvent, decode_user_event
 from stream_app.metrics import Metrics
@@ -426,3 +429,22 @@ def test_a_clean_generated_run_alerts_on_at_most_half_a_percent_of_users_per_day
     assert len(known) > 45_000
     print(f"clean run: {len(alerted)} user-days alerted of {500 * days:.0f}")
     assert len(alerted) <= 0.005 * 500 * days
+
+
+def test_the_fallback_predictor_raises_no_behavior_alert_and_says_so_once(caplog) -> None:
+    """Its per-user surprisal does not separate an intruder from the user: alerts wait for a checkpoint."""
+    predictor, metrics = MarkovPredictor(), Metrics()
+    model = HotModel("behavior", None, load=lambda path: predictor, fallback=predictor, metrics=metrics)
+    pipeline = BehaviorPipeline(SETTINGS, {}, model, metrics, clock=lambda: NOW_S)
+    with caplog.at_level(logging.WARNING, logger="stream_app.pipelines.behavior"):
+        habits = [_event(f"victim-h{k}", T0 + k * 60_000, "victim", a)
+                  for k, a in enumerate("abcabdabcabdabcabcabdacb" * 5)]
+        pipeline.process(_received(*habits), cell_partitions=1)
+        start = T0 + 121 * 60_000  # an intruder the fallback's own scorer flags within 8 events (test_fallback)
+        odd = [_event(f"victim-x{k}", start + k * 60_000, "victim", a) for k, a in enumerate("xyzwvuxyzwvu")]
+        outputs = pipeline.process(_received(*odd), cell_partitions=1)
+    assert outputs.alerts == [] and _sample(metrics, "stream_app_anomaly_alerts_total", kind="behavior") == 0
+    assert [r.message for r in caplog.records].count(
+        "behavior alerts are off while the fallback predictor serves (markov-user): they need a trained "
+        "checkpoint (STREAM_APP_CHECKPOINT)") == 1
+    assert pipeline.anomaly_scorer(SurprisalPredictor({})) is not None, "a checkpoint's predictor is scored"

@@ -415,7 +415,8 @@ class NextActionModel(nn.Module):
         def take(t: Tensor, at: Tensor) -> Tensor:
             return t.flatten(0, 1).index_select(0, at)
 
-        current = batch.map(lambda t: take(t, rows * n_time + cols))
+        here = rows * n_time + cols
+        current = batch.map(lambda t: take(t, here))
         span_ms = int(round(self.config.window_span_s * 1000.0))
         valid = take(batch.mask, flat).reshape(n, width) & (index >= 0) & current.mask[:, None] & \
             (take(batch.ts_ms, flat).reshape(n, width) > current.ts_ms[:, None] - span_ms)
@@ -425,8 +426,8 @@ class NextActionModel(nn.Module):
         # (the pair's, the older one), as in _window_view's window axis.
         has_older = pair_offset + 1 < width
         older = torch.where(has_older, pair + 1, pair)
-        events = batch.map(lambda t: take(t, flat[torch.stack([pair, older], 1).reshape(-1)]).reshape(
-            len(pair), 1, 2, *t.shape[2:]))
+        both = flat[torch.stack([pair, older], 1).reshape(-1)]
+        events = batch.map(lambda t: take(t, both).reshape(len(pair), 1, 2, *t.shape[2:]))
         pair_valid = torch.stack([torch.ones_like(has_older), valid.reshape(-1)[older] & has_older], 1).unsqueeze(1)
         terms = self._pair_features(current.map(lambda t: t.index_select(0, at)[:, None, None]), events, pair_valid,
                                     torch.stack([pair_offset, pair_offset + 1], 1).unsqueeze(1))[:, 0, 0]

@@ -250,7 +250,7 @@ class GRUPredictor:
         new = encode_runs(batch.events, batch.starts, [(s.last_ts_ms, s.last_lat, s.last_lon) for s in states],
                           self._vocab, self._spec, cells=self._cells).to_rows()
         old_lengths = np.array([len(s.window) for s in states], dtype=np.int64)
-        old_rows = concat_rows([s._encoded for s in states])  # (_prepare made every cache)
+        old_rows = concat_rows([s._encoded for s in states])  # type: ignore[misc]  # (_prepare made them all)
         window = EventTensors.pad_rows(old_rows, old_lengths, align="right").to(self._device)
         x = EventTensors.pad_rows(new, batch.counts).to(self._device)
         hidden = torch.from_numpy(np.stack([self._hidden_of(s) for s in states])).to(self._device)

@@ -470,3 +470,19 @@ def test_predict_many_equals_one_event_at_a_time_in_every_output(exclude: bool) 
                 np.testing.assert_allclose(a.hidden, b.hidden, atol=1e-5)
                 assert dataclasses.replace(a, hidden=b.hidden).to_bytes() == b.to_bytes()
     assert sum(s.event_count for s in fast) == sum(map(len, streams)) and scored > 100
+
+
+def test_predict_many_with_event_times_far_apart_equals_round_by_round(checkpoint: Path) -> None:
+    """Users whose times are so far apart that the one search over the whole batch would overflow
+    int64 keys: the window trim falls back to one search per user, with the same result."""
+    predictor = GRUPredictor.from_checkpoint(checkpoint)
+    chunks = [[ActionEvent(f"p{i % 3}", T0 + i * HOUR_MS) for i in range(6)],
+              [ActionEvent(f"p{i % 2}", T0 + i * 20 * HOUR_MS) for i in range(6)],
+              [ActionEvent(f"p{i % 4}", 4 * 10**18 + i * 20 * HOUR_MS) for i in range(6)]]
+    fast, slow = [UserState() for _ in chunks], [UserState() for _ in chunks]
+    got = predictor.predict_many(fast, chunks, k=2)
+    want = predict_in_rounds(predictor, slow, chunks, k=2)
+    for g, w in zip(got, want, strict=True):
+        assert [[t for t, _ in r.top] for r in g] == [[t for t, _ in r.top] for r in w]
+        assert [(r.window_events, r.window_span_s) for r in g] == [(r.window_events, r.window_span_s) for r in w]
+    assert [a.window for a in fast] == [b.window for b in slow] and len(fast[1].window) < 6  # (the span trims)

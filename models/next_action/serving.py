@@ -270,8 +270,9 @@ class GRUPredictor:
         if in_order:
             sizes, spans = self._advance(states, sequences, batch, old_rows, old_lengths, new)
         else:
-            sizes, spans = map(list, zip(*[self._append(state, events[0], new[i:i + 1])
-                                           for i, (state, events) in enumerate(zip(states, sequences, strict=True))]))
+            appended = [self._append(state, events[0], new[i:i + 1])
+                        for i, (state, events) in enumerate(zip(states, sequences, strict=True))]
+            sizes, spans = map(list, zip(*appended, strict=True))
         for state, h in zip(states, finals, strict=True):
             state.hidden = h.copy() if self._baseline is None else None
             state.model_version = self.version
@@ -481,7 +482,7 @@ class GRUPredictor:
         values, ids = log_probs.index_fill(1, self._specials, -np.inf).topk(min(k, log_probs.shape[1] - 2), dim=1)
         width = ids.shape[1]
         pairs = list(zip(map(self._tokens.__getitem__, ids.cpu().numpy().ravel().tolist()),
-                         values.exp().cpu().numpy().ravel().tolist()))
+                         values.exp().cpu().numpy().ravel().tolist(), strict=True))
         return [pairs[i:i + width] for i in range(0, len(pairs), width)]
 
 

@@ -437,7 +437,7 @@ def test_predict_many_equals_one_event_at_a_time_in_every_output(exclude: bool) 
     rng = np.random.default_rng(11)
     users = 7
     streams = []
-    for u in range(users):
+    for _ in range(users):
         ts = T0 + np.cumsum(rng.integers(0, 9 * HOUR_MS, 40))  # gaps past the span and equal times
         streams.append([ActionEvent(f"p{rng.integers(0, 12)}", int(t),  # p9..p11: outside the vocabulary
                                     *((40.7 + 0.01 * rng.normal(), -74.0) if rng.random() < 0.7 else (None, None)))

@@ -134,38 +134,45 @@ class CrowdAlert:
 
 
 class CrowdAnomalyScorer:
-    """Scores cell windows one after another (see the module doc); keeps the population rhythm."""
+    """Scores cell windows one after another (see the module doc); keeps the population rhythm.
+
+    One window is a handful of scalars: the arithmetic runs on Python floats (numpy on two-element
+    arrays cost ~25 µs a window, more than the rest of the cell stage), in the same order as array
+    code would, so the numbers are the same.
+    """
 
     def __init__(self, config: CrowdAnomalyConfig = CrowdAnomalyConfig()) -> None:
         self.config = config
-        self._week = np.zeros((_WEEK_SLOTS, len(_STATS)))   # population totals per week slot (weighted)
-        self._week_seen = np.zeros(_WEEK_SLOTS)
-        self._total = np.zeros(len(_STATS))
+        self._week = [[0.0] * len(_STATS) for _ in range(_WEEK_SLOTS)]  # population totals per week slot
+        self._week_seen = [0.0] * _WEEK_SLOTS
+        self._week_seen_total = 0.0
+        self._total = [0.0] * len(_STATS)
         self._cells_windows = 0.0
 
     def rhythm_state(self) -> dict[str, list[float] | float]:
         """The population's weekly rhythm as plain data (to keep it across restarts)."""
-        return {"week": self._week.ravel().tolist(), "week_seen": self._week_seen.tolist(),
-                "total": self._total.tolist(), "windows": self._cells_windows}
+        return {"week": [x for row in self._week for x in row], "week_seen": list(self._week_seen),
+                "total": list(self._total), "windows": self._cells_windows}
 
     def load_rhythm(self, state: dict[str, list[float] | float]) -> None:
         """Inverse of ``rhythm_state``."""
         try:
-            self._week = np.asarray(state["week"], dtype=np.float64).reshape(_WEEK_SLOTS, len(_STATS))
-            self._week_seen = np.asarray(state["week_seen"], dtype=np.float64).reshape(_WEEK_SLOTS)
-            self._total = np.asarray(state["total"], dtype=np.float64).reshape(len(_STATS))
-            self._cells_windows = float(state["windows"])  # type: ignore[arg-type]
+            week = np.asarray(state["week"], dtype=np.float64).reshape(_WEEK_SLOTS, len(_STATS))
+            week_seen = np.asarray(state["week_seen"], dtype=np.float64).reshape(_WEEK_SLOTS)
+            total = np.asarray(state["total"], dtype=np.float64).reshape(len(_STATS))
+            windows = float(state["windows"])  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"not a crowd rhythm state: {exc}") from exc
+        self._week, self._week_seen, self._total = week.tolist(), week_seen.tolist(), total.tolist()
+        self._week_seen_total, self._cells_windows = float(week_seen.sum()), windows
 
     def observe(self, profile: CellProfile, cell: str, window_start_ms: int, window_end_ms: int, events: int,
                 users: int) -> CrowdAlert | None:
         """Score one window of ``cell`` against ``profile`` (updated in place, unless the window
         alerts); an alert decision when the window departs from it."""
         slot = week_slot(window_start_ms, self.config.utc_offset_hours)
-        observed = np.array([events, users], dtype=np.float64)
-        expected = self.expected(profile, slot)
-        alert = self._test(profile, cell, window_start_ms, window_end_ms, observed, expected)
+        observed = (float(events), float(users))
+        alert = self._test(profile, cell, window_start_ms, window_end_ms, observed, self._expected(profile, slot))
         if alert is None:
             self._learn(profile, slot, observed)
         elif profile.last_alert_ms is not None and \
@@ -177,30 +184,38 @@ class CrowdAnomalyScorer:
 
     def expected(self, profile: CellProfile, slot: int) -> np.ndarray:
         """Events and users expected in a window of ``slot``: float64 [2]."""
-        shape = self._shape(slot)
-        prior = self._total / max(1.0, self._cells_windows)  # an average cell, before this one is known
-        level = (profile.seen * profile.level + self.config.prior_windows * prior) / (profile.seen +
-                                                                                    self.config.prior_windows)
+        return np.array(self._expected(profile, slot))
+
+    def _expected(self, profile: CellProfile, slot: int) -> list[float]:
+        prior_windows = self.config.prior_windows
+        windows = max(1.0, self._cells_windows)
         seen = float(profile.slot_seen[slot])
-        weight = seen / (seen + self.config.prior_windows)
-        blended: np.ndarray = weight * profile.slot_mean[slot].astype(np.float64) + (1 - weight) * level * shape
+        weight = seen / (seen + prior_windows)
+        blended = []
+        for mean, shape, level, total in zip(profile.slot_mean[slot].tolist(), self._shape(slot),
+                                             profile.level.tolist(), self._total, strict=True):
+            prior = total / windows  # an average cell, before this one is known
+            level = (profile.seen * level + prior_windows * prior) / (profile.seen + prior_windows)
+            blended.append(weight * mean + (1 - weight) * level * shape)
         return blended
 
-    def _shape(self, slot: int) -> np.ndarray:
+    def _shape(self, slot: int) -> list[float]:
         """The population's activity in ``slot`` relative to its average window (1 when unknown);
         the same hour of other days stands in for a week slot not seen yet."""
-        per_window = self._total / max(1.0, self._week_seen.sum())
-        if self._week_seen[slot] >= 1:
-            rate = self._week[slot] / self._week_seen[slot]
+        seen = self._week_seen[slot]
+        if seen >= 1:
+            rate = [x / seen for x in self._week[slot]]
         else:
             hours = [s for s in range(slot % 24, _WEEK_SLOTS, 24) if self._week_seen[s] >= 1]
             if not hours:
-                return np.ones(len(_STATS))
-            rate = self._week[hours].sum(axis=0) / self._week_seen[hours].sum()
-        return np.where(per_window > 0, rate / np.where(per_window > 0, per_window, 1.0), 1.0)
+                return [1.0] * len(_STATS)
+            hours_seen = sum(self._week_seen[s] for s in hours)
+            rate = [sum(self._week[s][i] for s in hours) / hours_seen for i in range(len(_STATS))]
+        windows = max(1.0, self._week_seen_total)
+        return [r / (t / windows) if t / windows > 0 else 1.0 for r, t in zip(rate, self._total, strict=True)]
 
-    def _test(self, profile: CellProfile, cell: str, start: int, end: int, observed: np.ndarray,
-              expected: np.ndarray) -> CrowdAlert | None:
+    def _test(self, profile: CellProfile, cell: str, start: int, end: int, observed: tuple[float, float],
+              expected: list[float]) -> CrowdAlert | None:
         c = self.config
         if self._cells_windows < c.warmup_windows:  # no reference at all yet
             return None
@@ -210,26 +225,33 @@ class CrowdAnomalyScorer:
             mu = max(expected[i], 0.05)
             dispersion = clumps[i] / mu + c.spread  # negative binomial: variance mu + dispersion mu^2
             if observed[i] >= floors[i] and observed[i] > mu:
-                p = _upper_tail(observed[i], mu, dispersion)
+                p = _upper_tail(observed[i], mu, dispersion, stop_above=c.alpha)
                 if p < c.alpha:
-                    return CrowdAlert(cell, start, end, name, "spike", float(observed[i]), float(mu), p)
+                    return CrowdAlert(cell, start, end, name, "spike", observed[i], mu, p)
             if name == "events" and profile.seen >= c.warmup_windows and mu >= c.min_drop_expected and observed[i] < mu:
                 p = _lower_tail(observed[i], mu, dispersion)
                 if p < c.alpha:
-                    return CrowdAlert(cell, start, end, name, "drop", float(observed[i]), float(mu), p)
+                    return CrowdAlert(cell, start, end, name, "drop", observed[i], mu, p)
         return None
 
-    def _learn(self, profile: CellProfile, slot: int, observed: np.ndarray) -> None:
+    def _learn(self, profile: CellProfile, slot: int, observed: tuple[float, float]) -> None:
         rate = 1.0 / min(profile.seen + 1, self.config.memory_windows * _WEEK_SLOTS)
-        profile.level += rate * (observed - profile.level)
+        profile.level[:] = [level + rate * (x - level) for level, x in zip(profile.level.tolist(), observed,
+                                                                           strict=True)]
         profile.seen += 1
         n = int(profile.slot_seen[slot])
         slot_rate = 1.0 / min(n + 1, self.config.memory_windows)
-        profile.slot_mean[slot] += (slot_rate * (observed - profile.slot_mean[slot])).astype(np.float32)
+        means = profile.slot_mean[slot]
+        # float32 like the stored profile: the step rounded to float32, then a float32 sum (an exact
+        # float64 sum of two float32 values rounded once is the float32 sum)
+        means[:] = [m + float(np.float32(slot_rate * (x - m))) for m, x in zip(means.tolist(), observed, strict=True)]
         profile.slot_seen[slot] = min(n + 1, np.iinfo(np.uint16).max)
-        self._week[slot] += observed
+        week = self._week[slot]
+        for i, x in enumerate(observed):
+            week[i] += x
+            self._total[i] += x
         self._week_seen[slot] += 1
-        self._total += observed
+        self._week_seen_total += 1
         self._cells_windows += 1
 
 
@@ -243,13 +265,14 @@ def _log_pmf(k: int, mu: float, dispersion: float) -> float:
             + k * math.log(mu / (r + mu)))
 
 
-def _upper_tail(x: float, mu: float, dispersion: float) -> float:
-    """P(X >= x), summed from x upwards (exact for the far tail, where 1 - cdf would round to 0)."""
+def _upper_tail(x: float, mu: float, dispersion: float, stop_above: float = 1.0) -> float:
+    """P(X >= x), summed from x upwards (exact for the far tail, where 1 - cdf would round to 0);
+    the sum stops once it reaches ``stop_above`` (a test against a level needs no more)."""
     k, total = int(math.ceil(x)), 0.0
     for step in range(100_000):
         term = math.exp(_log_pmf(k + step, mu, dispersion))
         total += term
-        if term < 1e-18 * total or (term == 0.0 and step > mu):
+        if total >= stop_above or term < 1e-18 * total or (term == 0.0 and step > mu):
             break
     return min(1.0, total)
 

@@ -7,7 +7,7 @@ import pytest
 
 from models.exceptions import ModelError
 from models.next_action.anomaly import BehaviorAnomalyConfig, BehaviorAnomalyScorer, PopulationSurprisal, SurpriseState
-from models.next_action.crowd import CellProfile, CrowdAnomalyConfig, CrowdAnomalyScorer, week_slot
+from models.next_action.crowd import CellProfile, CrowdAnomalyConfig, CrowdAnomalyScorer, _upper_tail, week_slot
 
 T0 = 1_709_528_400_000  # a Monday 05:00 UTC
 MINUTE_MS = 60_000
@@ -254,3 +254,13 @@ def test_cell_profiles_and_the_rhythm_survive_a_restart() -> None:
         np.testing.assert_allclose(first.expected(profiles[cell], 3), second.expected(restored[cell], 3), rtol=1e-6)
     with pytest.raises(ModelError):
         CellProfile.from_bytes(b"\x01" * 10)
+
+
+def test_an_upper_tail_stopped_at_a_level_gives_the_same_decision_and_the_exact_value_below_it() -> None:
+    for x, mu, dispersion in [(9, 2.0, 0.3), (40, 3.0, 0.1), (12, 11.5, 0.05), (400, 5.0, 0.8), (3, 0.5, 0.0)]:
+        exact = _upper_tail(x, mu, dispersion)
+        for level in (1e-6, 1e-3, 0.5):
+            stopped = _upper_tail(x, mu, dispersion, stop_above=level)
+            assert (stopped < level) == (exact < level)
+            if exact < level:
+                assert stopped == exact

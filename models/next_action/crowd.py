@@ -31,6 +31,7 @@ _DAY_MS = 86_400_000
 _STATS = ("events", "users")
 _PROFILE = struct.Struct("<BIq")  # format version, windows seen, last alert (ms, -1 for none)
 _PROFILE_VERSION = 1
+_SLOT_SEEN_MAX = int(np.iinfo(np.uint16).max)
 
 
 def week_slot(ts_ms: int, utc_offset_hours: float = 0.0) -> int:
@@ -245,7 +246,7 @@ class CrowdAnomalyScorer:
         # float32 like the stored profile: the step rounded to float32, then a float32 sum (an exact
         # float64 sum of two float32 values rounded once is the float32 sum)
         means[:] = [m + float(np.float32(slot_rate * (x - m))) for m, x in zip(means.tolist(), observed, strict=True)]
-        profile.slot_seen[slot] = min(n + 1, np.iinfo(np.uint16).max)
+        profile.slot_seen[slot] = min(n + 1, _SLOT_SEEN_MAX)
         week = self._week[slot]
         for i, x in enumerate(observed):
             week[i] += x

@@ -56,12 +56,13 @@ class CellTransport:
     def __init__(self, settings: Settings, metrics: Metrics, pipeline: CellPipeline, advertised_url: str = "",
                  transport_metrics: TransportMetrics | None = None) -> None:
         self.settings, self.pipeline = settings, pipeline
+        pipeline.write_behind = True  # flushed by the transport at each checkpoint
         self.input_topic = settings.topic("cell-events")
         self.activity_topic = settings.topic("cell-activity")
         self.alerts_topic = settings.topic("anomaly-alerts")
         self.transport: Transport[list[CellEvent]] = Transport(
             _transport_config(settings, advertised_url), decode=_decode_cell_records, process=self.process,
-            listener=self, punctuate=self.punctuate,
+            listener=self, punctuate=self.punctuate, before_checkpoint=pipeline.flush,
             metrics=transport_metrics or TransportMetrics.create(metrics.registry, consumed=metrics.events_consumed,
                                                                  dead_letters=metrics.dead_letters,
                                                                  outputs=metrics.outputs))

@@ -148,6 +148,8 @@ class CellPartition:
         self._sources, self._clock = sources, clock
         self._grace_ms, self._idle_s = int(settings.grace_s * 1000), settings.watermark_idle_s
         self.watermark = self._watermark({}, None)
+        self.dirty: set[str] = set()  # cells changed since the last flush
+        self.changed = False          # anything (cells or progress) changed since the last flush
         self._load()
 
     def add(self, events: Iterable[CellEvent]) -> tuple[set[str], int, int, int]:
@@ -194,6 +196,12 @@ class CellPartition:
             if alert is not None:
                 alerts.append(alert)
         return activities, alerts
+
+    def flush(self) -> None:
+        """``save`` what changed since the last flush."""
+        if self.changed:
+            self.save(self.dirty)
+            self.dirty, self.changed = set(), False
 
     def save(self, cells: Iterable[str]) -> None:
         """Write ``cells`` and the partition's own state (watermark, replay marks, rhythm) to the store."""
@@ -270,11 +278,17 @@ class CellPipeline:
     punctuator) closes what the watermark passed while no record came. ``sources``: partitions of
     ``user-events`` (the watermark waits for each, until it is idle). Crowd alerts wait in
     ``take_alerts``.
+
+    ``write_behind``: changed cells stay in memory and reach the store at ``flush`` (called by the
+    transport at the start of each checkpoint, as Kafka Streams' record cache): a busy cell is
+    encoded once per checkpoint, not once per batch. Off, every batch writes its cells (the Faust
+    path, whose table commits on its own).
     """
 
     def __init__(self, settings: Settings, metrics: Metrics, clock: Callable[[], float] = time.monotonic,
-                 sources: int | None = None) -> None:
+                 sources: int | None = None, write_behind: bool = False) -> None:
         self.settings = settings
+        self.write_behind = write_behind
         self.sources = sources or settings.partitions
         self.clock = clock
         self.partitions: dict[int, CellPartition] = {}
@@ -320,6 +334,11 @@ class CellPipeline:
         alerts, self.alerts = self.alerts, []
         return alerts
 
+    def flush(self) -> None:
+        """Write every loaded partition's changed cells and progress to its store."""
+        for cells in self.partitions.values():
+            cells.flush()
+
     @property
     def profiles(self) -> dict[str, CellProfile]:
         """Every loaded partition's cell profiles."""
@@ -341,7 +360,11 @@ class CellPipeline:
         if activities:
             self._closed.inc(len(activities))
         if changed or activities:
-            cells.save(touched | {activity.cell for activity in activities})
+            cells.dirty |= touched
+            cells.dirty.update(activity.cell for activity in activities)
+            cells.changed = True
+            if not self.write_behind:
+                cells.flush()
         return [(activity.cell.encode(), encode(activity)) for activity in activities]
 
 

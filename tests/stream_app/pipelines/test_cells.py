@@ -143,6 +143,28 @@ def test_a_reloaded_partition_resumes_its_windows_and_its_watermark_from_the_sto
     assert max(start for _, start in closed) + 2 * MIN <= T0 + 9 * MIN, "source 1's progress was kept"
 
 
+
+def test_write_behind_keeps_changes_in_memory_until_flush_and_a_reload_then_resumes_them() -> None:
+    events = [("c1", T0 + 10_000, "u1", "view", 0, 1), ("c1", T0 + 20_000, "u2", "view", 0, 2),
+              ("c5", T0 + 9 * MIN, "u5", "view", 1, 1)]
+    store: dict[bytes, bytes] = {}
+    behind = _pipeline(store)
+    behind.write_behind = True
+    behind.process(0, [_record(*events)])
+    assert store == {}, "nothing written before the flush"
+    behind.flush()
+    written = dict(store)
+    eager_store: dict[bytes, bytes] = {}
+    _pipeline(eager_store).process(0, [_record(*events)])
+    assert written == eager_store, "a flush writes what a write per batch would have"
+    behind.flush()
+    assert store == written, "nothing left to write after a flush"
+    after = _pipeline(store)
+    closed = _activities(after.process(0, [_record(("c1", T0 + 30_000, "u3", "buy", 0, 3),
+                                                    ("c9", T0 + 10 * MIN, "u9", "view", 0, 4))]))
+    assert closed[("c1", T0)].events == 3, "counts continue from the flushed store"
+
+
 # ------------------------------------------------------------------ replays
 
 def _replay_run(records: list[list[CellEvent]], store: dict | None = None, metrics: Metrics | None = None,

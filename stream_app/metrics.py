@@ -41,7 +41,8 @@ class Metrics:
             "stream_app_late_events", "Events older than the key's event time by more than the grace period.",
             ["pipeline"], registry=reg)
         self.duplicates = Counter(
-            "stream_app_duplicate_events", "Re-delivered events recognised by their event id.", ["pipeline"],
+            "stream_app_duplicate_events",
+            "Re-delivered events skipped: by event id (behavior), by source offset (cells).", ["pipeline"],
             registry=reg)
         self.batch_size = Histogram(
             "stream_app_batch_size", "Events per micro-batch handed to the model.", ["pipeline"],

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
+from array import array
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +34,8 @@ _DAY_MS = 86_400_000
 _STATS = ("events", "users")
 _PROFILE = struct.Struct("<BIq")  # format version, windows seen, last alert (ms, -1 for none)
 _PROFILE_VERSION = 1
-_SLOT_SEEN_MAX = int(np.iinfo(np.uint16).max)
+_SLOT_SEEN_MAX = 65_535  # slot_seen is uint16
+_LEVELS = struct.Struct("<2d")
 
 
 def week_slot(ts_ms: int, utc_offset_hours: float = 0.0) -> int:
@@ -78,35 +82,71 @@ class CrowdAnomalyConfig:
 @dataclass
 class CellProfile:
     """One cell's learned activity: per statistic (events, users) the level per window and the mean
-    per window of each hour of the week, with how many windows each was learned from."""
+    per window of each hour of the week, with how many windows each was learned from.
 
-    level: np.ndarray = field(default_factory=lambda: np.zeros(len(_STATS)))
+    Plain containers, not numpy: a window is scored a few scalars at a time, where numpy scalars
+    cost more than the arithmetic. ``slot_mean`` is float32 (``array('f')``, slot-major: index
+    ``2 * slot + statistic``), ``slot_seen`` uint16 (``array('H')``), ``level`` float64.
+    """
+
+    level: list[float] = field(default_factory=lambda: [0.0] * len(_STATS))
     seen: int = 0
-    slot_mean: np.ndarray = field(default_factory=lambda: np.zeros((_WEEK_SLOTS, len(_STATS)), np.float32))
-    slot_seen: np.ndarray = field(default_factory=lambda: np.zeros(_WEEK_SLOTS, np.uint16))
+    slot_mean: array[float] = field(default_factory=lambda: array("f", bytes(4 * _WEEK_SLOTS * len(_STATS))))
+    slot_seen: array[int] = field(default_factory=lambda: array("H", bytes(2 * _WEEK_SLOTS)))
     last_alert_ms: int | None = None
+
+    def slot_mean_bytes(self) -> bytes:
+        """``slot_mean`` as little-endian float32 [168, 2]."""
+        return _little_endian(self.slot_mean)
+
+    def slot_seen_bytes(self) -> bytes:
+        """``slot_seen`` as little-endian uint16 [168]."""
+        return _little_endian(self.slot_seen)
+
+    @classmethod
+    def from_parts(cls, level: list[float], seen: int, slot_mean: bytes, slot_seen: bytes,
+                   last_alert_ms: int | None) -> CellProfile:
+        """Inverse of the parts above (``level`` as floats); ``ModelError`` for wrong sizes."""
+        if len(level) != len(_STATS) or len(slot_mean) != 4 * _WEEK_SLOTS * len(_STATS) or \
+                len(slot_seen) != 2 * _WEEK_SLOTS:
+            raise ModelError(f"cell profile is corrupt: {len(level)} levels, {len(slot_mean)} bytes of slot "
+                             f"means, {len(slot_seen)} bytes of slot counts")
+        return cls([float(v) for v in level], seen, _from_little_endian("f", slot_mean),
+                   _from_little_endian("H", slot_seen), last_alert_ms)
 
     def to_bytes(self) -> bytes:
         """Versioned little-endian encoding (about 1.7 KB), for a changelogged table."""
         header = _PROFILE.pack(_PROFILE_VERSION, self.seen, -1 if self.last_alert_ms is None else self.last_alert_ms)
-        return b"".join([header, self.level.astype("<f8").tobytes(), self.slot_mean.astype("<f4").tobytes(),
-                         self.slot_seen.astype("<u2").tobytes()])
+        return b"".join([header, _LEVELS.pack(*self.level), self.slot_mean_bytes(), self.slot_seen_bytes()])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CellProfile:
-        size = _PROFILE.size + 8 * len(_STATS) + 4 * _WEEK_SLOTS * len(_STATS) + 2 * _WEEK_SLOTS
+        size = _PROFILE.size + _LEVELS.size + 4 * _WEEK_SLOTS * len(_STATS) + 2 * _WEEK_SLOTS
         if len(data) != size:
             raise ModelError(f"cell profile is corrupt: {len(data)} bytes, expected {size}")
         version, seen, last = _PROFILE.unpack_from(data)
         if version != _PROFILE_VERSION:
             raise ModelError(f"cell profile has format {version}, this version reads {_PROFILE_VERSION}")
-        offset = _PROFILE.size
-        level = np.frombuffer(data, "<f8", len(_STATS), offset).astype(np.float64)
-        offset += 8 * len(_STATS)
-        slot_mean = np.frombuffer(data, "<f4", _WEEK_SLOTS * len(_STATS), offset).reshape(_WEEK_SLOTS, len(_STATS))
-        offset += 4 * _WEEK_SLOTS * len(_STATS)
-        slot_seen = np.frombuffer(data, "<u2", _WEEK_SLOTS, offset)
-        return cls(level, seen, slot_mean.astype(np.float32), slot_seen.astype(np.uint16), None if last < 0 else last)
+        offset = _PROFILE.size + _LEVELS.size
+        means_end = offset + 4 * _WEEK_SLOTS * len(_STATS)
+        return cls.from_parts(list(_LEVELS.unpack_from(data, _PROFILE.size)), seen, data[offset:means_end],
+                              data[means_end:], None if last < 0 else last)
+
+
+def _little_endian(values: array[Any]) -> bytes:
+    if sys.byteorder == "little":
+        return values.tobytes()
+    swapped = array(values.typecode, values)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
+def _from_little_endian(typecode: str, data: bytes) -> array[Any]:
+    values = array(typecode)
+    values.frombytes(data)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values
 
 
 @dataclass(frozen=True)
@@ -149,6 +189,7 @@ class CrowdAnomalyScorer:
         self._week_seen_total = 0.0
         self._total = [0.0] * len(_STATS)
         self._cells_windows = 0.0
+        self._float32 = array("f", [0.0])  # rounds a float to float32 when stored
 
     def rhythm_state(self) -> dict[str, list[float] | float]:
         """The population's weekly rhythm as plain data (to keep it across restarts)."""
@@ -193,8 +234,8 @@ class CrowdAnomalyScorer:
         seen = float(profile.slot_seen[slot])
         weight = seen / (seen + prior_windows)
         blended = []
-        for mean, shape, level, total in zip(profile.slot_mean[slot].tolist(), self._shape(slot),
-                                             profile.level.tolist(), self._total, strict=True):
+        means = profile.slot_mean[2 * slot:2 * slot + 2]
+        for mean, shape, level, total in zip(means, self._shape(slot), profile.level, self._total, strict=True):
             prior = total / windows  # an average cell, before this one is known
             level = (profile.seen * level + prior_windows * prior) / (profile.seen + prior_windows)
             blended.append(weight * mean + (1 - weight) * level * shape)
@@ -237,15 +278,17 @@ class CrowdAnomalyScorer:
 
     def _learn(self, profile: CellProfile, slot: int, observed: tuple[float, float]) -> None:
         rate = 1.0 / min(profile.seen + 1, self.config.memory_windows * _WEEK_SLOTS)
-        profile.level[:] = [level + rate * (x - level) for level, x in zip(profile.level.tolist(), observed,
-                                                                           strict=True)]
+        profile.level = [level + rate * (x - level) for level, x in zip(profile.level, observed, strict=True)]
         profile.seen += 1
-        n = int(profile.slot_seen[slot])
+        n = profile.slot_seen[slot]
         slot_rate = 1.0 / min(n + 1, self.config.memory_windows)
-        means = profile.slot_mean[slot]
-        # float32 like the stored profile: the step rounded to float32, then a float32 sum (an exact
-        # float64 sum of two float32 values rounded once is the float32 sum)
-        means[:] = [m + float(np.float32(slot_rate * (x - m))) for m, x in zip(means.tolist(), observed, strict=True)]
+        means, step = profile.slot_mean, self._float32
+        # float32 as stored: the step rounded to float32 (by storing it in an array('f')), then the
+        # float32 sum (a float64 sum of two float32 values, rounded once when stored, is the float32 sum)
+        for i, x in enumerate(observed, start=2 * slot):
+            m = means[i]
+            step[0] = slot_rate * (x - m)
+            means[i] = m + step[0]
         profile.slot_seen[slot] = min(n + 1, _SLOT_SEEN_MAX)
         week = self._week[slot]
         for i, x in enumerate(observed):

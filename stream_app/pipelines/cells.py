@@ -32,7 +32,6 @@ from typing import Any
 
 import h3
 import msgspec
-import numpy as np
 
 from models.next_action.crowd import CellProfile, CrowdAlert, CrowdAnomalyConfig, CrowdAnomalyScorer
 from schemas import AnomalyAlert, CellActivity, encode
@@ -191,7 +190,9 @@ class CellPartition:
                 self.silent.pop(cell, None)
             else:
                 self.silent[cell] = self.silent.get(cell, 0) + 1
-            profile = self.profiles.setdefault(cell, CellProfile())
+            profile = self.profiles.get(cell)
+            if profile is None:
+                profile = self.profiles[cell] = CellProfile()
             alert = self.crowd.observe(profile, cell, start, start + size, activity.events, activity.users)
             if alert is not None:
                 alerts.append(alert)
@@ -389,15 +390,9 @@ def crowd_alert(alert: CrowdAlert) -> AnomalyAlert:
 
 
 def _store_profile(profile: CellProfile) -> _StoredProfile:
-    return _StoredProfile(level=[float(v) for v in profile.level], seen=profile.seen,
-                          slot_mean=profile.slot_mean.astype("<f4").tobytes(),
-                          slot_seen=profile.slot_seen.astype("<u2").tobytes(), last_alert_ms=profile.last_alert_ms)
+    return _StoredProfile(level=list(profile.level), seen=profile.seen, slot_mean=profile.slot_mean_bytes(),
+                          slot_seen=profile.slot_seen_bytes(), last_alert_ms=profile.last_alert_ms)
 
 
 def _load_profile(stored: _StoredProfile) -> CellProfile:
-    empty = CellProfile()
-    return CellProfile(level=np.array(stored.level, dtype=np.float64), seen=stored.seen,
-                       slot_mean=np.frombuffer(stored.slot_mean, "<f4").astype(np.float32).reshape(
-                           empty.slot_mean.shape),
-                       slot_seen=np.frombuffer(stored.slot_seen, "<u2").astype(np.uint16).copy(),
-                       last_alert_ms=stored.last_alert_ms)
+    return CellProfile.from_parts(stored.level, stored.seen, stored.slot_mean, stored.slot_seen, stored.last_alert_ms)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -24,6 +23,7 @@ from faust.types import ConsumerT
 
 from schemas import Rejection, UserEvent, decode_user_event
 from stream_app import kafka_io
+from stream_app.agents.transports import transport_config
 from stream_app.ingest import validate_batch
 from stream_app.lag import attach_transport_lag
 from stream_app.metrics import Metrics
@@ -165,19 +165,8 @@ def attach_transport(app: faust.App, hot_path: BehaviorTransport) -> None:
 
 
 def _transport_config(settings: Settings, advertised_url: str) -> TransportConfig:
-    extra: dict[str, Any] = {}
-    if settings.producer_max_batch is not None:
-        extra["producer_max_batch_bytes"] = settings.producer_max_batch
-    return TransportConfig(
-        name="behavior", app_id=settings.app_id, input_topic=settings.topic("user-events"),
-        dead_letter_topic=settings.topic("dead-letters"), state_dir=Path(settings.state_dir),
-        client_options=kafka_io.client_options(settings), advertised_url=advertised_url, stores=(USERS_STORE,),
-        guarantee=settings.processing_guarantee, max_records=max(settings.batch_max, 1),
-        fetch_timeout_ms=int(settings.batch_within_s * 1000),
-        session_timeout_ms=int(settings.session_timeout_s * 1000),
-        heartbeat_interval_ms=int(settings.heartbeat_s * 1000),
-        rebalance_timeout_ms=int(settings.rebalance_timeout_s * 1000),
-        producer_linger_ms=settings.producer_linger_ms, changelog_replication=settings.replication, **extra)
+    return transport_config(settings, advertised_url, name="behavior", input_topic="user-events", store=USERS_STORE,
+                            fetch_timeout_s=settings.batch_within_s)
 
 
 def _decode_user_events(records: Sequence[ConsumerRecord]) -> list[Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -24,6 +23,7 @@ from aiokafka.errors import KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord
 
 from stream_app import kafka_io
+from stream_app.agents.transports import transport_config
 from stream_app.metrics import Metrics
 from stream_app.pipelines.base import StateStore
 from stream_app.pipelines.cells import CellEvent, CellPipeline, decode_cell_events
@@ -152,20 +152,9 @@ def attach_cells(app: faust.App, settings: Settings, topics: Topics, tables: Tab
 
 
 def _transport_config(settings: Settings, advertised_url: str) -> TransportConfig:
-    extra: dict[str, Any] = {}
-    if settings.producer_max_batch is not None:
-        extra["producer_max_batch_bytes"] = settings.producer_max_batch
-    return TransportConfig(
-        name="cells", app_id=settings.app_id, input_topic=settings.topic("cell-events"),
-        dead_letter_topic=settings.topic("dead-letters"), state_dir=Path(settings.state_dir),
-        client_options=kafka_io.client_options(settings), advertised_url=advertised_url, stores=(CELLS_STORE,),
-        guarantee=settings.processing_guarantee, max_records=max(settings.batch_max, 1),
-        fetch_timeout_ms=int(min(settings.cell_batch_within_s, IDLE_CLOSE_S) * 1000),
-        punctuate_interval_s=IDLE_CLOSE_S,
-        session_timeout_ms=int(settings.session_timeout_s * 1000),
-        heartbeat_interval_ms=int(settings.heartbeat_s * 1000),
-        rebalance_timeout_ms=int(settings.rebalance_timeout_s * 1000),
-        producer_linger_ms=settings.producer_linger_ms, changelog_replication=settings.replication, **extra)
+    return transport_config(settings, advertised_url, name="cells", input_topic="cell-events", store=CELLS_STORE,
+                            fetch_timeout_s=min(settings.cell_batch_within_s, IDLE_CLOSE_S),
+                            punctuate_interval_s=IDLE_CLOSE_S)
 
 
 def _decode_cell_records(records: Sequence[ConsumerRecord]) -> list[Any]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -25,6 +24,7 @@ from aiokafka.structs import ConsumerRecord
 
 from schemas import Rejection, SensorAggregate, TrafficReading, decode, decode_traffic_reading
 from stream_app import kafka_io
+from stream_app.agents.transports import transport_config
 from stream_app.ingest import validate_batch
 from stream_app.lag import attach_transport_lag
 from stream_app.metrics import Metrics
@@ -175,19 +175,9 @@ def _stores(state: State) -> StoreOf:
 
 
 def _transport_config(settings: Settings, advertised_url: str) -> TransportConfig:
-    extra: dict[str, Any] = {}
-    if settings.producer_max_batch is not None:
-        extra["producer_max_batch_bytes"] = settings.producer_max_batch
-    return TransportConfig(
-        name="traffic", app_id=settings.app_id, group_id=f"{settings.app_id}-{SENSORS_STORE}",
-        input_topic=settings.topic("traffic-readings"), dead_letter_topic=settings.topic("dead-letters"),
-        state_dir=Path(settings.state_dir), client_options=kafka_io.client_options(settings),
-        advertised_url=advertised_url, stores=(SENSORS_STORE,), guarantee=settings.processing_guarantee,
-        max_records=max(settings.batch_max, 1), fetch_timeout_ms=int(settings.batch_within_s * 1000),
-        punctuate_interval_s=IDLE_CLOSE_S, session_timeout_ms=int(settings.session_timeout_s * 1000),
-        heartbeat_interval_ms=int(settings.heartbeat_s * 1000),
-        rebalance_timeout_ms=int(settings.rebalance_timeout_s * 1000),
-        producer_linger_ms=settings.producer_linger_ms, changelog_replication=settings.replication, **extra)
+    return transport_config(settings, advertised_url, name="traffic", input_topic="traffic-readings",
+                            store=SENSORS_STORE, fetch_timeout_s=settings.batch_within_s,
+                            group_id=f"{settings.app_id}-{SENSORS_STORE}", punctuate_interval_s=IDLE_CLOSE_S)
 
 
 def _decode_readings(records: Sequence[ConsumerRecord]) -> list[Any]:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,9 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from stream_app.broker import BrokerInfo, free_port
-from stream_app.kafka_io import consume, produce
+from stream_app.cli.io import to_records
+from stream_app.kafka_io import client_options, consume, produce
 from stream_app.settings import Settings
 
 # Group joins are slow with production timeouts; these keep a test worker's start and stop short.
@@ -146,6 +150,18 @@ class Deployment:
         prefixed = [(self.topic(t), k, v) for t, k, v in records]
         return asyncio.run(produce(self.settings, prefixed))
 
+    def produce_in_background(self, events: list[dict], rate: float) -> threading.Thread:
+        """Send ``events`` (user events or traffic readings, keyed as the CLI keys them) at ``rate``
+        per second from a thread, started; join it to wait for the last."""
+        records = [(self.topic(t), k, v) for t, k, v in to_records(events)]
+        thread = threading.Thread(target=lambda: asyncio.run(produce(self.settings, records, rate=rate)))
+        thread.start()
+        return thread
+
+    def read_to_end(self, topic: str, isolation: str = "read_uncommitted") -> list[ConsumerRecord]:
+        """Every record of ``topic`` up to its current end (the last stable offset for ``read_committed``)."""
+        return asyncio.run(_read_to_end(self.settings, self.topic(topic), isolation))
+
     def collect(self, topic: str, count: int, timeout_s: float = 90.0, settle_s: float = 3.0) -> list:
         """Read ``topic`` from the beginning until ``count`` records arrived, then ``settle_s`` more
         seconds to catch duplicates; returns every record seen."""
@@ -154,6 +170,32 @@ class Deployment:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
+
+
+async def _read_to_end(settings: Settings, topic: str, isolation: str) -> list[ConsumerRecord]:
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, isolation_level=isolation, **client_options(settings))
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + 30
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end {ends} within 30 s")
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
 
 
 async def _collect(settings: Settings, topic: str, count: int, timeout_s: float, settle_s: float) -> list:

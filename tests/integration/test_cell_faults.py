@@ -19,7 +19,6 @@ import os
 import random
 import re
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -28,11 +27,10 @@ from typing import TYPE_CHECKING
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.structs import TopicPartition
 
 from schemas import CellActivity, decode
-from stream_app.cli.io import to_records
-from stream_app.kafka_io import client_options, produce
+from stream_app.kafka_io import client_options
 from stream_app.pipelines.cells import decode_cell_events
 
 if TYPE_CHECKING:
@@ -54,37 +52,6 @@ def _workload(seed: int) -> list[dict]:
     return [{"event_id": f"u{u}-{k}", "user_id": f"u{u}", "ts": NOW_MS + k * 10_000 + u * 100,
              "action": rng.choice(["view", "buy", "like"]), "lat": spot[0], "lon": spot[1]}
             for k in range(ROUNDS) for u in range(USERS) for spot in [rng.choice(SPOTS)]]
-
-
-def _produce_in_background(deployment: Deployment, events: list[dict], rate: float) -> threading.Thread:
-    records = [(deployment.topic(t), k, v) for t, k, v in to_records(events)]
-    thread = threading.Thread(target=lambda: asyncio.run(produce(deployment.settings, records, rate=rate)))
-    thread.start()
-    return thread
-
-
-async def _read_to_end(deployment: Deployment, topic: str) -> list[ConsumerRecord]:
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options(deployment.settings))
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(deployment.topic(topic), p)
-               for p in consumer.partitions_for_topic(deployment.topic(topic)) or ()]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        records: list[ConsumerRecord] = []
-        deadline = time.monotonic() + 30
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"could not read {topic} to its end {ends} within 30 s")
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
-        return records
-    finally:
-        await consumer.stop()
 
 
 async def _committed_and_ends(deployment: Deployment, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
@@ -121,7 +88,7 @@ def _replayable_cell_events(deployment: Deployment) -> int:
     """Cell events already delivered whose source the behavior stage has not committed: what a
     restart of that stage sends again."""
     committed, _ = asyncio.run(_committed_and_ends(deployment, f"{deployment.app_id}-behavior", "user-events"))
-    return sum(1 for record in asyncio.run(_read_to_end(deployment, "cell-events"))
+    return sum(1 for record in deployment.read_to_end("cell-events")
                for event in decode_cell_events(record.value)
                if event.source_offset >= committed.get(event.source_partition, 0))
 
@@ -144,7 +111,7 @@ def _windows(deployment: Deployment) -> tuple[dict[tuple[str, int], Window], lis
     """The last record of each (cell, window) of ``cell-activity``, and the windows whose copies disagree."""
     last: dict[tuple[str, int], Window] = {}
     disagreeing = []
-    for record in asyncio.run(_read_to_end(deployment, "cell-activity")):
+    for record in deployment.read_to_end("cell-activity"):
         activity = decode(record.value, CellActivity)
         assert isinstance(activity, CellActivity)
         key = (activity.cell, activity.window_start)
@@ -175,7 +142,7 @@ def test_sigkill_mid_stream_gives_the_windows_of_an_uninterrupted_run(deployment
     reference.worker("reference", **ENV)
     crashing = deployment.worker("crashing", **ENV)
     survivor = deployment.worker("survivor", **ENV)
-    streams = [_produce_in_background(d, events, rate=60.0) for d in (reference, deployment)]
+    streams = [d.produce_in_background(events, rate=60.0) for d in (reference, deployment)]
     _kill_when(crashing, lambda: _replayable_cell_events(deployment) > 0)
     restarted = deployment.worker("restarted", **ENV)
     for stream in streams:

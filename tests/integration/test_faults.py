@@ -17,7 +17,6 @@ import asyncio
 import os
 import random
 import signal
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -29,7 +28,7 @@ import pytest
 import torch
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.structs import TopicPartition
 
 from models.next_action.features import FeatureSpec, Vocabulary
 from models.next_action.model import NextActionConfig, NextActionModel
@@ -37,7 +36,7 @@ from models.next_action.training import model_version, save_next_action
 from schemas import NextActionPrediction, decode
 from stream_app.broker import EmbeddedBroker, free_port
 from stream_app.cli.io import to_records
-from stream_app.kafka_io import client_options, produce
+from stream_app.kafka_io import client_options
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Deployment, Worker
@@ -74,44 +73,10 @@ def _workload(seed: int, per_user: int) -> list[dict]:
             for k in range(per_user) for u in range(USERS)]
 
 
-def _produce_in_background(deployment: Deployment, events: list[dict], rate: float) -> threading.Thread:
-    records = [(deployment.topic(t), k, v) for t, k, v in to_records(events)]
-    thread = threading.Thread(target=lambda: asyncio.run(produce(deployment.settings, records, rate=rate)))
-    thread.start()
-    return thread
-
-
-async def _read_to_end(settings, topic: str, isolation: str) -> list[ConsumerRecord]:
-    """Every record of ``topic`` up to its current end (the last stable offset for ``read_committed``)."""
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, isolation_level=isolation, **client_options(settings))
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        records: list[ConsumerRecord] = []
-        deadline = time.monotonic() + 30
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"could not read {topic} to its end {ends} within 30 s")
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
-        return records
-    finally:
-        await consumer.stop()
-
-
 def _predictions(deployment: Deployment, isolation: str = "read_uncommitted") -> dict[str, list[NextActionPrediction]]:
     """Every prediction written so far, by event id (duplicates in the lists)."""
     copies: dict[str, list[NextActionPrediction]] = defaultdict(list)
-    for record in asyncio.run(_read_to_end(deployment.settings, deployment.topic(PREDICTIONS), isolation)):
+    for record in deployment.read_to_end(PREDICTIONS, isolation):
         prediction = decode(record.value, NextActionPrediction)
         assert isinstance(prediction, NextActionPrediction)
         copies[prediction.event_id].append(prediction)
@@ -200,12 +165,12 @@ def _check_user_counts(worker: Worker, per_user: int) -> None:
         assert worker.get_json(f"/users/u{user}")["event_count"] == per_user, f"u{user}'s state"
 
 
-@pytest.mark.parametrize("seed", [11, 12])
-def test_sigkill_mid_stream_loses_nothing_and_duplicates_agree(deployment, tmp_path, seed):
-    env, per_user = _env(tmp_path), 10
-    events = _workload(seed, per_user)
+def _kill_past_commit_and_restart(deployment: Deployment, events: list[dict], env: dict[str, str]
+                                  ) -> tuple[int, Worker]:
+    """Stream ``events`` into a worker, SIGKILL it once it has predicted events past its last
+    commit, start another and wait for the input to be sent: (events past the commit, the restarted)."""
     crashing = deployment.worker("crashing", **env)
-    producer = _produce_in_background(deployment, events, rate=100.0)
+    producer = deployment.produce_in_background(events, rate=100.0)
     _wait_for_predictions(deployment, 100)
     ahead = 0
 
@@ -217,6 +182,14 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_agree(deployment, tmp_p
     _kill_when(crashing, processed_past_commit)
     restarted = deployment.worker("after", **env)
     producer.join()
+    return ahead, restarted
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_sigkill_mid_stream_loses_nothing_and_duplicates_agree(deployment, tmp_path, seed):
+    env, per_user = _env(tmp_path), 10
+    events = _workload(seed, per_user)
+    ahead, restarted = _kill_past_commit_and_restart(deployment, events, env)
 
     duplicates = _check_predictions(_wait_for_predictions(deployment, len(events), timeout_s=90), events)
     assert duplicates >= ahead > 0, "the events processed after the last commit are processed again"
@@ -229,7 +202,7 @@ def test_scale_out_and_in_with_sigkill_loses_nothing(deployment, tmp_path):
     events = _workload(21, per_user)
     before, during = events[:len(events) * 3 // 5], events[len(events) * 3 // 5:]
     first = deployment.worker("first", **env)
-    producer = _produce_in_background(deployment, before, rate=60.0)
+    producer = deployment.produce_in_background(before, rate=60.0)
     _wait_for_predictions(deployment, 100)
     second = deployment.worker("second", **env)
     consumed = 'stream_app_events_consumed_total{topic="' + deployment.topic("user-events") + '"}'
@@ -238,7 +211,7 @@ def test_scale_out_and_in_with_sigkill_loses_nothing(deployment, tmp_path):
         time.sleep(0.3)  # the second worker owns a partition once it has consumed from it
     assert consumed in second.metrics_text(), "the second worker took over a partition"
     producer.join()  # each user's events stay in time order across the two producers
-    producer = _produce_in_background(deployment, during, rate=60.0)  # ~7 s: the kill lands while it sends
+    producer = deployment.produce_in_background(during, rate=60.0)  # ~7 s: the kill lands while it sends
     time.sleep(1.0)
     assert producer.is_alive()
     second.kill()
@@ -253,7 +226,7 @@ def test_exactly_once_sigkill_shows_read_committed_readers_each_event_once(deplo
     env, per_user = _env(tmp_path, STREAM_APP_PROCESSING_GUARANTEE="exactly_once"), 10
     events = _workload(31, per_user)
     crashing = deployment.worker("crashing", **env)
-    producer = _produce_in_background(deployment, events, rate=100.0)
+    producer = deployment.produce_in_background(events, rate=100.0)
     _wait_for_predictions(deployment, 100, isolation="read_committed")
 
     def transaction_open_with_outputs() -> bool:
@@ -298,19 +271,7 @@ def test_sigkill_with_the_fallback_model_duplicates_agree(deployment):
     changelogged state, so the events replayed after a crash get the same top-k, probabilities included."""
     env, per_user = {"STREAM_APP_TOP_K": str(TOP_K)}, 10
     events = _workload(13, per_user)
-    crashing = deployment.worker("crashing", **env)
-    producer = _produce_in_background(deployment, events, rate=100.0)
-    _wait_for_predictions(deployment, 100)
-    ahead = 0
-
-    def processed_past_commit() -> bool:
-        nonlocal ahead
-        ahead = len(_predictions(deployment)) - _behavior_commits(deployment)[1]
-        return ahead > 0
-
-    _kill_when(crashing, processed_past_commit)
-    restarted = deployment.worker("after", **env)
-    producer.join()
+    ahead, restarted = _kill_past_commit_and_restart(deployment, events, env)
 
     copies = _wait_for_predictions(deployment, len(events), timeout_s=90)
     assert _check_predictions(copies, events) >= ahead > 0, "the events processed after the last commit came again"

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -21,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas import DeadLetter, SensorAggregate, TrafficForecast, decode
 from stream_app.cli.demo import write_network_files
 from stream_app.cli.io import to_records
-from stream_app.kafka_io import client_options, produce
+from stream_app.kafka_io import client_options
 from tests.integration.conftest import Deployment
 
 if TYPE_CHECKING:
@@ -120,13 +119,6 @@ def _kill_while_ahead_of_its_commit(deployment: Deployment, worker: Worker, time
     raise AssertionError("the worker never had uncommitted readings to lose")
 
 
-def _produce_in_background(deployment: Deployment, readings: list[dict], rate: float) -> threading.Thread:
-    records = [(deployment.topic(t), k, v) for t, k, v in to_records(readings)]
-    thread = threading.Thread(target=lambda: asyncio.run(produce(deployment.settings, records, rate=rate)))
-    thread.start()
-    return thread
-
-
 def _env(tmp_path: Path) -> dict[str, str]:
     # The last window closes once the input has been silent for 3 s (end of input), no sentinel needed.
     return {"STREAM_APP_NETWORKS": write_network_files("ring", SENSORS, tmp_path / "network"),
@@ -177,7 +169,7 @@ def test_sigkill_mid_stream_counts_every_reading_once_in_the_final_sensor_window
         clean.stop()
 
     crashing = deployment.worker("crashing", **_env(tmp_path))
-    producer = _produce_in_background(deployment, readings, rate=150.0)  # ~13 s: the kill lands while it sends
+    producer = deployment.produce_in_background(readings, rate=150.0)  # ~13 s: the kill lands while it sends
     _kill_while_ahead_of_its_commit(deployment, crashing)
     restarted = deployment.worker("after", **_env(tmp_path))
     producer.join()

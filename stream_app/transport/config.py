@@ -49,6 +49,8 @@ class TransportConfig:
     producer_max_batch_bytes: int = 256 * 1024
     transaction_timeout_ms: int = 60_000
     shutdown_timeout_s: float = 30.0  # the last checkpoint at stop; after it the worker closes dirty
+    # A broker that cannot be reached while the clients start (a restart) is retried this long.
+    start_timeout_s: float = 120.0
     changelog_replication: int = 1
     # An orphaned changelog record (flushed, offsets not committed) must not be compacted over the
     # committed value it shadows before the next owner restores past it: see changelog.py.

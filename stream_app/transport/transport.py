@@ -32,7 +32,7 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaConnectionError, KafkaError, NodeNotReadyError, ProducerFenced
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from stream_app.transport.assignor import OwnerAssignor
@@ -149,7 +149,7 @@ class Transport(Generic[T]):
             return
         self._starting = asyncio.Event()
         try:
-            await self._start_clients()
+            await self._start_retrying()
         except BaseException:
             await self._close(clean=False)
             raise
@@ -157,6 +157,24 @@ class Transport(Generic[T]):
             self._starting.set()
         if self._stop_requested.is_set():  # run() will not follow: nothing was processed, nothing to commit
             await self._close(clean=False)
+
+    async def _start_retrying(self) -> None:
+        """Start the clients; a broker that drops or cannot be reached (a restart) is retried, from
+        scratch and with backoff, for ``start_timeout_s`` (a Kafka Streams thread likewise waits for
+        its brokers) before the error is raised."""
+        deadline = time.monotonic() + self.config.start_timeout_s
+        backoff_s = 0.5
+        while True:
+            try:
+                return await self._start_clients()
+            except KafkaError as exc:
+                if not _retriable(exc) or time.monotonic() + backoff_s > deadline or self._stop_requested.is_set():
+                    raise
+                log.warning("transport %r: the broker failed while starting (%r); retrying in %.1f s",
+                            self.config.name, exc, backoff_s)
+                await self._close_clients()
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
 
     async def _start_clients(self) -> None:
         config = self.config
@@ -242,11 +260,16 @@ class Transport(Generic[T]):
                 log.warning("no checkpoint at shutdown within %.0f s (is the broker reachable?): the next owner "
                             "resumes from the last committed one", self.config.shutdown_timeout_s)
         await self._txn.close()
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
         for client in (self._consumer, self._restorer, self._producer):
             if client is not None:
                 await close_quietly(client.stop())
         if self._admin is not None:
             await close_quietly(self._admin.close())
+        self._consumer = self._restorer = self._producer = None
+        self._admin = None
 
     async def _final_checkpoint(self) -> None:
         async with self._lock:
@@ -879,3 +902,8 @@ def _past_markers(consumer: AIOKafkaConsumer, tp: TopicPartition, processed: int
     except AttributeError:  # another aiokafka layout: the processed position is always right
         return processed
     return max(processed, position)
+
+
+def _retriable(exc: KafkaError) -> bool:
+    """A broker that is down, restarting or still electing (``KafkaConnectionError`` says retriable)."""
+    return bool(getattr(exc, "retriable", False)) or isinstance(exc, (KafkaConnectionError, NodeNotReadyError))

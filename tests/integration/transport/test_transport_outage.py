@@ -119,3 +119,40 @@ def test_a_broker_outage_is_logged_once_and_survived(tmp_path: Path):
     assert len(summaries) == 1 and "more were not logged" in summaries[0]
     check = check_outputs(outputs, events)
     assert (check.missing, check.wrong) == ([], [])
+
+
+def test_a_transport_started_while_the_broker_is_down_waits_for_it(tmp_path: Path):
+    """A worker's stage may start while its broker restarts (the stages start one after another):
+    the start is retried until the broker is back, then every event is processed."""
+    broker = EmbeddedBroker(kind="kafka", port=free_port(), data_dir=tmp_path / "broker")
+    info = broker.start()
+    events = make_events(300, users=10)
+    try:
+        async def main() -> list[dict]:
+            admin = AIOKafkaAdminClient(bootstrap_servers=info.bootstrap)
+            await admin.start()
+            await admin.create_topics([NewTopic(name, 2, 1) for name in ("in", "out", "dead-letters")])
+            await admin.close()
+            await _send(info.bootstrap, events)
+            os.killpg(broker.pid, signal.SIGKILL)
+            config = TransportConfig(name="count", app_id="late-broker", input_topic="in",
+                                     dead_letter_topic="dead-letters", state_dir=tmp_path / "state",
+                                     client_options={"bootstrap_servers": info.bootstrap}, commit_interval_s=0.5,
+                                     session_timeout_ms=6000, heartbeat_interval_ms=1000, rebalance_timeout_ms=3000)
+            transport = count_transport(config, "out")
+            starting = asyncio.create_task(transport.start())
+            await asyncio.sleep(3)
+            assert not starting.done(), "the start waits for the broker rather than failing"
+            await asyncio.to_thread(broker.start)  # same port, same data
+            await asyncio.wait_for(starting, 60)
+            task = asyncio.create_task(transport.run())
+            outputs = await _outputs(info.bootstrap, len(events))
+            transport.stop()
+            await task
+            return outputs
+
+        outputs = asyncio.run(main())
+    finally:
+        broker.stop()
+    check = check_outputs(outputs, events)
+    assert (check.missing, check.wrong) == ([], [])

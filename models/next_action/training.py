@@ -32,13 +32,15 @@ from models.next_action.evaluation import (
     model_ranks,
     scorer_ranks,
     summarize,
+    training_counts,
     training_runs,
 )
 from models.next_action.features import FeatureSpec, Vocabulary, consumed_index
 from models.next_action.model import BLEND_BASELINES, NextActionConfig, NextActionModel
 
 __all__ = ["CHECKPOINT_KIND", "STOP_METRICS", "LoadedNextAction", "train_next_action", "model_version",
-           "save_next_action", "load_next_action", "prepare_model", "apply_blend", "BLEND_WEIGHTS"]
+           "save_next_action", "load_next_action", "prepare_model", "apply_blend", "BLEND_WEIGHTS",
+           "cross_validation_folds"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,12 @@ _MIN_LOG_PROB = math.log(1e-11)  # below: a target the exclusion of consumed act
 BLEND_WEIGHTS = (0.25, 0.5, 1.0, 2.0)
 # A blend must beat the model alone by this many standard errors of the paired difference.
 BLEND_MARGIN_SE = 2.0
+# Small data: with fewer validation targets than this (and at most CV_MAX_TRAINING_TARGETS training
+# targets) the blend is chosen on the validation targets plus CV_FOLDS-fold cross-validation over
+# the keys (users, sessions) of the training part: a few hundred targets cannot tell close blends apart.
+CV_MAX_VALID_TARGETS = 1_000
+CV_MAX_TRAINING_TARGETS = 10_000
+CV_FOLDS = 5
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,8 @@ def train_next_action(sequences: ActionDataset | Sequence[ActionSequence], confi
                       grad_clip: float = 5.0, h3_resolution: int = 8, min_count: int = 1,
                       fingerprint: str | None = None, stop_metric: str = "mrr",
                       features: dict[str, Any] | None = None,
-                      model_overrides: dict[str, Any] | None = None) -> tuple[NextActionModel, dict[str, Any]]:
+                      model_overrides: dict[str, Any] | None = None,
+                      cross_validate: bool | None = None) -> tuple[NextActionModel, dict[str, Any]]:
     """Fit a NextActionModel on the TRAIN targets with Adam (learning rate multiplied by
     ``lr_decay`` after each epoch) and keep the epoch with the best ``stop_metric`` over all
     validation targets; then score the servable baselines on the same targets and record which of
@@ -108,6 +117,10 @@ def train_next_action(sequences: ActionDataset | Sequence[ActionSequence], confi
     Early stopping after ``patience`` epochs without a better validation score; without
     validation targets every epoch runs and the last is kept. Returns the model (eval mode, on
     ``device``) and the metadata a checkpoint stores (history entry 0 is the untrained model).
+
+    ``cross_validate`` (None: by the data's size, see CV_MAX_VALID_TARGETS): choose the blend on the
+    validation targets plus the held-out targets of CV_FOLDS models trained the same way, each
+    without one fold of the training keys (``cross_validation_folds``).
     """
     if epochs is not None and epochs < 1:
         raise ModelError(f"epochs must be >= 1, got {epochs}")
@@ -132,7 +145,13 @@ def train_next_action(sequences: ActionDataset | Sequence[ActionSequence], confi
                                epochs=plan["epochs"], patience=plan["patience"], device=device, progress=progress,
                                max_batch_events=plan["max_batch_events"], grad_clip=grad_clip, stop_metric=stop_metric)
     seconds = time.monotonic() - started
-    blend = _choose_blend(model, prepared, device, stop_metric)
+    folds: list[_Fold] = []
+    if cross_validate or (cross_validate is None and 0 < len(prepared.valid) < CV_MAX_VALID_TARGETS
+                          and len(prepared.train) <= CV_MAX_TRAINING_TARGETS):
+        folds = _cross_validate(seqs, config, features, model_overrides, plan, seed=seed, device=device,
+                                weight_decay=weight_decay, grad_clip=grad_clip, h3_resolution=h3_resolution,
+                                min_count=min_count, stop_metric=stop_metric)
+    blend = _choose_blend(model, prepared, device, stop_metric, folds)
     choice = _choose_server(model, prepared, device, stop_metric)
     metadata = _metadata(model, prepared, history, best_epoch, seed=seed, lr=plan["lr"], lr_decay=plan["lr_decay"],
                          epochs=plan["epochs"], patience=plan["patience"], max_batch_events=plan["max_batch_events"],
@@ -291,32 +310,89 @@ def _validate(model: NextActionModel, prepared: _Prepared, device: torch.device 
     return {f"valid_{k}": v for k, v in summarize(ranks, nll).items() if not k.endswith("_se") and k != "n"}
 
 
+@dataclass(frozen=True)
+class _Fold:
+    """A model trained without one fold of the training keys, and that fold's targets."""
+
+    model: NextActionModel
+    targets: TargetSet
+    popularity: np.ndarray
+
+
+def cross_validation_folds(sequences: Sequence[ActionSequence],
+                           folds: int = CV_FOLDS) -> list[tuple[ActionSequence, ...]]:
+    """``folds`` data sets made from the training part of ``sequences``: test events dropped (with
+    whatever follows them), and in data set k every ``folds``-th key with training targets
+    (starting at the k-th) has its training events relabelled TEST: held out, predicted from their
+    own earlier events by a model trained on the other keys; validation is kept as it is."""
+    kept = []
+    for seq in sequences:
+        end = seq.splits.index(Split.TEST) if Split.TEST in seq.splits else len(seq.splits)
+        kept.append(ActionSequence(seq.key, seq.events[:end], seq.splits[:end]))
+    with_targets = [i for i, seq in enumerate(kept) if seq.target_positions(Split.TRAIN)]
+    out = []
+    for k in range(folds):
+        held = set(with_targets[k::folds])
+        out.append(tuple(ActionSequence(s.key, s.events, tuple(Split.TEST if x == Split.TRAIN else x for x in s.splits))
+                         if i in held else s for i, s in enumerate(kept)))
+    return out
+
+
+def _cross_validate(seqs: Sequence[ActionSequence], config: NextActionConfig | None,
+                    features: dict[str, Any] | None, model_overrides: dict[str, Any] | None,
+                    plan: dict[str, Any], *, seed: int, device: torch.device | str, weight_decay: float,
+                    grad_clip: float, h3_resolution: int, min_count: int, stop_metric: str) -> list[_Fold]:
+    """Train one model per ``cross_validation_folds`` data set, as the main one is trained (same
+    recipe rules, plan and seed, early stopping on the same validation targets)."""
+    folds = []
+    for k, fold in enumerate(cross_validation_folds(seqs)):
+        model, metadata = train_next_action(
+            fold, config, epochs=plan["epochs"], lr=plan["lr"], lr_decay=plan["lr_decay"],
+            patience=plan["patience"], seed=seed, device=device, progress=False,
+            max_batch_events=plan["max_batch_events"], weight_decay=weight_decay, grad_clip=grad_clip,
+            h3_resolution=h3_resolution, min_count=min_count, stop_metric=stop_metric, features=features,
+            model_overrides=model_overrides, cross_validate=False)
+        vocab, spec = Vocabulary.from_list(metadata["vocabulary"]), FeatureSpec.from_dict(metadata["features"])
+        targets = build_targets(fold, vocab, spec, Split.TEST)
+        logger.info("cross-validation fold %d/%d: best epoch %d, %d held-out targets", k + 1, CV_FOLDS,
+                    metadata["best_epoch"], len(targets))
+        if len(targets):
+            folds.append(_Fold(model, targets, training_counts(fold, vocab).popularity))
+    return folds
+
+
 def _choose_blend(model: NextActionModel, prepared: _Prepared, device: torch.device | str,
-                  stop_metric: str) -> dict[str, Any]:
+                  stop_metric: str, folds: Sequence[_Fold] = ()) -> dict[str, Any]:
     """Blend the trained model with a baseline it can compute (``BLEND_BASELINES``: the mixture
     times the baseline's distribution to a power, renormalized) when that scores better by
     ``stop_metric`` on the validation targets than the model alone: the model keeps the best
-    (``model.config.blend_weight`` / ``blend_baseline``, 0 when none helps). Returns the choice and
-    each candidate's validation score."""
+    (``model.config.blend_weight`` / ``blend_baseline``, 0 when none helps). With ``folds``
+    (small data) each candidate is also scored by every fold's model on its held-out targets, and
+    the choice is made on all these targets together. Returns the choice, each candidate's score
+    and the number of targets it was chosen on."""
     if len(prepared.valid) == 0:
         return {"baseline": None, "weight": 0.0, "validation": {}}
     sign = 1.0 if stop_metric == "mrr" else -1.0
-    popularity = prepared.counts.popularity
+    scored = [(model, prepared.valid, prepared.counts.popularity)] + [(f.model, f.targets, f.popularity) for f in folds]
 
-    def per_target(config: NextActionConfig) -> np.ndarray:
-        """The stop metric's per-target values, signed so that higher is better."""
-        model.config = config
-        ranks, nll = model_ranks(model, prepared.valid, popularity, device=device)
-        return 1.0 / ranks if stop_metric == "mrr" else -nll
+    def per_target(weight: float, baseline: str | None = None) -> np.ndarray:
+        """The stop metric's per-target values over all scored targets, signed so that higher is better."""
+        values = []
+        for scorer, targets, popularity in scored:
+            scorer.config = replace(scorer.config, blend_weight=weight,
+                                    **({"blend_baseline": baseline} if baseline else {}))
+            ranks, nll = model_ranks(scorer, targets, popularity, device=device)
+            values.append(1.0 / ranks if stop_metric == "mrr" else -nll)
+        return np.concatenate(values)
 
     alone = replace(model.config, blend_weight=0.0)
-    reference = per_target(alone)
+    reference = per_target(0.0)
     tried = {"none": float(sign * reference.mean())}
     best, best_config = 0.0, alone
     for baseline in BLEND_BASELINES:
         for weight in BLEND_WEIGHTS:
             config = replace(alone, blend_weight=weight, blend_baseline=baseline)
-            gain = per_target(config) - reference
+            gain = per_target(weight, baseline) - reference
             tried[f"{baseline}^{weight:g}"] = float(sign * (reference + gain).mean())
             # Only a gain beyond the noise of the paired difference: a blend changes every
             # prediction (and the surprisals anomaly scoring reads), so a tie keeps the model alone.
@@ -324,10 +400,12 @@ def _choose_blend(model: NextActionModel, prepared: _Prepared, device: torch.dev
             if gain.mean() > max(best, margin):
                 best, best_config = float(gain.mean()), config
     model.config = best_config
-    logger.info("blend on validation %s: %s; chose %s", stop_metric, {k: round(v, 4) for k, v in tried.items()},
+    logger.info("blend on %d targets (%d folds) by %s: %s; chose %s", len(reference), len(folds), stop_metric,
+                {k: round(v, 4) for k, v in tried.items()},
                 f"{best_config.blend_baseline}^{best_config.blend_weight:g}" if best_config.blend_weight else "none")
     return {"baseline": best_config.blend_baseline if best_config.blend_weight > 0 else None,
-            "weight": best_config.blend_weight, "validation": tried}
+            "weight": best_config.blend_weight, "validation": tried, "targets": len(reference),
+            "folds": len(folds)}
 
 
 def apply_blend(model: NextActionModel, blend: dict[str, Any] | None) -> NextActionModel:

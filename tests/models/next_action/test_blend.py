@@ -187,3 +187,38 @@ def test_a_refit_serves_the_blend_chosen_before_it(monkeypatch: pytest.MonkeyPat
     assert model.config.blend_weight == metadata["blend"]["weight"] == metadata["config"]["blend_weight"]
     assert metadata["version"] == model_version(model, metadata)
     assert apply_blend(model, None) is model and model.config.blend_weight == metadata["blend"]["weight"]
+
+
+def test_cross_validation_folds_hold_out_each_training_key_once() -> None:
+    seqs = _toy(12)
+    folds = training.cross_validation_folds(seqs, folds=5)
+    assert len(folds) == 5
+    held: list[str] = []
+    for fold in folds:
+        for original, seq in zip(seqs, fold, strict=True):
+            assert seq.key == original.key and len(seq.events) == 12  # the two test events dropped
+            assert seq.events == original.events[:12]
+            assert seq.splits[10:] == (Split.VALID, Split.VALID)  # validation kept
+            if Split.TEST in seq.splits:
+                assert seq.splits[:10] == (Split.TEST,) * 10 and Split.TRAIN not in seq.splits
+                held.append(seq.key)
+            else:
+                assert seq.splits[:10] == (Split.TRAIN,) * 10
+    assert sorted(held) == sorted(s.key for s in seqs)
+
+
+def test_small_data_chooses_the_blend_on_validation_and_cross_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(training, "BLEND_MARGIN_SE", 0.0)
+    seqs = _toy(30)
+    n_valid = sum(len(s.target_positions(Split.VALID)) for s in seqs)
+    held_out = sum(len(s.target_positions(Split.TRAIN)) for s in seqs)  # every key's training targets, once
+    _, metadata = train_next_action(seqs, TINY, epochs=1, seed=0, progress=False)
+    assert n_valid < training.CV_MAX_VALID_TARGETS
+    assert metadata["blend"]["folds"] == training.CV_FOLDS
+    assert metadata["blend"]["targets"] == n_valid + held_out
+    _, alone = train_next_action(seqs, TINY, epochs=1, seed=0, progress=False, cross_validate=False)
+    assert alone["blend"]["folds"] == 0 and alone["blend"]["targets"] == n_valid
+    assert alone["blend"]["validation"] != metadata["blend"]["validation"]
+    monkeypatch.setattr(training, "CV_MAX_VALID_TARGETS", n_valid)  # enough validation targets: no folds
+    _, large = train_next_action(seqs, TINY, epochs=1, seed=0, progress=False)
+    assert large["blend"]["folds"] == 0 and large["blend"]["validation"] == alone["blend"]["validation"]

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from stream_app.exceptions import ConfigError
 
-__all__ = ["Settings", "ProcessingGuarantee", "setting_docs"]
+__all__ = ["Settings", "ProcessingGuarantee", "STAGES", "setting_docs"]
 
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
+# The worker's stages, each on its own topics, consumer group and state (as Kafka Streams' sub-topologies):
+# several workers of one app may each run some of them, in separate processes (several cores).
+STAGES = ("behavior", "cells", "traffic")
 
 
 def _setting(default: Any, env: str, doc: str) -> Any:
@@ -49,6 +52,11 @@ class Settings:
     hot_path: str = _setting("transport", "STREAM_APP_HOT_PATH",
                              "What runs the behavior pipeline on user-events: transport (batch-native consume, "
                              "process, produce, checkpoint; per-partition stores) or faust (a Faust agent)")
+    stages: tuple[str, ...] = _setting(STAGES, "STREAM_APP_STAGES",
+                                       "Stages this worker runs, comma-separated: behavior (user-events -> "
+                                       "predictions, cell-events), cells (cell-events -> cell-activity, crowd "
+                                       "alerts), traffic (readings -> forecasts); workers of one app id may "
+                                       "split them, a process each (more cores); transport hot path only")
     processing_guarantee: ProcessingGuarantee = _setting("at_least_once", "STREAM_APP_PROCESSING_GUARANTEE",
                                          "at_least_once (a re-delivered event gets the same prediction) or "
                                          "exactly_once (Kafka transactions: outputs for read_committed readers); "
@@ -127,6 +135,11 @@ class Settings:
                                     "Folder of the named data sets, searched after the cache and before ../shared/data")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", _stages(self.stages))  # frozen: normalized once, here
+        if self.hot_path == "faust" and self.stages != STAGES:
+            raise ConfigError(f"STREAM_APP_STAGES={','.join(self.stages)} needs STREAM_APP_HOT_PATH=transport: the "
+                              "faust hot path runs all three stages in one worker; unset STREAM_APP_STAGES (or "
+                              "--stages), or run the transport hot path")
         choices = {"hot_path": ("transport", "faust"), "processing_guarantee": ("at_least_once", "exactly_once")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -159,8 +172,23 @@ class Settings:
         return env
 
 
+def _stages(value: str | Sequence[str]) -> tuple[str, ...]:
+    """``value`` ("cells,traffic" or a sequence of names) as a tuple of known stages in ``STAGES`` order."""
+    names = [part.strip() for part in (value.split(",") if isinstance(value, str) else value)]
+    names = [name for name in names if name]
+    unknown = [name for name in names if name not in STAGES]
+    if unknown or not names:
+        problem = f"names unknown stages {', '.join(map(repr, unknown))}" if unknown else "names no stage"
+        raise ConfigError(f"STREAM_APP_STAGES={','.join(names)!r} {problem}: give a comma-separated subset of "
+                          f"{','.join(STAGES)}, e.g. STREAM_APP_STAGES=behavior or --stages cells,traffic "
+                          "(unset: all three)")
+    return tuple(stage for stage in STAGES if stage in names)
+
+
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     kind = str(f.type)
+    if kind.startswith("tuple[str"):
+        return tuple(raw.split(","))
     try:
         if kind.startswith("bool"):
             return _parse_bool(raw)

@@ -16,12 +16,14 @@ __all__ = ["Tables", "declare_tables", "ready_for_writes"]
 @dataclass(frozen=True)
 class Tables:
     """Per-key state of each pipeline as bytes, rebuilt from its changelog topic on start
-    (``user_state`` is None on the transport hot path, whose stores hold the users)."""
+    (``user_state`` is None on the transport hot path, whose stores hold the users; ``network_state``
+    on a worker that does not run the traffic stage, so that Faust assigns its partitions with the
+    ``sensor-aggregates`` partitions, to the workers that run stage 2)."""
 
     user_state: CollectionT | None
     cell_windows: CollectionT
     sensor_windows: CollectionT
-    network_state: CollectionT
+    network_state: CollectionT | None
 
 
 def declare_tables(app: faust.App, settings: Settings) -> Tables:
@@ -36,8 +38,9 @@ def declare_tables(app: faust.App, settings: Settings) -> Tables:
                          use_partitioner=True)
 
     user_state = table("user-state") if settings.hot_path == "faust" else None
+    network_state = table("network-state") if "traffic" in settings.stages else None
     return Tables(user_state=user_state, cell_windows=table("cell-windows"),
-                  sensor_windows=table("sensor-windows"), network_state=table("network-state"))
+                  sensor_windows=table("sensor-windows"), network_state=network_state)
 
 
 async def ready_for_writes(app: faust.App, topics: Topics, *tables: CollectionT | None) -> None:

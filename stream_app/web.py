@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 import faust
+from faust.types import CollectionT
 from faust.web import Request, Response, View
 
 from stream_app.pipelines.behavior import BehaviorPipeline
@@ -20,10 +21,34 @@ __all__ = ["attach_pages"]
 FORWARDED_HEADER = "X-Stream-App-Forwarded"
 
 
-def attach_pages(app: faust.App, tables: Tables, behavior: BehaviorPipeline, networks: NetworkSnapshots,
+def attach_pages(app: faust.App, tables: Tables, behavior: BehaviorPipeline | None, networks: NetworkSnapshots | None,
                  transport: Transport[Any] | None = None) -> None:
-    """Register the query pages on ``app`` (users routed by ``transport`` when it holds them)."""
+    """Register the query pages on ``app`` (users routed by ``transport`` when it holds them). The
+    pages of a stage this worker does not run (``behavior`` or ``networks`` None) answer 404 with
+    which workers to ask instead."""
+    if behavior is None:
+        _absent_stage_page(app, "/users/{user_id}", "behavior")
+    else:
+        _user_pages(app, tables, behavior, transport)
+    if networks is None or tables.network_state is None:
+        _absent_stage_page(app, "/networks/{network}/sensors/{sensor_id}/forecast", "traffic")
+        _absent_stage_page(app, "/sensors/{sensor_id}/forecast", "traffic")
+    else:
+        _forecast_pages(app, tables.network_state, networks)
 
+
+def _absent_stage_page(app: faust.App, path: str, stage: str) -> None:
+    message = (f"this worker does not run the {stage} stage (STREAM_APP_STAGES); ask a worker started with "
+               f"--stages {stage} (or without --stages)")
+
+    class AbsentStageView(View):
+        async def get(self, request: Request, **_: str) -> Response:
+            return self.json({"error": message, "stage": stage}, status=404)
+
+    app.page(path)(AbsentStageView)
+
+
+def _user_pages(app: faust.App, tables: Tables, behavior: BehaviorPipeline, transport: Transport[Any] | None) -> None:
     def user_response(view: View, user_id: str) -> Response:
         summary = behavior.user_summary(user_id)
         if summary is None:
@@ -59,11 +84,15 @@ def attach_pages(app: faust.App, tables: Tables, behavior: BehaviorPipeline, net
                                                "restored; retry shortly"}, status=503)
                 return await _forward(self, f"{owner}/users/{user_id}")
 
+    app.page("/users/{user_id}")(UserView)
+
+
+def _forecast_pages(app: faust.App, network_state: CollectionT, networks: NetworkSnapshots) -> None:
     class NetworkSensorView(View):
         """GET /networks/{network}/sensors/{id}/forecast: the sensor's latest forecast."""
 
         # faust types a table_route handler as (view, request) only, without the match_info arguments
-        @app.table_route(table=tables.network_state, match_info="network")  # type: ignore[arg-type]
+        @app.table_route(table=network_state, match_info="network")  # type: ignore[arg-type]
         async def get(self, request: Request, network: str, sensor_id: str) -> Response:
             return _forecast_response(self, networks.latest_forecast(sensor_id, network), sensor_id)
 
@@ -73,7 +102,6 @@ def attach_pages(app: faust.App, tables: Tables, behavior: BehaviorPipeline, net
         async def get(self, request: Request, sensor_id: str) -> Response:
             return _forecast_response(self, networks.latest_forecast(sensor_id), sensor_id)
 
-    app.page("/users/{user_id}")(UserView)
     app.page("/networks/{network}/sensors/{sensor_id}/forecast")(NetworkSensorView)
     app.page("/sensors/{sensor_id}/forecast")(SensorView)
 

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from stream_app.cli.common import broker_url, env_help
+from stream_app.exceptions import ConfigError
 from stream_app.settings import Settings
 
 __all__ = ["worker"]
@@ -22,11 +23,18 @@ __all__ = ["worker"]
 @click.option("--checkpoint", default=None, help=env_help("Next-action checkpoint (hot-reloaded)", "checkpoint"))
 @click.option("--traffic-checkpoint", default=None, help=env_help("Traffic checkpoint", "traffic_checkpoint"))
 @click.option("--state-dir", default=None, help=env_help("Worker data directory", "state_dir"))
+@click.option("--stages", default=None,
+              help=env_help("Stages this worker runs, comma-separated, of behavior,cells,traffic (default all "
+                            "three); workers of one app id may split them, e.g. --stages behavior in one "
+                            "process and --stages cells,traffic in another", "stages"))
 def worker(**flags: Any) -> None:
     """Run a stream worker (Faust): consumes inputs, emits predictions, forecasts, alerts."""
     from stream_app.worker import run  # torch and Faust load only for this command
 
-    settings = Settings.from_env(**flags)
+    try:
+        settings = Settings.from_env(**flags)
+    except ConfigError as exc:  # one line naming the setting and its fix, not a traceback
+        raise click.UsageError(str(exc)) from exc
     with broker_url(settings.broker) as endpoint:
         limits: dict[str, Any] = {"producer_max_batch": endpoint.producer_max_batch} \
             if endpoint.producer_max_batch else {}

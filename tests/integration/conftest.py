@@ -122,14 +122,15 @@ class Deployment:
     def topic(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
-    def worker(self, name: str = "w", **env: str) -> Worker:
-        """Start a worker (same app id as the others in this test: they share state and group)."""
+    def worker(self, name: str = "w", flags: list[str] | None = None, **env: str) -> Worker:
+        """Start a worker (same app id as the others in this test: they share state and group), with
+        ``stream-app worker`` options ``flags``."""
         state, port = self.root / f"state-{name}-{len(self.workers)}", free_port()
         worker_env = {**os.environ, **FAST_GROUP_ENV, **self.extra_env, **env,
                       "STREAM_APP_BROKER": self.kafka.url, "STREAM_APP_TOPIC_PREFIX": self.prefix,
                       "STREAM_APP_ID": self.app_id, "STREAM_APP_STATE_DIR": str(state),
                       "STREAM_APP_WEB_PORT": str(port)}
-        return self.start_worker(Worker(env=worker_env, web_port=port,
+        return self.start_worker(Worker(env=worker_env, web_port=port, flags=list(flags or []),
                                         log_path=self.root / f"worker-{name}-{len(self.workers)}.log"))
 
     def worker_with_flags(self, flags: list[str], web_port: int, **env: str) -> Worker:

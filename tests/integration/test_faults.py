@@ -266,6 +266,27 @@ def test_broker_killed_and_restarted_in_place_loses_nothing(deployment, tmp_path
         broker.stop()
 
 
+def test_broker_killed_while_the_worker_starts_loses_nothing(deployment, tmp_path):
+    """Faust's start gives up on a broker that goes away under it: the worker starts again by itself
+    (same pid) until the broker is back, then serves every event."""
+    broker = EmbeddedBroker(kind="kafka", port=free_port(), data_dir=tmp_path / "broker")
+    deployment.kafka = broker.start()
+    try:
+        env, per_user = _env(tmp_path), 4
+        events = _workload(43, per_user)
+        worker = deployment.worker("w", **env)  # its web server is up: the stages are starting
+        os.killpg(broker.pid, signal.SIGKILL)
+        time.sleep(3)
+        broker.start()  # same port, same data
+        deployment.produce(to_records(events))
+        _check_predictions(_wait_for_predictions(deployment, len(events), timeout_s=90), events)
+        _check_user_counts(worker, per_user)
+        assert worker.process.poll() is None, "the worker is still the process the test started"
+    finally:
+        deployment.stop()
+        broker.stop()
+
+
 def test_sigkill_with_the_fallback_model_duplicates_agree(deployment):
     """No checkpoint: the per-user Markov fallback serves. Its predictions depend only on the user's
     changelogged state, so the events replayed after a crash get the same top-k, probabilities included."""

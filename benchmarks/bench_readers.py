@@ -14,7 +14,16 @@ fast readers (``raw``, ``quix-passthrough``, ``transport-passthrough``: ``FAST``
 - ``transport-passthrough`` / ``transport-full`` / ``faust-passthrough`` / ``faust-full``: ``stream-app
   worker`` with ``STREAM_APP_HOT_PATH`` and ``STREAM_APP_BEHAVIOR_MODE`` set so;
 - ``old-full``: the worker of another source tree (``--old-tree``, e.g. a ``git worktree`` of commit
-  7e8b271) in full mode, run with this venv and ``PYTHONPATH=<old-tree>``.
+  7e8b271) in full mode, run with this venv and ``PYTHONPATH=<old-tree>``;
+- ``worker-full-2proc``: the worker, full, its stages split over two processes of one app id
+  (``--stages behavior`` | ``--stages cells,traffic``), timed until BOTH stages are done: behavior's
+  processed count reaches ``--events`` and the cells process has consumed every ``cell-events`` record
+  the behavior process had written by then; CPU summed over both processes.
+
+Every worker starts its cell stage at the end of ``cell-events`` (its groups' offsets are committed
+there before it starts): the topic is shared, and the cell events the workers before it wrote
+(``--events`` or more each) would otherwise be a growing backlog that its cell stage works through
+while it is timed.
 
 Every reader runs in its own process. Events/s: for the in-process readers, from the first record
 to the last; for workers, from the batch that the first /metrics poll with progress saw to the last
@@ -59,7 +68,10 @@ FAST = ("raw", "quix-passthrough", "transport-passthrough")  # read --fast-event
 LAST_BATCH = "stream_app_last_processed_timestamp_seconds"
 WORKERS = {"transport-passthrough": ("transport", "passthrough"), "transport-full": ("transport", "full"),
            "faust-passthrough": ("faust", "passthrough"), "faust-full": ("faust", "full"), "old-full": (None, "full")}
-READERS = IN_PROCESS + tuple(WORKERS)
+# Readers that run the worker's stages in two processes (STREAM_APP_STAGES): the first's, the second's.
+SPLIT = {"worker-full-2proc": ("behavior", "cells,traffic")}
+READERS = IN_PROCESS + tuple(WORKERS) + tuple(SPLIT)
+CELL_EVENTS = "cell-events"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -188,6 +200,42 @@ def run_child(args: argparse.Namespace, url: str, topic: str, reader: str) -> di
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+async def _skip_earlier_cell_events(settings: Settings, app_id: str) -> None:
+    """Commit the end of ``cell-events`` for the groups that read it in app ``app_id`` (the cell
+    transport's, Faust's): its cell stage starts at the records its own behavior stage writes."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+
+    from stream_app.kafka_io import client_options
+
+    topic = settings.topic(CELL_EVENTS)
+    tps = [TopicPartition(topic, p) for p in range((await partition_counts(settings, [topic]))[topic])]
+    for group in (f"{app_id}-cells", app_id):
+        consumer = AIOKafkaConsumer(group_id=group, enable_auto_commit=False, **client_options(settings))
+        await consumer.start()
+        try:
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            await consumer.commit({tp: OffsetAndMetadata(end, "") for tp, end in ends.items()})
+        finally:
+            await consumer.stop()
+
+
+def _spawn(bench: bp.Bench, env: dict[str, str], cwd: Path, stages: str | None = None) -> bp.Worker:
+    """Start ``stream-app worker`` (``--stages stages``) with ``env`` in ``cwd``, its cell stage
+    starting at the end of ``cell-events``."""
+    asyncio.run(_skip_earlier_cell_events(bench.settings(env["STREAM_APP_TOPIC_PREFIX"]), env["STREAM_APP_ID"]))
+    flags = ["--stages", stages] if stages else []
+    log_path = bench.workdir / f"{env['STREAM_APP_ID']}{'-' + stages if stages else ''}.log"
+    worker = bp.Worker(env=env, log_path=log_path)
+    bench.workers.append(worker)
+    worker.log_path.touch()
+    with worker.log_path.open("ab") as out:  # bp.Worker.start runs in bp.ROOT; the old tree needs its own cwd
+        worker.process = subprocess.Popen([sys.executable, "-m", "stream_app", "worker", *flags], env=env, cwd=cwd,
+                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return worker
+
+
 def run_worker(args: argparse.Namespace, bench: bp.Bench, prefix: str, reader: str) -> dict[str, Any]:
     hot_path, mode = WORKERS[reader]
     env = bench.worker_env(prefix, mode)
@@ -195,17 +243,13 @@ def run_worker(args: argparse.Namespace, bench: bp.Bench, prefix: str, reader: s
     env["STREAM_APP_STATE_DIR"] = str(bench.workdir / env["STREAM_APP_ID"])
     cwd = bp.ROOT
     if hot_path is None:
-        env["PYTHONPATH"] = cwd = args.old_tree
+        env["PYTHONPATH"] = args.old_tree
+        cwd = Path(args.old_tree)
         if args.old_checkpoint:  # the old code reads checkpoints of its own time only
             env["STREAM_APP_CHECKPOINT"] = args.old_checkpoint
     else:
         env["STREAM_APP_HOT_PATH"] = hot_path
-    worker = bp.Worker(env=env, log_path=bench.workdir / f"{env['STREAM_APP_ID']}.log")
-    bench.workers.append(worker)
-    worker.log_path.touch()
-    with worker.log_path.open("ab") as out:  # bp.Worker.start runs in bp.ROOT; the old tree needs its own cwd
-        worker.process = subprocess.Popen([sys.executable, "-m", "stream_app", "worker"], env=env, cwd=cwd,
-                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = _spawn(bench, env, cwd)
     n = events_for(args, reader)
     try:
         points = _watch(worker, args, n)
@@ -227,6 +271,95 @@ def run_worker(args: argparse.Namespace, bench: bp.Bench, prefix: str, reader: s
     cpu_per_event = (cpu_end.cpu - first.cpu) / max(1.0, cpu_end.count - first.count)
     return {"events": events, "seconds": seconds, "clock": clock, "cpu_s": cpu_per_event * events,
             "version": bp.model_version(samples), "mean_batch": _mean_batch(samples)}
+
+
+def run_split(args: argparse.Namespace, bench: bp.Bench, prefix: str, reader: str) -> dict[str, Any]:
+    """Two workers of one app id on the shared topic, the stages split between them (``SPLIT``); timed
+    from behavior's first batch seen busy until the cells process has consumed the cell-events records
+    that the behavior process had written when it reached ``n`` (poll-exact: within --poll-s)."""
+    app_id = f"{prefix}{reader}-{uuid.uuid4().hex[:6]}"
+    n = events_for(args, reader)
+    workers = []
+    try:
+        for stages in SPLIT[reader]:
+            env = bench.worker_env(prefix, "full")  # each its own web port and state folder, one app id
+            env.update(STREAM_APP_ID=app_id, STREAM_APP_HOT_PATH="transport",
+                       STREAM_APP_STATE_DIR=str(bench.workdir / f"{app_id}-{stages}"))
+            workers.append(_spawn(bench, env, bp.ROOT, stages))
+        points = _watch_split(workers[0], workers[1], args, n, f"{prefix}{CELL_EVENTS}")
+    finally:
+        for worker in workers:
+            bench.stop_worker(worker)
+    samples = points_samples.pop(workers[0].log_path)
+    first, done = points[0], points[-1]
+    target = next(p for p in points[1:] if p.count >= n)  # behavior done: its cell-events, the cells' target
+    busy = [p for p in points if p.count < target.count]
+    behavior_end = busy[-1] if len(busy) >= 2 else target
+    if target.count <= first.count or not first.batch_at:
+        raise bp.RunFailed(f"{reader} processed all events before two polls saw it busy: use more events")
+    events = target.count - first.count
+    seconds = done.wall - first.batch_at  # the behavior worker's batch clock and the poll, both Unix time
+    # CPU per event of each process over its busy polls, summed, scaled to the events timed.
+    behavior_cpu = (behavior_end.cpu[0] - first.cpu[0]) / max(1.0, behavior_end.count - first.count)
+    cells_cpu = (done.cpu[1] - first.cpu[1]) / events
+    return {"events": events, "seconds": seconds, "clock": "batch+poll", "cpu_s": (behavior_cpu + cells_cpu) * events,
+            "cpu_us_per_event_by_process": {"behavior": 1e6 * behavior_cpu, "cells+traffic": 1e6 * cells_cpu},
+            "behavior_events_per_s": events / (target.batch_at - first.batch_at),
+            "cell_records": {"target": target.produced, "consumed": done.consumed},
+            "version": bp.model_version(samples), "mean_batch": _mean_batch(samples)}
+
+
+class SplitPoint(NamedTuple):
+    """One poll of both workers of a split reader: when (monotonic and Unix), behavior's events processed
+    and the wall time of its batch that brought them there, the cell-events records the behavior
+    worker wrote and the cells worker consumed, and each process's CPU s."""
+
+    at: float
+    wall: float
+    count: float
+    batch_at: float
+    produced: float
+    consumed: float
+    cpu: tuple[float, float]
+
+
+def _watch_split(behavior: bp.Worker, cells: bp.Worker, args: argparse.Namespace, n: int,
+                 cell_topic: str) -> list[SplitPoint]:
+    """Every poll from the first that saw behavior progress to the one that saw the cells worker
+    past the cell-events records written by the time behavior had processed ``n`` events."""
+    points: list[SplitPoint] = []
+    started = last_change = time.monotonic()
+    last: tuple[float, float] = (-1.0, -1.0)
+    target: float | None = None
+    while True:
+        for worker in (behavior, cells):
+            worker.check_alive()
+        try:
+            samples, cell_samples = behavior.metrics(), cells.metrics()
+        except OSError:
+            if time.monotonic() - started > args.startup_timeout_s:
+                raise bp.RunFailed("a worker's web server did not come up",
+                                   behavior.log_tail() + cells.log_tail()) from None
+            time.sleep(0.3)
+            continue
+        now, wall = time.monotonic(), time.time()
+        count = bp.metric(samples, bp.PROCESSED, pipeline="behavior")
+        consumed = bp.metric(cell_samples, "stream_app_events_consumed_total", topic=cell_topic)
+        if count > 0 and bp.serves_expected_model(samples, args):
+            points.append(SplitPoint(now, wall, count, bp.metric(samples, LAST_BATCH, pipeline="behavior"),
+                                     bp.metric(samples, "stream_app_outputs_total", topic=cell_topic), consumed,
+                                     (_proc_cpu_s(behavior.process.pid), _proc_cpu_s(cells.process.pid))))
+            if target is None and count >= n and len(points) >= 2:
+                target = points[-1].produced
+            if target is not None and consumed >= target:
+                points_samples[behavior.log_path] = samples
+                return points
+        if (count, consumed) != last:
+            last_change, last = now, (count, consumed)
+        if now - last_change > (args.stall_s if points else args.startup_timeout_s) or now - started > args.timeout_s:
+            raise bp.RunFailed(f"behavior {count:.0f}/{n}, cells {consumed:.0f}/{target} records after "
+                               f"{now - started:.0f} s", behavior.log_tail() + cells.log_tail())
+        time.sleep(args.poll_s)
 
 
 points_samples: dict[Path, dict[str, float]] = {}
@@ -297,6 +430,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 started = time.time()
                 try:
                     result = (run_child(args, bench.url, topic, reader) if reader in IN_PROCESS
+                              else run_split(args, bench, prefix, reader) if reader in SPLIT
                               else run_worker(args, bench, prefix, reader))
                 except bp.RunFailed as exc:
                     print(f"  {reader} repeat {repeat}: FAILED {exc}\n{exc.log[-1500:]}", flush=True)
@@ -322,7 +456,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 RATIOS = {"transport-passthrough / quix-passthrough": ("transport-passthrough", "quix-passthrough", 1.0, 1.0),
           "transport-full / (0.5 x model)": ("transport-full", "model", 0.5, 1.0),
           "transport-full / (3 x old-full)": ("transport-full", "old-full", 3.0, 1.0),
-          "faust-full / (3 x old-full)": ("faust-full", "old-full", 3.0, 1.0)}
+          "faust-full / (3 x old-full)": ("faust-full", "old-full", 3.0, 1.0),
+          "worker-full-2proc / transport-full": ("worker-full-2proc", "transport-full", 1.0, 1.0)}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:

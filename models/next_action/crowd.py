@@ -190,6 +190,8 @@ class CrowdAnomalyScorer:
         self._total = [0.0] * len(_STATS)
         self._cells_windows = 0.0
         self._float32 = array("f", [0.0])  # rounds a float to float32 when stored
+        self._memory = config.memory_windows * _WEEK_SLOTS  # the level's longest memory, in windows
+        self._slot_start, self._slot = -1, 0  # the week slot of the last window start scored
 
     def rhythm_state(self) -> dict[str, list[float] | float]:
         """The population's weekly rhythm as plain data (to keep it across restarts)."""
@@ -211,12 +213,21 @@ class CrowdAnomalyScorer:
     def observe(self, profile: CellProfile, cell: str, window_start_ms: int, window_end_ms: int, events: int,
                 users: int) -> CrowdAlert | None:
         """Score one window of ``cell`` against ``profile`` (updated in place, unless the window
-        alerts); an alert decision when the window departs from it."""
-        slot = week_slot(window_start_ms, self.config.utc_offset_hours)
+        alerts); an alert decision when the window departs from it.
+
+        Most windows cannot alert (too few users and events for a spike, and a cell too young or
+        too quiet for a drop): those are learned from without the full test, which would decide the same.
+        """
+        if window_start_ms != self._slot_start:  # windows close in time order: many share a start
+            self._slot_start, self._slot = window_start_ms, week_slot(window_start_ms, self.config.utc_offset_hours)
+        slot = self._slot
+        if not self._may_alert(profile, slot, events, users):
+            self._learn(profile, slot, float(events), float(users))
+            return None
         observed = (float(events), float(users))
         alert = self._test(profile, cell, window_start_ms, window_end_ms, observed, self._expected(profile, slot))
         if alert is None:
-            self._learn(profile, slot, observed)
+            self._learn(profile, slot, *observed)
         elif profile.last_alert_ms is not None and \
                 window_start_ms - profile.last_alert_ms < self.config.min_gap_s * 1000:
             return None
@@ -228,33 +239,65 @@ class CrowdAnomalyScorer:
         """Events and users expected in a window of ``slot``: float64 [2]."""
         return np.array(self._expected(profile, slot))
 
+    def _may_alert(self, profile: CellProfile, slot: int, events: int, users: int) -> bool:
+        """False when ``_test`` cannot alert on this window (it would return None): no test before
+        the warm-up, a spike needs ``min_users`` users or ``min_events`` events, and a drop (events
+        only) a cell past its warm-up expecting at least ``min_drop_expected`` events."""
+        c = self.config
+        if self._cells_windows < c.warmup_windows:
+            return False
+        if users >= c.min_users or events >= c.min_events:
+            return True
+        seen = profile.seen
+        if seen < c.warmup_windows:
+            return False
+        # _expected_one(profile, slot, 0) written out (the same operations in the same order): it is
+        # needed for nearly every window of a cell past its warm-up
+        week_seen, total = self._week_seen[slot], self._total[0]
+        if week_seen >= 1:
+            t = total / max(1.0, self._week_seen_total)
+            shape = self._week[slot][0] / week_seen / t if t > 0 else 1.0
+        else:
+            shape = self._shape_one(slot, 0)
+        prior_windows = c.prior_windows
+        slot_seen = float(profile.slot_seen[slot])
+        weight = slot_seen / (slot_seen + prior_windows)
+        prior = total / max(1.0, self._cells_windows)
+        level = (seen * profile.level[0] + prior_windows * prior) / (seen + prior_windows)
+        expected = weight * profile.slot_mean[2 * slot] + (1 - weight) * level * shape
+        return max(expected, 0.05) >= c.min_drop_expected
+
     def _expected(self, profile: CellProfile, slot: int) -> list[float]:
+        return [self._expected_one(profile, slot, i) for i in range(len(_STATS))]
+
+    def _expected_one(self, profile: CellProfile, slot: int, i: int) -> float:
+        """Statistic ``i`` of ``_expected``."""
         prior_windows = self.config.prior_windows
         windows = max(1.0, self._cells_windows)
         seen = float(profile.slot_seen[slot])
         weight = seen / (seen + prior_windows)
-        blended = []
-        means = profile.slot_mean[2 * slot:2 * slot + 2]
-        for mean, shape, level, total in zip(means, self._shape(slot), profile.level, self._total, strict=True):
-            prior = total / windows  # an average cell, before this one is known
-            level = (profile.seen * level + prior_windows * prior) / (profile.seen + prior_windows)
-            blended.append(weight * mean + (1 - weight) * level * shape)
-        return blended
+        prior = self._total[i] / windows  # an average cell, before this one is known
+        level = (profile.seen * profile.level[i] + prior_windows * prior) / (profile.seen + prior_windows)
+        return weight * profile.slot_mean[2 * slot + i] + (1 - weight) * level * self._shape_one(slot, i)
 
     def _shape(self, slot: int) -> list[float]:
         """The population's activity in ``slot`` relative to its average window (1 when unknown);
         the same hour of other days stands in for a week slot not seen yet."""
+        return [self._shape_one(slot, i) for i in range(len(_STATS))]
+
+    def _shape_one(self, slot: int, i: int) -> float:
+        """Statistic ``i`` of ``_shape``."""
         seen = self._week_seen[slot]
         if seen >= 1:
-            rate = [x / seen for x in self._week[slot]]
+            rate = self._week[slot][i] / seen
         else:
             hours = [s for s in range(slot % 24, _WEEK_SLOTS, 24) if self._week_seen[s] >= 1]
             if not hours:
-                return [1.0] * len(_STATS)
+                return 1.0
             hours_seen = sum(self._week_seen[s] for s in hours)
-            rate = [sum(self._week[s][i] for s in hours) / hours_seen for i in range(len(_STATS))]
-        windows = max(1.0, self._week_seen_total)
-        return [r / (t / windows) if t / windows > 0 else 1.0 for r, t in zip(rate, self._total, strict=True)]
+            rate = sum(self._week[s][i] for s in hours) / hours_seen
+        t = self._total[i] / max(1.0, self._week_seen_total)
+        return rate / t if t > 0 else 1.0
 
     def _test(self, profile: CellProfile, cell: str, start: int, end: int, observed: tuple[float, float],
               expected: list[float]) -> CrowdAlert | None:
@@ -276,24 +319,29 @@ class CrowdAnomalyScorer:
                     return CrowdAlert(cell, start, end, name, "drop", observed[i], mu, p)
         return None
 
-    def _learn(self, profile: CellProfile, slot: int, observed: tuple[float, float]) -> None:
-        rate = 1.0 / min(profile.seen + 1, self.config.memory_windows * _WEEK_SLOTS)
-        profile.level = [level + rate * (x - level) for level, x in zip(profile.level, observed, strict=True)]
+    def _learn(self, profile: CellProfile, slot: int, events: float, users: float) -> None:
+        seen, memory = profile.seen + 1, self._memory
+        rate = 1.0 / (memory if memory < seen else seen)
+        level_events, level_users = profile.level
+        profile.level = [level_events + rate * (events - level_events), level_users + rate * (users - level_users)]
         profile.seen += 1
         n = profile.slot_seen[slot]
         slot_rate = 1.0 / min(n + 1, self.config.memory_windows)
-        means, step = profile.slot_mean, self._float32
+        means, step, i = profile.slot_mean, self._float32, 2 * slot
         # float32 as stored: the step rounded to float32 (by storing it in an array('f')), then the
         # float32 sum (a float64 sum of two float32 values, rounded once when stored, is the float32 sum)
-        for i, x in enumerate(observed, start=2 * slot):
-            m = means[i]
-            step[0] = slot_rate * (x - m)
-            means[i] = m + step[0]
-        profile.slot_seen[slot] = min(n + 1, _SLOT_SEEN_MAX)
-        week = self._week[slot]
-        for i, x in enumerate(observed):
-            week[i] += x
-            self._total[i] += x
+        m = means[i]
+        step[0] = slot_rate * (events - m)
+        means[i] = m + step[0]
+        m = means[i + 1]
+        step[0] = slot_rate * (users - m)
+        means[i + 1] = m + step[0]
+        profile.slot_seen[slot] = n + 1 if n < _SLOT_SEEN_MAX else _SLOT_SEEN_MAX
+        week, total = self._week[slot], self._total
+        week[0] += events
+        week[1] += users
+        total[0] += events
+        total[1] += users
         self._week_seen[slot] += 1
         self._week_seen_total += 1
         self._cells_windows += 1

@@ -152,11 +152,19 @@ class CellPartition:
         self._load()
 
     def add(self, events: Iterable[CellEvent]) -> tuple[set[str], int, int, int]:
-        """Count events: (cells changed, late events, replays dropped, events observed)."""
+        """Count events: (cells changed, late events, replays dropped, events observed).
+
+        Each event goes in every open window of its cell that holds it (``EventTimeWindows.add``
+        and ``ActivityWindow.add`` written out here: five windows an event at the default settings,
+        where the calls cost more than the counting)."""
         touched: set[str] = set()
         late = replays = observed = 0
-        marks, watermark, windows = self.marks, self.watermark, self.windows
+        marks, watermark = self.marks, self.watermark
         deduplicate = self.own_progress
+        size = self.windows.size_ms
+        step = self.windows.step_ms or size
+        first = step - size  # the first window holding ts starts at (ts - ts % step) + first
+        open_windows, closed_until = self.windows.open, self.windows.closed_until
         for event in events:
             source = event.source_partition
             if deduplicate and event.source_offset >= 0:
@@ -165,11 +173,30 @@ class CellPartition:
                     continue
                 marks[source] = event.source_offset
             observed += 1
-            watermark.observe(event.ts, max(source, 0))
-            if windows.add(event.cell, event.ts, event.user_id, event.action):
-                touched.add(event.cell)
-            else:
-                late += 1
+            ts, cell = event.ts, event.cell
+            watermark.observe(ts, max(source, 0))
+            last = ts - ts % step
+            start = last + first
+            closed = closed_until.get(cell, -1) - size  # windows starting at or before this have closed
+            if start <= closed:
+                start = closed + step - (closed - start) % step  # the first one still open
+                if start > last:
+                    late += 1
+                    continue
+            windows = open_windows.get(cell)
+            if windows is None:
+                windows = open_windows[cell] = {}
+            user, action = event.user_id, event.action
+            while start <= last:
+                window = windows.get(start)
+                if window is None:
+                    window = windows[start] = ActivityWindow()
+                window.events += 1
+                window.users.add(user)
+                actions = window.actions
+                actions[action] = actions.get(action, 0) + 1
+                start += step
+            touched.add(cell)
         return touched, late, replays, observed
 
     def close(self) -> tuple[list[CellActivity], list[CrowdAlert]]:
@@ -180,20 +207,34 @@ class CellPartition:
             return [], []
         self._open_silent_windows(watermark)
         activities, alerts = [], []
-        size = self.windows.size_ms
-        for cell, start, window in list(self.windows.close(watermark)):
-            activity = CellActivity(cell=cell, resolution=self.resolution, window_start=start,
-                                    window_end=start + size, events=window.events, users=len(window.users),
-                                    actions=dict(window.actions))
-            activities.append(activity)
-            if window.events:
-                self.silent.pop(cell, None)
+        size, resolution = self.windows.size_ms, self.resolution
+        silent, profiles, observe = self.silent, self.profiles, self.crowd.observe
+        open_windows, closed_until = self.windows.open, self.windows.closed_until
+        # EventTimeWindows.close written out: every window ending by the watermark, in time order
+        last_start = watermark - size
+        done = sorted((start, cell) for cell, windows in open_windows.items() for start in windows
+                      if start <= last_start)
+        for start, cell in done:
+            windows = open_windows[cell]
+            window = windows.pop(start)
+            end = start + size
+            if end > closed_until.get(cell, -1):
+                closed_until[cell] = end
+            if not windows:
+                del open_windows[cell]
+            events, users = window.events, len(window.users)
+            # the window is closed and dropped: its actions dict goes to the record as it is
+            activities.append(CellActivity(cell=cell, resolution=resolution, window_start=start,
+                                           window_end=end, events=events, users=users,
+                                           actions=window.actions))
+            if events:
+                silent.pop(cell, None)
             else:
-                self.silent[cell] = self.silent.get(cell, 0) + 1
-            profile = self.profiles.get(cell)
+                silent[cell] = silent.get(cell, 0) + 1
+            profile = profiles.get(cell)
             if profile is None:
-                profile = self.profiles[cell] = CellProfile()
-            alert = self.crowd.observe(profile, cell, start, start + size, activity.events, activity.users)
+                profile = profiles[cell] = CellProfile()
+            alert = observe(profile, cell, start, end, events, users)
             if alert is not None:
                 alerts.append(alert)
         return activities, alerts
@@ -220,14 +261,17 @@ class CellPartition:
         size = self.windows.size_ms
         step = self.windows.step_ms or size
         last_start = watermark - size
-        warm = self.crowd.config.warmup_windows
-        open_windows = self.windows.open
+        latest_closed = watermark - step  # a cell that closed a window ending later has none to open
+        warm, max_silent, silent = self.crowd.config.warmup_windows, self.max_silent, self.silent
+        open_windows, closed_until = self.windows.open, self.windows.closed_until
         for cell, profile in self.profiles.items():
-            room = self.max_silent - self.silent.get(cell, 0)
-            closed_until = self.windows.closed_until.get(cell, -1)
-            start = closed_until - size + step  # the window after the last one closed
-            if profile.seen < warm or room <= 0 or closed_until < 0 or start > last_start:
+            closed = closed_until.get(cell, -1)
+            if closed < 0 or closed > latest_closed or profile.seen < warm:
                 continue
+            room = max_silent - silent.get(cell, 0)
+            if room <= 0:
+                continue
+            start = closed - size + step  # the window after the last one closed
             windows = open_windows.setdefault(cell, {})
             while start <= last_start and room > 0:
                 if start not in windows:

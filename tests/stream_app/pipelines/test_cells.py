@@ -309,3 +309,39 @@ def test_silent_windows_are_bounded_and_only_for_profiled_cells() -> None:
     assert young_windows == [start], "a cell without an established profile closes no empty window"
     assert steady_silent == [start + h * HOUR for h in range(20, 26)], \
         "six hours of silent windows (SILENT_SPAN_MS), then the cell waits for its next event"
+
+
+@pytest.mark.parametrize(("size_s", "step_s"), [(300, 60), (120, 60), (250, 100), (60, 60)])
+def test_events_land_in_the_windows_event_time_windows_puts_them_in_and_late_ones_in_none(size_s: int,
+                                                                                         step_s: int) -> None:
+    """The partition counts events in its windows itself (the calls cost more than the counting): the
+    same windows, counts, users and action order as ``EventTimeWindows.add``, and the same late events,
+    whether or not the step divides the window."""
+    from random import Random
+
+    from stream_app.pipelines.cells import CellPartition
+    from stream_app.windows import ActivityWindow, EventTimeWindows
+
+    settings = Settings(cell_window_s=size_s, cell_step_s=step_s, grace_s=0.0, partitions=1, h3_resolution=RES)
+    cells = CellPartition(settings, {}, sources=1, clock=FakeClock())
+    reference: EventTimeWindows[ActivityWindow] = EventTimeWindows(size_ms=size_s * 1000, step_ms=step_s * 1000,
+                                                                   new_window=ActivityWindow)
+    rng, late, offset = Random(7), 0, 0
+    for round_ in range(40):
+        events = []
+        for _ in range(30):
+            offset += 1
+            ts = T0 + round_ * 40_000 + rng.randrange(-400_000, 60_000)  # some behind closed windows
+            events.append(CellEvent(f"c{rng.randrange(4)}", ts, f"u{rng.randrange(6)}", rng.choice("abc"), 0, offset))
+        refused = sum(not reference.add(e.cell, e.ts, e.user_id, e.action) for e in events)
+        assert cells.add(events)[1] == refused
+        late += refused
+        watermark = T0 + round_ * 40_000 - 100_000
+        assert [(k, s) for k, s, _ in cells.windows.close(watermark)] == [(k, s) for k, s, _ in
+                                                                          reference.close(watermark)]
+        assert cells.windows.closed_until == reference.closed_until
+        assert {cell: [(s, w.events, sorted(w.users), list(w.actions.items())) for s, w in windows.items()]
+                for cell, windows in cells.windows.open.items()} == \
+               {cell: [(s, w.events, sorted(w.users), list(w.actions.items())) for s, w in windows.items()]
+                for cell, windows in reference.open.items()}
+    assert late > 0, "some events came after all their windows had closed"

@@ -253,19 +253,22 @@ class CrowdAnomalyScorer:
             return False
         # _expected_one(profile, slot, 0) written out (the same operations in the same order): it is
         # needed for nearly every window of a cell past its warm-up
+        # (max(1.0, x) as x if x > 1.0 else 1.0: the same value without the call)
         week_seen, total = self._week_seen[slot], self._total[0]
         if week_seen >= 1:
-            t = total / max(1.0, self._week_seen_total)
+            windows = self._week_seen_total
+            t = total / (windows if windows > 1.0 else 1.0)
             shape = self._week[slot][0] / week_seen / t if t > 0 else 1.0
         else:
             shape = self._shape_one(slot, 0)
         prior_windows = c.prior_windows
         slot_seen = float(profile.slot_seen[slot])
         weight = slot_seen / (slot_seen + prior_windows)
-        prior = total / max(1.0, self._cells_windows)
+        windows = self._cells_windows
+        prior = total / (windows if windows > 1.0 else 1.0)
         level = (seen * profile.level[0] + prior_windows * prior) / (seen + prior_windows)
         expected = weight * profile.slot_mean[2 * slot] + (1 - weight) * level * shape
-        return max(expected, 0.05) >= c.min_drop_expected
+        return (expected if expected > 0.05 else 0.05) >= c.min_drop_expected
 
     def _expected(self, profile: CellProfile, slot: int) -> list[float]:
         return [self._expected_one(profile, slot, i) for i in range(len(_STATS))]
@@ -320,13 +323,17 @@ class CrowdAnomalyScorer:
         return None
 
     def _learn(self, profile: CellProfile, slot: int, events: float, users: float) -> None:
+        # (min(a, b) as b if b < a else a: the same value without the call)
         seen, memory = profile.seen + 1, self._memory
         rate = 1.0 / (memory if memory < seen else seen)
-        level_events, level_users = profile.level
-        profile.level = [level_events + rate * (events - level_events), level_users + rate * (users - level_users)]
-        profile.seen += 1
-        n = profile.slot_seen[slot]
-        slot_rate = 1.0 / min(n + 1, self.config.memory_windows)
+        level = profile.level
+        level_events, level_users = level
+        level[0] = level_events + rate * (events - level_events)
+        level[1] = level_users + rate * (users - level_users)
+        profile.seen = seen
+        n = profile.slot_seen[slot] + 1
+        memory = self.config.memory_windows
+        slot_rate = 1.0 / (memory if memory < n else n)
         means, step, i = profile.slot_mean, self._float32, 2 * slot
         # float32 as stored: the step rounded to float32 (by storing it in an array('f')), then the
         # float32 sum (a float64 sum of two float32 values, rounded once when stored, is the float32 sum)
@@ -336,7 +343,7 @@ class CrowdAnomalyScorer:
         m = means[i + 1]
         step[0] = slot_rate * (users - m)
         means[i + 1] = m + step[0]
-        profile.slot_seen[slot] = n + 1 if n < _SLOT_SEEN_MAX else _SLOT_SEEN_MAX
+        profile.slot_seen[slot] = n if n < _SLOT_SEEN_MAX else _SLOT_SEEN_MAX
         week, total = self._week[slot], self._total
         week[0] += events
         week[1] += users

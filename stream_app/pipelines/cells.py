@@ -205,21 +205,29 @@ class CellPartition:
         watermark = self.watermark.value
         if watermark is None:
             return [], []
-        self._open_silent_windows(watermark)
         activities, alerts = [], []
         size, resolution = self.windows.size_ms, self.resolution
         silent, profiles, observe = self.silent, self.profiles, self.crowd.observe
         open_windows, closed_until = self.windows.open, self.windows.closed_until
         # EventTimeWindows.close written out: every window ending by the watermark, in time order
         last_start = watermark - size
-        done = sorted((start, cell) for cell, windows in open_windows.items() for start in windows
-                      if start <= last_start)
+        done = [(start, cell) for cell, windows in open_windows.items() for start in windows if start <= last_start]
+        done += self._silent_windows(watermark)
+        done.sort()
         for start, cell in done:
-            windows = open_windows[cell]
-            window = windows.pop(start)
             end = start + size
             if end > closed_until.get(cell, -1):
                 closed_until[cell] = end
+            windows = open_windows.get(cell)
+            window = None if windows is None else windows.pop(start, None)
+            if window is None:  # a silent window: no event, the cell has a profile
+                activities.append(CellActivity(cell=cell, resolution=resolution, window_start=start,
+                                               window_end=end, events=0, users=0))
+                silent[cell] = silent.get(cell, 0) + 1
+                alert = observe(profiles[cell], cell, start, end, 0, 0)
+                if alert is not None:
+                    alerts.append(alert)
+                continue
             if not windows:
                 del open_windows[cell]
             events, users = window.events, len(window.users)
@@ -255,15 +263,18 @@ class CellPartition:
         self.store[PARTITION_KEY] = _partition_encoder.encode(_StoredPartition(
             latest=latest, watermark=value, marks=dict(self.marks), rhythm=self.crowd.rhythm_state()))
 
-    def _open_silent_windows(self, watermark: int) -> None:
-        """Empty windows, up to the watermark, for profiled cells that had no event in them: at most
-        ``max_silent`` in a row per cell, so a cell gone for good stops costing anything."""
+    def _silent_windows(self, watermark: int) -> list[tuple[int, str]]:
+        """(start, cell) of the empty windows, up to the watermark, of profiled cells that had no
+        event in them: at most ``max_silent`` in a row per cell, so a cell gone for good stops
+        costing anything. They end by the watermark: ``close`` closes them at once, so they are
+        never opened (no window is built for them)."""
         size = self.windows.size_ms
         step = self.windows.step_ms or size
         last_start = watermark - size
-        latest_closed = watermark - step  # a cell that closed a window ending later has none to open
+        latest_closed = watermark - step  # a cell that closed a window ending later has none to add
         warm, max_silent, silent = self.crowd.config.warmup_windows, self.max_silent, self.silent
         open_windows, closed_until = self.windows.open, self.windows.closed_until
+        found: list[tuple[int, str]] = []
         for cell, profile in self.profiles.items():
             closed = closed_until.get(cell, -1)
             if closed < 0 or closed > latest_closed or profile.seen < warm:
@@ -272,12 +283,13 @@ class CellPartition:
             if room <= 0:
                 continue
             start = closed - size + step  # the window after the last one closed
-            windows = open_windows.setdefault(cell, {})
+            windows = open_windows.get(cell, {})
             while start <= last_start and room > 0:
                 if start not in windows:
-                    windows[start] = ActivityWindow()
+                    found.append((start, cell))
                     room -= 1
                 start += step
+        return found
 
     def _encode_cell(self, cell: str) -> bytes:
         open_windows = {start: (w.events, sorted(w.users), w.actions)

@@ -191,7 +191,8 @@ class CrowdAnomalyScorer:
         self._cells_windows = 0.0
         self._float32 = array("f", [0.0])  # rounds a float to float32 when stored
         self._memory = config.memory_windows * _WEEK_SLOTS  # the level's longest memory, in windows
-        self._slot_start, self._slot = -1, 0  # the week slot of the last window start scored
+        self._slot_start: int | None = None  # the last window start scored, and its week slot
+        self._slot = 0
 
     def rhythm_state(self) -> dict[str, list[float] | float]:
         """The population's weekly rhythm as plain data (to keep it across restarts)."""

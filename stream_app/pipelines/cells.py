@@ -92,6 +92,8 @@ class _StoredPartition(msgspec.Struct, array_like=True):
 _events_encoder, _events_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(list[CellEvent])
 _cell_encoder, _cell_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(_StoredCell)
 _partition_encoder, _partition_decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(_StoredPartition)
+#: ``schemas.encode``'s JSON (a default encoder), for many records in one call
+_lines_encoder = msgspec.json.Encoder()
 
 
 def cell_of(lat: float, lon: float, resolution: int) -> str:
@@ -422,7 +424,12 @@ class CellPipeline:
             cells.changed = True
             if not self.write_behind:
                 cells.flush()
-        return [(activity.cell.encode(), encode(activity)) for activity in activities]
+        if not activities:
+            return []
+        # one call for every record: JSON lines, split at the newlines (JSON escapes any within strings)
+        values = _lines_encoder.encode_lines(activities).split(b"\n")
+        values.pop()  # empty: after the last newline
+        return [(activity.cell.encode(), value) for activity, value in zip(activities, values, strict=True)]
 
 
 def crowd_config(settings: Settings) -> CrowdAnomalyConfig:

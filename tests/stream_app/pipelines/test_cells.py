@@ -345,3 +345,22 @@ def test_events_land_in_the_windows_event_time_windows_puts_them_in_and_late_one
                {cell: [(s, w.events, sorted(w.users), list(w.actions.items())) for s, w in windows.items()]
                 for cell, windows in reference.open.items()}
     assert late > 0, "some events came after all their windows had closed"
+
+
+def test_cell_activity_records_are_what_schemas_encode_writes() -> None:
+    """The records of one close are encoded in one call: each one the bytes ``encode`` gives its record,
+    actions in the order they came (a newline in an action stays escaped inside its record)."""
+    from schemas import encode
+
+    clock = FakeClock()
+    pipeline = _pipeline(clock=clock)
+    pipeline.process(0, [_record(("c1", T0 + 1_000, "u1", "buy", 0, 1), ("c1", T0 + 2_000, "u2", "view\n", 0, 2),
+                                 ("c2", T0 + 3_000, "u1", "view", 1, 1), ("c1", T0 + 4_000, "u3", "buy", 1, 2),
+                                 ("c3", T0 + 10 * MIN, "u4", "view", 1, 3))])
+    clock.now = 10.0
+    records = pipeline.close_windows()
+    assert len(records) == 4
+    for key, value in records:
+        activity = msgspec.json.decode(value, type=CellActivity)
+        assert value == encode(activity) and key == activity.cell.encode()
+    assert list(_activities(records)[("c1", T0)].actions) == ["buy", "view\n"]

@@ -12,9 +12,10 @@ transport's ``before_checkpoint``) every ``--checkpoint-every`` batches (the tra
 a second: about 20 batches of 512 at the stage's rate); at the end, every source idle, ``close_windows``
 and a last flush. Settings are the defaults (windows of 300 s every 60 s, grace 60 s, H3 resolution 8).
 
-Timed passes use plain dict stores and a fixed clock, and measure ``time.process_time`` around the
-whole pass; the figure is the median over the repeats. ``decode`` is the transport's decode alone
-over the same records: what the stage costs beyond reading its input is ``stage - decode``.
+Timed passes use plain dict stores and a fixed clock, the garbage collector tuned as the worker tunes it
+(``--gc default`` for Python's), and measure ``time.process_time`` around the whole pass; the figure is
+the median over the repeats. ``decode`` is the transport's decode alone over the same records: what the
+stage costs beyond reading its input is ``stage - decode``.
 
 The digest (sha256) covers, in order: every ``cell-activity`` and ``anomaly-alerts`` record (key and
 value bytes), and per checkpoint the store writes it made (sorted by key: the order of the writes
@@ -179,9 +180,12 @@ def _cpu(fn: Any) -> float:
     return time.process_time() - start
 
 
-def worker(path: Path, repeats: int, checkpoint_every: int, profile: str | None) -> dict[str, Any]:
+def worker(path: Path, repeats: int, checkpoint_every: int, profile: str | None, gc_mode: str) -> dict[str, Any]:
     """This process's tree on the workload at ``path``: CPU seconds per pass, digest, counts."""
     workload = msgspec.msgpack.decode(path.read_bytes())
+    if gc_mode == "worker":
+        from stream_app.worker import tune_garbage_collector
+        tune_garbage_collector()
     digest = hashlib.sha256()
     counts = _run(workload, checkpoint_every, digest=digest)
     middle = len(workload["batches"]) // 2
@@ -206,7 +210,7 @@ def worker(path: Path, repeats: int, checkpoint_every: int, profile: str | None)
 def _spawn(tree: Path, path: Path, args: argparse.Namespace, profile: str | None = None) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(path), "--repeats", "1",
-               "--checkpoint-every", str(args.checkpoint_every)]
+               "--checkpoint-every", str(args.checkpoint_every), "--gc", args.gc]
     if profile:
         command += ["--profile", profile]
     done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=False)
@@ -229,13 +233,16 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=20, help="batches between flushes (default 20)")
     parser.add_argument("--repeats", type=int, default=5, help="timed passes per tree, interleaved (default 5)")
     parser.add_argument("--baseline-tree", type=Path, help="another checkout to run and compare against")
+    parser.add_argument("--gc", choices=("worker", "default"), default="worker",
+                        help="the garbage collector as the worker tunes it (frozen start, young generation "
+                             "collected every 10,000 allocations; default) or Python's defaults")
     parser.add_argument("--profile", help="also write a cProfile of one pass of this tree to this file")
     parser.add_argument("--json-out", type=Path, help="write the figures here as JSON")
     parser.add_argument("--save-workload", type=Path, help="write the workload here (for --worker) and stop")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.repeats, args.checkpoint_every, args.profile)))
+        print(json.dumps(worker(args.worker, args.repeats, args.checkpoint_every, args.profile, args.gc)))
         return
 
     workload = build_workload(args.events, args.users, args.source_partitions, args.batch, args.seed)

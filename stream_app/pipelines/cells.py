@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain
 from typing import Any
 
 import h3
@@ -374,7 +375,7 @@ class CellPipeline:
     def process(self, partition: int, records: Iterable[Sequence[CellEvent]]) -> list[Record]:
         """Count one partition's ``cell-events`` records; the records of every window that closed."""
         cells = self._partition(partition)
-        touched, late, replays, observed = cells.add(event for record in records for event in record)
+        touched, late, replays, observed = cells.add(chain.from_iterable(records))
         if late:
             self._late.inc(late)
         if replays:

@@ -170,21 +170,33 @@ class BehaviorAnomalyScorer:
     def score(self, state: SurpriseState, token: str, ts_ms: int, surprisal: float) -> BehaviorAlert | None:
         """Fold one event (its surprisal in nats) into ``state`` (in place); an alert decision when
         it completes an improbable run outside the user's silence period."""
+        # ``expected`` and ``_learn`` written out (the same arithmetic in the same order): this runs per event.
+        config, pop = self.config, self.population
         if not math.isfinite(surprisal):
             surprisal = -math.log(1e-12)
-        mean, std = self.expected(state)
-        z = min(self.config.z_cap, (surprisal - mean) / std)
-        state.cusum = max(0.0, state.cusum + z - self.config.reference)
-        if state.cusum > 0:
-            state.run = (state.run + [SurprisingEvent(token, ts_ms, math.exp(-surprisal))])[-self.config.max_evidence:]
-        else:
+        n, user_mean, user_var = state.n, state.mean, state.var
+        weight = n / (n + config.prior_events)
+        mean = weight * user_mean + (1 - weight) * pop.mean
+        var = weight * (user_var + (user_mean - mean) ** 2) + (1 - weight) * (pop.std ** 2 + (pop.mean - mean) ** 2)
+        std = math.sqrt(max(var, 1e-6))
+        z = min(config.z_cap, (surprisal - mean) / std)
+        cusum = state.cusum = max(0.0, state.cusum + z - config.reference)
+        if cusum > 0:
+            run = state.run
+            run.append(SurprisingEvent(token, ts_ms, math.exp(-surprisal)))
+            if len(run) > config.max_evidence:
+                del run[:-config.max_evidence]
+        elif state.run:
             state.run = []
-        self._learn(state, surprisal)
-        if state.cusum < self.config.threshold:
+        n += 1
+        rate = 1.0 / min(n, config.memory_events)
+        delta = surprisal - user_mean
+        state.n, state.mean = n, user_mean + rate * delta
+        state.var = (1 - rate) * (user_var + rate * delta * delta)
+        if cusum < config.threshold:
             return None
-        silent = state.last_alert_ms is not None and ts_ms - state.last_alert_ms < self.config.min_gap_s * 1000
-        alert = None if silent else BehaviorAlert(ts_ms, state.cusum, self.config.threshold, tuple(state.run),
-                                                  mean, std)
+        silent = state.last_alert_ms is not None and ts_ms - state.last_alert_ms < config.min_gap_s * 1000
+        alert = None if silent else BehaviorAlert(ts_ms, cusum, config.threshold, tuple(state.run), mean, std)
         state.cusum, state.run = 0.0, []
         if alert is not None:
             state.last_alert_ms = ts_ms

@@ -19,6 +19,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import starmap
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import msgspec
@@ -48,6 +50,9 @@ PIPELINE = "behavior"
 SCORED_K = (1, 5, 10)
 
 _prediction_decoder = msgspec.json.Decoder(NextActionPrediction)
+_encode = msgspec.json.Encoder().encode  # what schemas.encode does, without the call in between
+_first = itemgetter(0)
+_action = attrgetter("action")
 
 
 @dataclass
@@ -97,8 +102,11 @@ class BatchCounts:
         if previous is None:
             return
         self.scored += 1
+        if actual not in previous:
+            return
+        rank = previous.index(actual)  # ``actual in previous[:k]`` exactly when its first place is below k
         for k in SCORED_K:
-            if actual in previous[:k]:
+            if rank < k:
                 self.hits[k] += 1
 
 
@@ -114,47 +122,51 @@ class UserPlan:
         self.grace_ms, self.counts, self.action_token = grace_ms, counts, action_token
         stored = user.stored
         self.recent_ids, self.last_ts_ms = list(stored.recent_ids), stored.last_ts_ms
+        self._had_prediction = bool(stored.last_prediction)
         self.applied: list[tuple[UserEvent, int]] = []  # (event, ingested_at ms)
+        self._actions: list[ActionEvent] = []  # what the model gets of each applied event (its token and time)
         self._steps: list[tuple[str, UserEvent, int]] = []  # (kind, event, applied index before)
         self._values: list[bytes] = []  # encoded prediction of each applied event
-        self._structs: list[NextActionPrediction] = []
         self.alerts: list[Record] = []  # behavior anomaly alerts raised by the applied events
 
     def add(self, event: UserEvent, ingested_at_ms: int) -> None:
-        has_prediction = bool(self.applied or self.user.stored.last_prediction)
-        latest, ts = len(self.applied) - 1, epoch_ms(event.ts)
-        if has_prediction and self.recent_ids and event.event_id == self.recent_ids[-1]:
+        applied, recent_ids = self.applied, self.recent_ids
+        has_prediction = self._had_prediction or bool(applied)
+        latest, ts, event_id = len(applied) - 1, epoch_ms(event.ts), event.event_id
+        if has_prediction and recent_ids and event_id == recent_ids[-1]:
             self.counts.duplicates += 1
             self._steps.append(("again", event, latest))
-        elif event.event_id in self.recent_ids:
+        elif event_id in recent_ids:
             self.counts.duplicates += 1
         elif has_prediction and ts < self.last_ts_ms - self.grace_ms:
             self.counts.late += 1
             self._steps.append(("late", event, latest))
         else:
-            self.applied.append((event, ingested_at_ms))
+            applied.append((event, ingested_at_ms))
+            self._actions.append(ActionEvent(self.action_token(event), ts, event.lat, event.lon))
             self._steps.append(("applied", event, latest + 1))
-            self.recent_ids = [*self.recent_ids, event.event_id][-RECENT_IDS:]
-            self.last_ts_ms = max(self.last_ts_ms, ts)
+            recent_ids.append(event_id)  # (a copy of the stored list: changed in place)
+            if len(recent_ids) > RECENT_IDS:
+                del recent_ids[:-RECENT_IDS]
+            if ts > self.last_ts_ms:
+                self.last_ts_ms = ts
 
     def actions(self) -> list[ActionEvent]:
-        return [ActionEvent(token=self.action_token(e), ts_ms=epoch_ms(e.ts), lat=e.lat, lon=e.lon)
-                for e, _ in self.applied]
+        return self._actions
 
     def predicted(self, predicted: list[EventPrediction], version: str, processed_at: int) -> None:
         """Build and encode the prediction of every applied event; score the one before each."""
         previous = self._stored_top()
-        for (event, ingested_at), result in zip(self.applied, predicted, strict=True):
-            self.counts.score(previous, self.action_token(event))
-            ts = epoch_ms(event.ts)
+        score, values = self.counts.score, self._values
+        for (event, ingested_at), action, result in zip(self.applied, self._actions, predicted, strict=True):
+            score(previous, action.token)
+            ts, top = action.ts_ms, result.top
             prediction = NextActionPrediction(
-                event_id=event.event_id, user_id=event.user_id, as_of=ts,
-                top_k=[ActionScore(action=a, prob=p) for a, p in result.top], model_version=version,
-                window_events=result.window_events, window_span_s=result.window_span_s, event_ts=ts,
-                ingested_at=ingested_at, processed_at=processed_at)
-            self._structs.append(prediction)
-            self._values.append(encode(prediction))
-            previous = [a for a, _ in result.top]
+                event_id=event.event_id, user_id=event.user_id, as_of=ts, top_k=list(starmap(ActionScore, top)),
+                model_version=version, window_events=result.window_events, window_span_s=result.window_span_s,
+                event_ts=ts, ingested_at=ingested_at, processed_at=processed_at)
+            values.append(_encode(prediction))
+            previous = list(map(_first, top))
         self.user.last_top = previous
 
     def score_surprisal(self, predicted: list[EventPrediction], scorer: BehaviorAnomalyScorer) -> None:
@@ -163,25 +175,28 @@ class UserPlan:
         state = self.user.model_state()
         if state.surprise is None:
             state.surprise = SurpriseState()
-        for (event, _), result in zip(self.applied, predicted, strict=True):
+        surprise = state.surprise
+        for (event, _), action, result in zip(self.applied, self._actions, predicted, strict=True):
             if result.surprisal is None:
                 continue  # a user's first event, or a predictor that gives no surprisal
-            alert = scorer.score(state.surprise, self.action_token(event), epoch_ms(event.ts), result.surprisal)
+            alert = scorer.score(surprise, action.token, action.ts_ms, result.surprisal)
             if alert is not None:
                 self.alerts.append((self.key, encode(behavior_alert(self.user_id, event.event_id, alert))))
 
     def outputs(self, now_ms: Callable[[], int]) -> list[Record]:
         """(key, value) of every output, in the order of the user's events (``now_ms`` stamps late ones)."""
+        key, values = self.key, self._values
+        if len(self._steps) == len(values):  # every event applied (no re-delivery, no late one): the usual case
+            return [(key, value) for value in values]
         out = []
         for kind, event, index in self._steps:
-            if kind == "applied" or kind == "again":
-                out.append((self.key, self._values[index] if index >= 0 else self.user.stored.last_prediction))
-            else:
-                latest = self._structs[index] if index >= 0 else \
-                    _prediction_decoder.decode(self.user.stored.last_prediction)
+            if kind != "late":  # applied, or again
+                out.append((key, values[index] if index >= 0 else self.user.stored.last_prediction))
+            else:  # the latest prediction (decoded: the same values, as JSON floats round-trip), marked late
+                latest = _prediction_decoder.decode(values[index] if index >= 0 else self.user.stored.last_prediction)
                 late = msgspec.structs.replace(latest, event_id=event.event_id, as_of=event.ts, event_ts=event.ts,
                                                processed_at=now_ms(), late=True)
-                out.append((self.key, encode(late)))
+                out.append((key, encode(late)))
         return out
 
     def update_stored(self) -> None:
@@ -247,13 +262,16 @@ class BehaviorPipeline:
         """The token the model predicts (settings.action_field), falling back to the action."""
         return getattr(event, self.settings.action_field, None) or event.action
 
+    def _token_of(self) -> Callable[[UserEvent], str]:
+        """``action_token`` for this batch: the action itself when that is the field (the same token)."""
+        return _action if self.settings.action_field == "action" else self.action_token
+
     def process(self, batch: Sequence[Received[UserEvent]], cell_partitions: int) -> BehaviorOutputs:
         """The outputs of one batch of valid events (``cell_partitions``: partitions of ``cell-events``)."""
         if not batch:
             return BehaviorOutputs()
         if self.settings.behavior_mode == "passthrough":  # validate only (benchmarks)
             return BehaviorOutputs(processed=len(batch))
-        self.latest_event_ms = max(self.latest_event_ms, max(epoch_ms(r.value.ts) for r in batch))
         predictor = self.model.current  # one model per batch: a hot reload lands between batches
         self._batch_size.observe(len(batch))
         counts = BatchCounts()
@@ -371,15 +389,21 @@ class BehaviorPipeline:
                 "last_event_ts": stored.last_ts_ms, "latest_prediction": latest}
 
     def _plan(self, batch: Sequence[Received[UserEvent]], counts: BatchCounts) -> dict[str, UserPlan]:
+        """Each user's plan for the batch; advances ``latest_event_ms`` to the batch's largest event time."""
         plans: dict[str, UserPlan] = {}
+        latest, token_of = self.latest_event_ms, self._token_of()
         for received in batch:
             event = received.value
-            plan = plans.get(event.user_id)
+            user_id = event.user_id
+            plan = plans.get(user_id)
             if plan is None:
-                plan = plans[event.user_id] = UserPlan(event.user_id, self._load(event.user_id),
-                                                       grace_ms=self.grace_ms, counts=counts,
-                                                       action_token=self.action_token)
+                plan = plans[user_id] = UserPlan(user_id, self._load(user_id), grace_ms=self.grace_ms, counts=counts,
+                                                 action_token=token_of)
             plan.add(event, int(received.timestamp * 1000))
+            ts = epoch_ms(event.ts)
+            if ts > latest:
+                latest = ts
+        self.latest_event_ms = latest
         return plans
 
     def _export(self, counts: BatchCounts) -> None:

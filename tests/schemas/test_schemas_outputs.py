@@ -104,3 +104,15 @@ def test_dead_letter_without_key_or_value():
     letter = DeadLetter.from_record(None, None, source_topic="t", partition=0, offset=0, reason="empty",
                                     detail="payload: no bytes", received_at=T0)
     assert (letter.key, letter.payload, letter.payload_size, letter.truncated) == (None, "", 0, False)
+
+
+def test_predictions_are_built_positionally_and_left_out_of_the_garbage_collector():
+    import gc
+
+    assert encode(ActionScore("buy", 0.25)) == encode(ActionScore(action="buy", prob=0.25)) == \
+        b'{"action":"buy","prob":0.25}'
+    prediction = NextActionPrediction(event_id="e1", user_id="u1", as_of=T0, top_k=[ActionScore("buy", 0.25)],
+                                      model_version="v1", window_events=1, window_span_s=0.0, event_ts=T0,
+                                      ingested_at=T0, processed_at=T0)
+    assert not gc.is_tracked(prediction) and not gc.is_tracked(prediction.top_k[0])
+    assert decode(encode(prediction), NextActionPrediction, clock=clock) == prediction

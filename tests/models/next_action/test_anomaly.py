@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from models.exceptions import ModelError
-from models.next_action.anomaly import BehaviorAnomalyConfig, BehaviorAnomalyScorer, PopulationSurprisal, SurpriseState
+from models.next_action.anomaly import (
+    BehaviorAlert,
+    BehaviorAnomalyConfig,
+    BehaviorAnomalyScorer,
+    PopulationSurprisal,
+    SurpriseState,
+    SurprisingEvent,
+)
 from models.next_action.crowd import CellProfile, CrowdAnomalyConfig, CrowdAnomalyScorer, _upper_tail, week_slot
 
 T0 = 1_709_528_400_000  # a Monday 05:00 UTC
@@ -68,6 +77,48 @@ def test_a_new_user_is_measured_against_the_population() -> None:
     assert mean < 0.3
     alerts = scorer.score_many(state, [("b", T0 + 10**9 + i, 3.0) for i in range(6)])
     assert alerts, "what is ordinary for the population is a run for this user"
+
+
+def _score_by_definition(scorer: BehaviorAnomalyScorer, state: SurpriseState, token: str, ts_ms: int,
+                         surprisal: float) -> BehaviorAlert | None:
+    """``score`` as the module doc defines it, through ``expected`` and ``_learn`` (what the written-out
+    per-event arithmetic must reproduce bit for bit)."""
+    config = scorer.config
+    if not math.isfinite(surprisal):
+        surprisal = -math.log(1e-12)
+    mean, std = scorer.expected(state)
+    state.cusum = max(0.0, state.cusum + min(config.z_cap, (surprisal - mean) / std) - config.reference)
+    if state.cusum > 0:
+        state.run = (state.run + [SurprisingEvent(token, ts_ms, math.exp(-surprisal))])[-config.max_evidence:]
+    else:
+        state.run = []
+    scorer._learn(state, surprisal)
+    if state.cusum < config.threshold:
+        return None
+    silent = state.last_alert_ms is not None and ts_ms - state.last_alert_ms < config.min_gap_s * 1000
+    alert = None if silent else BehaviorAlert(ts_ms, state.cusum, config.threshold, tuple(state.run), mean, std)
+    state.cusum, state.run = 0.0, []
+    if alert is not None:
+        state.last_alert_ms = ts_ms
+    return alert
+
+
+@pytest.mark.parametrize("config", [BehaviorAnomalyConfig(), BehaviorAnomalyConfig(threshold=2.5, max_evidence=2,
+                                                                                    memory_events=20, min_gap_s=60)])
+def test_score_is_bit_equal_to_its_definition(config: BehaviorAnomalyConfig) -> None:
+    rng = np.random.default_rng(5)
+    scorer = BehaviorAnomalyScorer(POPULATION, config)
+    fast, reference = SurpriseState(), SurpriseState()
+    alerts = 0
+    for i in range(3000):
+        improbable = i % 97 < 12 or rng.random() < 0.05  # runs of improbable actions, and some alone
+        surprisal = float(rng.choice([9.0, 30.0, np.inf])) if improbable else float(rng.gamma(2.0, 0.65))
+        ts = T0 + i * 20_000
+        got = scorer.score(fast, f"a{i % 5}", ts, surprisal)
+        assert got == _score_by_definition(scorer, reference, f"a{i % 5}", ts, surprisal)
+        assert fast == reference and fast.to_bytes() == reference.to_bytes()
+        alerts += got is not None
+    assert alerts > 5, "the stream must exercise alerts, runs longer than max_evidence and silences"
 
 
 def test_surprise_state_round_trip_and_config_checks() -> None:

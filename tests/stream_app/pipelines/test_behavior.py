@@ -121,6 +121,19 @@ def test_an_event_within_grace_is_applied_even_when_older() -> None:
     assert not any(p.late for p in out)
 
 
+def test_online_hits_count_the_actual_action_within_the_first_k_of_the_previous_prediction() -> None:
+    cases = [(["a", "b", "c", "d", "e", "f"], "a"), (["a", "b", "c", "d", "e", "f"], "e"),
+             (["a", "b", "c", "d", "e", "f"], "f"), (["x", "y", "z"], "q"), ([], "a"),
+             ([f"t{i}" for i in range(12)], "t9"), ([f"t{i}" for i in range(12)], "t11"), (["a", "b", "a"], "a")]
+    counts = BatchCounts()
+    for previous, actual in cases:
+        counts.score(previous, actual)
+    counts.score(None, "a")  # no prediction before: not scored
+    assert counts.scored == len(cases)
+    assert counts.hits == {k: sum(actual in previous[:k] for previous, actual in cases) for k in (1, 5, 10)}
+    assert counts.hits == {1: 2, 5: 3, 10: 5}
+
+
 # ------------------------------------------------------------------ the pipeline over a batch
 
 

@@ -8,9 +8,9 @@ order, as a transport fetch does. They are decoded once up front with the behavi
 batch decoder (its CPU µs/event is reported too, apart). Then, per repeat:
 
 - ``step``: a fresh ``BehaviorPipeline`` built as the worker builds it (the checkpoint behind a
-  ``HotModel``, surprisal on when behavior alerts are on, a dict as the users store) runs every
-  batch through ``BehaviorTransport.process`` (``process`` + ``emitted``), and ``flush`` every
-  ``--flush-every`` batches (the transport flushes once per commit interval);
+  ``HotModel``, surprisal on when behavior alerts are on, the transport's routed per-partition users
+  store) runs every batch through ``BehaviorTransport.process`` (``process`` + ``emitted``), and
+  ``flush`` every ``--flush-every`` batches (the transport flushes once per commit interval);
 - ``in-step model``: the CPU time of the ``predict_many`` calls made inside that step;
 - ``model alone``: a fresh predictor loaded the same way runs ``predict_many`` on the same
   batches grouped by user, states kept in a dict (as ``bench_readers.py``'s ``model`` reader);
@@ -59,6 +59,7 @@ from stream_app.pipelines.base import Received, partition_of
 from stream_app.pipelines.behavior import BehaviorPipeline
 from stream_app.settings import Settings
 from stream_app.transport import Batch
+from stream_app.transport.store import PartitionStore, RoutedStore
 from stream_app.worker import tune_garbage_collector
 
 __all__ = ["main"]
@@ -188,7 +189,10 @@ def build(settings: Settings, predictor: Any, clock: Callable[[], float] = time.
     model: HotModel[NextActionPredictor] = HotModel("behavior", None, load=lambda _: predictor, fallback=fallback,
                                                     metrics=metrics)
     model.current, model.on_fallback = predictor, False
-    pipeline = BehaviorPipeline(settings, {}, model, metrics, clock=clock)
+    # The users store as the transport gives it (one PartitionStore per partition behind a RoutedStore).
+    store = RoutedStore("users", {p: PartitionStore("users", p) for p in range(settings.partitions)},
+                        settings.partitions)
+    pipeline = BehaviorPipeline(settings, store, model, metrics, clock=clock)
     hot_path = BehaviorTransport(settings, metrics, pipeline, "http://localhost:6066")
     hot_path.cell_partitions = settings.partitions
     return hot_path, pipeline, metrics

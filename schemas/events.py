@@ -63,10 +63,18 @@ class UserEvent(Record, frozen=True, kw_only=True):
     properties: Annotated[dict[PropertyKey, PropertyValue], Meta(max_length=MAX_PROPERTIES)] = {}
 
     def __post_init__(self) -> None:
-        force_setattr(self, "ts", to_epoch_ms(self.ts))
-        require_finite(self, "lat", "lon")
-        require_coordinate_pair(self.lat, self.lon)
-        _require_finite_properties(self.properties)
+        # Runs for every decoded event: the usual one (epoch ms, both coordinates finite floats or
+        # both absent, no properties) passes without the checks' calls; anything else goes through
+        # them, in the same order, so a broken event is refused with the same reason and detail.
+        ts, lat, lon = self.ts, self.lat, self.lon
+        if type(ts) is not int:
+            force_setattr(self, "ts", to_epoch_ms(ts))
+        if not (lat is None and lon is None or type(lat) is float and type(lon) is float
+                and math.isfinite(lat) and math.isfinite(lon)):
+            require_finite(self, "lat", "lon")
+            require_coordinate_pair(lat, lon)
+        if self.properties:
+            _require_finite_properties(self.properties)
 
     def __hash__(self) -> int:
         # The properties dict is unhashable; equal events always share these three fields.

@@ -22,6 +22,7 @@ from aiokafka.structs import ConsumerRecord
 from faust.types import ConsumerT
 
 from schemas import Rejection, UserEvent, decode_user_event
+from schemas.validation import decode_each
 from stream_app import kafka_io
 from stream_app.agents.transports import transport_config
 from stream_app.ingest import validate_batch
@@ -170,12 +171,10 @@ def _transport_config(settings: Settings, advertised_url: str) -> TransportConfi
 
 
 def _decode_user_events(records: Sequence[ConsumerRecord]) -> list[Any]:
-    out: list[Any] = []
-    for record in records:
-        event = decode_user_event(record.value)
-        out.append(event if isinstance(event, Rejection) else Received(event, record.timestamp / 1000,
-                                                                         record.partition, record.offset))
-    return out
+    events = decode_each([record.value for record in records], UserEvent)
+    return [event if isinstance(event, Rejection) else Received(event, record.timestamp / 1000, record.partition,
+                                                                 record.offset)
+            for event, record in zip(events, records, strict=True)]
 
 
 def _user_id(received: Received[UserEvent]) -> str:

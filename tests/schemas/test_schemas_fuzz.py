@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from msgspec.structs import force_setattr
 
 from schemas import (
     MAX_FUTURE_MS,
@@ -14,10 +15,16 @@ from schemas import (
     Rejection,
     TrafficReading,
     UserEvent,
+    decode,
     decode_traffic_reading,
     decode_user_event,
     encode,
+    to_dict,
+    to_epoch_ms,
 )
+from schemas.base import require_coordinate_pair, require_finite
+from schemas.events import _require_finite_properties
+from schemas.validation import decode_each
 
 NOW_MS = 1_795_849_200_000
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -33,6 +40,19 @@ DECODERS = [(decode_user_event, USER_EVENT), (decode_traffic_reading, READING), 
 
 def clock() -> float:
     return NOW_MS / 1000
+
+
+class _UserEventCheckedInFull(UserEvent, frozen=True, kw_only=True):
+    """``UserEvent`` whose every check runs as a call on every event: the reference for its fast path."""
+
+    def __post_init__(self) -> None:
+        force_setattr(self, "ts", to_epoch_ms(self.ts))
+        require_finite(self, "lat", "lon")
+        require_coordinate_pair(self.lat, self.lon)
+        _require_finite_properties(self.properties)
+
+
+CLASSES = {decode_user_event: UserEvent, decode_traffic_reading: TrafficReading}
 
 
 numbers = st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(
@@ -78,6 +98,13 @@ def check_reading(reading: TrafficReading) -> None:
 
 def check_outcome(decoder, raw: bytes) -> None:
     result = decoder(raw, clock=clock)
+    assert decode_each([raw, raw], CLASSES[decoder], clock=clock) == [result, result], "a batch decodes alike"
+    if decoder is decode_user_event:
+        reference = decode(raw, _UserEventCheckedInFull, clock=clock)
+        if isinstance(result, Rejection):
+            assert reference == result
+        else:
+            assert to_dict(reference) == to_dict(result)
     if isinstance(result, Rejection):
         assert result.reason in REJECTION_REASONS
         assert result.detail
@@ -141,3 +168,32 @@ def test_any_iso_time_normalizes_or_is_a_bad_timestamp(moment, zone):
         return
     as_utc = moment if moment.utcoffset() is not None else moment.replace(tzinfo=UTC)
     assert result.ts == (as_utc - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+def _event_payload(**changes) -> bytes:
+    payload = {**USER_EVENT, **changes}
+    return json.dumps({k: v for k, v in payload.items() if v is not ...}).encode()
+
+
+def test_the_checks_fast_path_decides_every_kind_of_event_as_the_checks_do():
+    cases = [_event_payload(), _event_payload(ts=NOW_MS), _event_payload(lat=..., lon=...),
+             _event_payload(lat=None, lon=None), _event_payload(lon=...), _event_payload(lat=None),
+             _event_payload(lat=48, lon=11), _event_payload(properties={}), _event_payload(properties=...),
+             _event_payload(ts="2026-11-28T07:00:00"), _event_payload(ts=True), _event_payload(lat=91.0),
+             _event_payload(ts=MIN_TIMESTAMP_MS - 1), _event_payload(ts=NOW_MS + MAX_FUTURE_MS + 1),
+             _event_payload().replace(b'"price": 9.5', b'"price": 1e999'),
+             _event_payload().replace(b'"lat": 48.1', b'"lat": 1e999'), b"", b"  ", b"{", b"x" * 20000]
+    results = decode_each(cases, UserEvent, clock=clock)
+    reasons = []
+    for raw, result in zip(cases, results, strict=True):
+        reference = decode(raw, _UserEventCheckedInFull, clock=clock)
+        assert result == decode_user_event(raw, clock=clock)
+        if isinstance(result, Rejection):
+            assert reference == result
+            reasons.append(result.reason)
+        else:
+            assert to_dict(reference) == to_dict(result)
+            reasons.append("ok")
+    assert reasons == ["ok", "ok", "ok", "ok", "invalid_field", "invalid_field", "ok", "ok", "ok", "ok",
+                       "bad_timestamp", "out_of_range", "bad_timestamp", "bad_timestamp", "out_of_range",
+                       "out_of_range", "empty", "empty", "malformed_json", "too_large"]

@@ -237,10 +237,14 @@ class Bench:
             env["STREAM_APP_CHECKPOINT"] = str(Path(self.args.checkpoint).resolve())
         return env
 
-    def start_worker(self, prefix: str, mode: str) -> Worker:
+    def start_worker(self, prefix: str, mode: str, stages: str | None = None) -> Worker:
+        """A worker of app ``<prefix>app``; ``stages`` (``--stages``) gives it its own state folder and log."""
         profile = self.args.profile / f"{prefix}{mode}.pstats" if self.args.profile else None
-        worker = Worker(env=self.worker_env(prefix, mode), log_path=self.workdir / f"{prefix}worker.log",
-                        profile_path=profile)
+        env, name = self.worker_env(prefix, mode), "worker"
+        if stages is not None:
+            name = f"worker-{stages.replace(',', '-')}"
+            env.update(STREAM_APP_STAGES=stages, STREAM_APP_STATE_DIR=str(self.workdir / f"{prefix}{name}-state"))
+        worker = Worker(env=env, log_path=self.workdir / f"{prefix}{name}.log", profile_path=profile)
         self.workers.append(worker)
         worker.start()
         return worker
@@ -374,7 +378,9 @@ def measure_latency(bench: Bench, rate: float) -> dict[str, Any]:
     records = events_records(warmup + timed, args.users, args.seed + 1)
     prefix = f"b{uuid.uuid4().hex[:6]}-latency-"
     settings = bench.create_topics(prefix)
-    worker = bench.start_worker(prefix, "full")
+    # --split-stages: the cell and traffic stages run in a second worker, as a deployment on two cores would
+    worker = bench.start_worker(prefix, "full", "behavior" if args.split_stages else None)
+    companion = bench.start_worker(prefix, "full", "cells,traffic") if args.split_stages else None
     try:
         prefixed = [(f"{prefix}{t}", k, v) for t, k, v in records]
         asyncio.run(produce(settings, prefixed[:warmup]))
@@ -388,6 +394,8 @@ def measure_latency(bench: Bench, rate: float) -> dict[str, Any]:
         predictions = asyncio.run(_read_all(settings, settings.topic("next-action-predictions"), warmup + timed))
     finally:
         bench.stop_worker(worker)
+        if companion is not None:
+            bench.stop_worker(companion)
         bench.drop_topics(prefix)
     emit, output = [], []
     for record in predictions:
@@ -481,7 +489,8 @@ def markdown(args: argparse.Namespace, runs: list[Run], summary: dict[str, Any],
                   f"{out.get('p99', 0):.0f} | {out.get('max', 0):.0f} |",
                   "", f"Latency load: {latency['achieved_rate']:,.0f} events/s (target {latency['target_rate']:,.0f}) "
                   f"for {latency['seconds']:.1f} s, {latency['measured']:,}/{latency['sent']:,} predictions measured, "
-                  f"{latency['events_per_batch']:.0f} events per batch."]
+                  f"{latency['events_per_batch']:.0f} events per batch"
+                  + ("; behavior in one worker, cells and traffic in a second." if args.split_stages else ".")]
     model = runs[0].model_version if runs else "unknown"
     full = [r.model_version for r in runs if r.mode == "full"]
     lines += ["", f"{args.events:,} events, {args.users:,} users, {args.partitions} partitions, one worker; "
@@ -510,6 +519,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"STREAM_APP_BATCH_WITHIN_S for every worker (default {Settings.batch_within_s})")
     parser.add_argument("--linger-ms", type=int, default=Settings.producer_linger_ms,
                         help=f"STREAM_APP_PRODUCER_LINGER_MS for every worker (default {Settings.producer_linger_ms})")
+    parser.add_argument("--split-stages", action="store_true",
+                        help="latency run: the behavior stage in one worker and the cell and traffic stages in a "
+                             "second one (--stages), as two processes of one app")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="next-action checkpoint (STREAM_APP_CHECKPOINT); default: the online Markov model")
     parser.add_argument("--latency-seconds", type=float, default=20.0,

@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,10 +163,12 @@ class Deployment:
         """Every record of ``topic`` up to its current end (the last stable offset for ``read_committed``)."""
         return asyncio.run(_read_to_end(self.settings, self.topic(topic), isolation))
 
-    def collect(self, topic: str, count: int, timeout_s: float = 90.0, settle_s: float = 3.0) -> list:
-        """Read ``topic`` from the beginning until ``count`` records arrived, then ``settle_s`` more
-        seconds to catch duplicates; returns every record seen."""
-        return asyncio.run(_collect(self.settings, self.topic(topic), count, timeout_s, settle_s))
+    def collect(self, topic: str, count: int, timeout_s: float = 90.0, settle_s: float = 3.0,
+                distinct: Callable[[ConsumerRecord], Hashable] | None = None) -> list:
+        """Read ``topic`` from the beginning until ``count`` records arrived (``count`` distinct
+        ``distinct(record)`` values, where replays repeat records), then ``settle_s`` more seconds to
+        catch duplicates; returns every record seen."""
+        return asyncio.run(_collect(self.settings, self.topic(topic), count, timeout_s, settle_s, distinct))
 
     def stop(self) -> None:
         for worker in self.workers:
@@ -199,8 +201,10 @@ async def _read_to_end(settings: Settings, topic: str, isolation: str) -> list[C
         await consumer.stop()
 
 
-async def _collect(settings: Settings, topic: str, count: int, timeout_s: float, settle_s: float) -> list:
+async def _collect(settings: Settings, topic: str, count: int, timeout_s: float, settle_s: float,
+                   distinct: Callable[[ConsumerRecord], Hashable] | None = None) -> list:
     records: list = []
+    seen: set[Hashable] = set()
     deadline = time.monotonic() + timeout_s
     settle_until = None
 
@@ -208,7 +212,9 @@ async def _collect(settings: Settings, topic: str, count: int, timeout_s: float,
         nonlocal settle_until
         async for record in consume(settings, [topic], idle_timeout_s=None):
             records.append(record)
-            if len(records) >= count and settle_until is None:
+            if distinct is not None:
+                seen.add(distinct(record))
+            if (len(seen) if distinct is not None else len(records)) >= count and settle_until is None:
                 settle_until = time.monotonic() + settle_s
 
     task = asyncio.create_task(reader())

@@ -54,7 +54,7 @@ def _expected(readings: list[dict]) -> dict[WindowKey, tuple[int, float, float, 
 def _final_aggregates(deployment: Deployment, count: int) -> dict[WindowKey, tuple[int, float, float, float]]:
     """The aggregates on ``sensor-aggregates``, one per sensor window; copies (replays) must agree."""
     final: dict[WindowKey, tuple[int, float, float, float]] = {}
-    for record in deployment.collect("sensor-aggregates", count, timeout_s=120):
+    for record in deployment.collect("sensor-aggregates", count, timeout_s=120, distinct=_window_of):
         a = decode(record.value, SensorAggregate)
         assert isinstance(a, SensorAggregate), a
         assert record.key == a.network.encode(), "keyed by network"
@@ -62,6 +62,12 @@ def _final_aggregates(deployment: Deployment, count: int) -> dict[WindowKey, tup
         key = (a.sensor_id, a.window_start)
         assert final.setdefault(key, value) == value, f"a replayed aggregate of {key} differs: {value}"
     return final
+
+
+def _window_of(record) -> WindowKey | None:
+    """The sensor window of an aggregate record (replays after a crash repeat windows)."""
+    a = decode(record.value, SensorAggregate)
+    return (a.sensor_id, a.window_start) if isinstance(a, SensorAggregate) else None
 
 
 def _forecast_windows(deployment: Deployment, count: int) -> dict[int, set[str]]:

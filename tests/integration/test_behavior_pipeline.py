@@ -9,19 +9,17 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import h3
 import msgspec
 import numpy as np
 import pytest
 import torch
-from aiokafka.partitioner import murmur2
 
 from models.next_action.features import EventRecord, FeatureSpec, Vocabulary, encode_events
 from models.next_action.model import EventTensors, NextActionConfig, NextActionModel
 from models.next_action.training import model_version, save_next_action
-from schemas import CellActivity, NextActionPrediction, decode
+from schemas import NextActionPrediction, decode
 from stream_app.cli.io import to_records
-from stream_app.windows import window_starts
+from tests.integration.cell_workload import CELL_ENV, check_cell_windows, closers, expected_windows, located_events
 
 pytestmark = pytest.mark.integration
 
@@ -247,56 +245,10 @@ def test_idle_users_expire(deployment, tmp_path):
     assert worker.get_json("/users/busy")["event_count"] == 1
 
 
-def _closers(ts: int, partitions: int = 2) -> list[dict]:
-    """A far-away event in each partition of the cell topic from each partition of user-events (Kafka's
-    default murmur2 partitioner): a cell partition's watermark waits for every source partition."""
-    def partition_of(key: str) -> int:
-        return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
-
-    users = {partition_of(f"closer-u{k}"): f"closer-u{k}" for k in range(100)}
-    cells = {partition_of(h3.latlng_to_cell(10.0 + k * 0.1, 10.0, 8)): (10.0 + k * 0.1, 10.0) for k in range(100)}
-    if len(users) < partitions or len(cells) < partitions:
-        raise AssertionError("no user or cell found for every partition")
-    return [{"event_id": f"closer-{u}-{c}", "user_id": users[u], "ts": ts, "action": "view", "lat": cells[c][0],
-             "lon": cells[c][1]} for u in range(partitions) for c in range(partitions)]
-
-
 def test_cell_activity_counts_equal_direct_counts(deployment):
-    rng = random.Random(5)
-    spots = [(40.70, -74.00), (40.75, -73.98), (40.80, -73.95)]
-    events = []
-    for k in range(120):
-        lat, lon = rng.choice(spots)
-        events.append({"event_id": f"c{k}", "user_id": f"u{rng.randrange(15)}", "ts": NOW_MS + k * 10_000,
-                       "action": rng.choice(["view", "buy", "like"]), "lat": lat, "lon": lon})
-    closers = _closers(NOW_MS + 3_600_000)  # advance every partition's watermark past the windows above
-    size, step = 300_000, 60_000
-    expected = defaultdict(lambda: {"events": 0, "users": set(), "actions": defaultdict(int)})
-    for e in events:
-        cell = h3.latlng_to_cell(e["lat"], e["lon"], 8)
-        for start in window_starts(e["ts"], size, step):
-            window = expected[(cell, start)]
-            window["events"] += 1
-            window["users"].add(e["user_id"])
-            window["actions"][e["action"]] += 1
-    # A long idle time: windows close because every partition passed them, not because one went quiet.
-    deployment.worker(STREAM_APP_CELL_WINDOW_S="300", STREAM_APP_CELL_STEP_S="60", STREAM_APP_H3_RESOLUTION="8",
-                      STREAM_APP_WATERMARK_IDLE_S="60")
-    deployment.produce(to_records(sorted(events, key=lambda e: e["ts"]) + closers))
-
-    records = deployment.collect("cell-activity", len(expected))
-    got = {}
-    for record in records:
-        activity = decode(record.value, CellActivity)
-        assert isinstance(activity, CellActivity) and record.key == activity.cell.encode()
-        assert (activity.cell, activity.window_start) not in got, "each window emitted once"
-        if activity.events == 0:  # a profiled cell's silent window (issue 13): only after its last event
-            assert activity.window_start > max(start for cell, start in expected if cell == activity.cell)
-            continue
-        got[(activity.cell, activity.window_start)] = activity
-    assert set(got) == set(expected), (sorted(set(got) - set(expected)), sorted(set(expected) - set(got)))
-    for key, activity in got.items():
-        want = expected[key]
-        assert (activity.events, activity.users, activity.actions) == \
-            (want["events"], len(want["users"]), dict(want["actions"]))
-        assert activity.window_end - activity.window_start == size and activity.resolution == 8
+    events = located_events(seed=5, count=120, users=15, start_ms=NOW_MS, id_prefix="c")
+    ending = closers(NOW_MS + 3_600_000)  # advance every partition's watermark past the windows above
+    expected = expected_windows(events)
+    deployment.worker(**CELL_ENV)
+    deployment.produce(to_records(events + ending))
+    check_cell_windows(deployment.collect("cell-activity", len(expected)), expected)

@@ -17,6 +17,7 @@ from models.next_action.anomaly import (
     SurprisingEvent,
 )
 from models.next_action.crowd import CellProfile, CrowdAnomalyConfig, CrowdAnomalyScorer, _upper_tail, week_slot
+from tests.models.next_action.test_crowd import score_windows
 
 T0 = 1_709_528_400_000  # a Monday 05:00 UTC
 MINUTE_MS = 60_000
@@ -155,13 +156,7 @@ def _clean_city(days: int, cells: int, rng: np.random.Generator) -> list[tuple[s
 
 
 def _run(scorer: CrowdAnomalyScorer, rows: list[tuple[str, int, int, int]]) -> list:
-    profiles: dict[str, CellProfile] = {}
-    alerts = []
-    for cell, start, events, users in rows:
-        alert = scorer.observe(profiles.setdefault(cell, CellProfile()), cell, start, start + WINDOW_MS, events, users)
-        if alert is not None:
-            alerts.append(alert)
-    return alerts
+    return score_windows(scorer, rows, WINDOW_MS)[0]
 
 
 def test_a_clean_city_stays_quiet_and_a_gathering_alerts_for_its_cell() -> None:

@@ -46,12 +46,14 @@ def _city(rng: np.random.Generator, days: int = 4) -> list[tuple[str, int, int, 
     return rows
 
 
-def _run(scorer: CrowdAnomalyScorer, rows: list[tuple[str, int, int, int]]) \
+def score_windows(scorer: CrowdAnomalyScorer, rows: list[tuple[str, int, int, int]], window_ms: int = WINDOW_MS) \
         -> tuple[list[CrowdAlert], dict[str, bytes], dict[str, list[float] | float]]:
+    """Score (cell, window start, events, users) rows in order, each cell with its own profile: the
+    alerts, each profile's bytes and the scorer's rhythm state."""
     profiles: dict[str, CellProfile] = {}
     alerts = []
     for cell, start, events, users in rows:
-        alert = scorer.observe(profiles.setdefault(cell, CellProfile()), cell, start, start + WINDOW_MS, events, users)
+        alert = scorer.observe(profiles.setdefault(cell, CellProfile()), cell, start, start + window_ms, events, users)
         if alert is not None:
             alerts.append(alert)
     return alerts, {cell: profile.to_bytes() for cell, profile in profiles.items()}, scorer.rhythm_state()
@@ -63,8 +65,8 @@ def test_windows_that_cannot_alert_skip_the_test_with_the_same_alerts_profiles_a
         config: CrowdAnomalyConfig) -> None:
     rows = _city(np.random.default_rng(5))
     reference = _EveryWindowTested(config)
-    expected = _run(reference, rows)
-    assert _run(CrowdAnomalyScorer(config), rows) == expected
+    expected = score_windows(reference, rows)
+    assert score_windows(CrowdAnomalyScorer(config), rows) == expected
     alerts = expected[0]
     assert {(a.kind, a.statistic) for a in alerts} >= {("spike", "users"), ("drop", "events")}, \
         "both tails are exercised"
